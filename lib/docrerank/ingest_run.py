@@ -1,0 +1,354 @@
+"""The ingest job's Ray Data glue: list inputs, probe documents, plan page-range tasks, render, account.
+
+Output layout under ``output``:
+  documents/  one row per opened document (what was planned)
+  pages/      the pages table; shard ``part-<task>.parquet`` per render task, written atomically
+  quarantine/ one row per input or page that produced no page row, with the reason
+  stats.json  the books: inputs, pages expected, written and quarantined by reason
+Shard names are deterministic and the pages shard of a task is written last, so a rerun skips what is done,
+never duplicates a row, and removes quarantine shards of tasks that did not finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from docrerank import storage
+from docrerank.configs import IngestConfig
+from docrerank.ingest import Passwords, RenderSettings, quarantine_row
+
+log = logging.getLogger("docrerank.ingest")
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+GLOB_CHARS = "*?["
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def list_inputs(spec: str, suffixes: list[str]) -> list[str]:
+    """URIs of the input files named by ``spec`` (directory, glob, list file or single file), sorted."""
+    sfx = tuple(s.lower() for s in suffixes)
+    if any(c in spec for c in GLOB_CHARS):
+        head = spec
+        while any(c in head for c in GLOB_CHARS):
+            head = head.rsplit("/", 1)[0] if "/" in head else "."
+        base = storage.resolve(head)
+        pattern = storage.resolve(spec).path
+        return [storage.uri_of(base, p) for p in storage.list_files(base, pattern=pattern)]
+    loc = storage.resolve(spec)
+    if storage.is_dir(loc):
+        return [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=sfx)]
+    if not storage.exists(loc):
+        raise ValueError(f"input: nothing found at {spec!r} (expected a directory, glob, list file or file)")
+    if loc.path.lower().endswith(LIST_SUFFIXES):
+        parent = spec.rsplit("/", 1)[0] if "/" in spec else "."
+        uris = []
+        for line in storage.read_bytes(loc).decode("utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "://" not in line and not line.startswith("/"):
+                line = f"{parent}/{line}"
+            uris.append(storage.resolve(line).uri)
+        return list(dict.fromkeys(uris))
+    return [loc.uri]
+
+
+# --- what the output already holds ---------------------------------------------------------------------
+
+
+@dataclass
+class OutputState:
+    """Documents, quarantine rows and finished pages already in the output."""
+
+    documents: dict[str, dict] = field(default_factory=dict)  # doc_id -> documents row
+    doc_quarantine: dict[str, dict] = field(default_factory=dict)  # source_uri -> doc-level quarantine row
+    page_quarantine: dict[str, set[int]] = field(default_factory=dict)  # doc_id -> page numbers
+    pages_done: dict[str, set[int]] = field(default_factory=dict)  # doc_id -> page numbers
+    page_rows: int = 0
+    page_quarantine_reasons: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def known_uris(self) -> set[str]:
+        return {d["source_uri"] for d in self.documents.values()} | set(self.doc_quarantine)
+
+
+def remove_orphan_quarantine(out: storage.Location) -> int:
+    """Delete render-quarantine shards whose task never wrote its pages shard (an interrupted run)."""
+    pages = {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join("pages"), suffixes=(".parquet",))}
+    removed = 0
+    for q in storage.list_files(out.join("quarantine"), suffixes=(".parquet",)):
+        name = q.rsplit("/", 1)[-1]
+        if name.startswith("part-") and name not in pages:
+            out.fs.delete_file(q)
+            removed += 1
+    return removed
+
+
+def load_state(out: storage.Location) -> OutputState:
+    from docrerank.schema import documents_schema, pages_schema, quarantine_schema
+
+    st = OutputState()
+    for r in storage.read_parquet_dir(out.join("documents"), schema=documents_schema()).to_pylist():
+        st.documents.setdefault(r["doc_id"], r)
+    q = storage.read_parquet_dir(out.join("quarantine"), schema=quarantine_schema())
+    for r in q.to_pylist():
+        if r["page_number"] is None:
+            st.doc_quarantine.setdefault(r["source_uri"], r)
+        else:
+            st.page_quarantine.setdefault(r["doc_id"], set()).add(r["page_number"])
+            st.page_quarantine_reasons[r["error"]] += 1
+    p = storage.read_parquet_dir(out.join("pages"), columns=["doc_id", "page_number"], schema=pages_schema())
+    st.page_rows = p.num_rows
+    for d, n in zip(p.column("doc_id").to_pylist(), p.column("page_number").to_pylist()):
+        st.pages_done.setdefault(d, set()).add(n)
+    return st
+
+
+# --- planning ------------------------------------------------------------------------------------------
+
+
+def plan_tasks(docs: list[dict], skip: dict[str, set[int]], pages_per_task: int) -> list[dict]:
+    """Split documents' missing pages into tasks of at most ``pages_per_task`` pages.
+
+    Big documents become many tasks; small ones are packed together. Each task is
+    ``{"task_id", "items": [{"doc": row, "pages": [...]}, ...]}`` with a content-derived id.
+    """
+    tasks, items, size = [], [], 0
+
+    def flush():
+        nonlocal items, size
+        if items:
+            spec = json.dumps([[it["doc"]["doc_id"], it["pages"]] for it in items])
+            tasks.append({"task_id": hashlib.sha1(spec.encode()).hexdigest()[:20], "items": items})
+        items, size = [], 0
+
+    for doc in docs:
+        todo = [p for p in range(1, doc["num_pages"] + 1) if p not in skip.get(doc["doc_id"], ())]
+        while todo:
+            take = todo[: pages_per_task - size]
+            todo = todo[len(take):]
+            items.append({"doc": doc, "pages": take})
+            size += len(take)
+            if size >= pages_per_task:
+                flush()
+    flush()
+    return tasks
+
+
+# --- Ray Data actors ---------------------------------------------------------------------------------
+
+
+class _IsolatedActor:
+    def __init__(self, passwords: dict, settings: dict, memory_mb: int, timeout_s: float):
+        from docrerank.isolate import IsolatedWorker
+
+        self.passwords, self.settings, self.timeout_s = passwords, settings, timeout_s
+        self.worker = IsolatedWorker(memory_limit_mb=memory_mb)
+
+
+class ProbeActor(_IsolatedActor):
+    """Reads and opens documents in an isolated child; emits documents rows or quarantine rows as JSON."""
+
+    def __call__(self, batch: dict) -> dict:
+        from docrerank.isolate import ChildCrashed, ChildTimeout, RemoteError
+
+        out = []
+        for uri in batch["source_uri"]:
+            try:
+                res = self.worker.call("docrerank.ingest:child_probe", uri, self.passwords, self.settings, timeout=self.timeout_s)
+            except ChildCrashed as e:
+                res = {"quarantine": quarantine_row(uri, None, None, "probe", "worker_crash", str(e))}
+            except ChildTimeout as e:
+                res = {"quarantine": quarantine_row(uri, None, None, "probe", "timeout", str(e))}
+            except RemoteError as e:
+                reason = "memory_limit" if e.exc_type == "MemoryError" else "corrupt"
+                res = {"quarantine": quarantine_row(uri, None, None, "probe", reason, str(e))}
+            out.append(json.dumps(res))
+        return {"result": out}
+
+
+class RenderActor(_IsolatedActor):
+    """Renders one task per call in an isolated child and writes its shards; emits a small summary."""
+
+    def __init__(self, output: str, **kw):
+        super().__init__(**kw)
+        self.out = storage.resolve(output)
+
+    def _call(self, doc: dict, pages: list[int]) -> tuple[list[dict], list[dict]]:
+        from docrerank.isolate import ChildCrashed, ChildTimeout, RemoteError
+
+        try:
+            return self.worker.call("docrerank.ingest:child_render", doc, pages, self.passwords, self.settings, timeout=self.timeout_s)
+        except (ChildCrashed, ChildTimeout, RemoteError) as e:
+            if len(pages) > 1:  # find the page that did it: the others still render
+                rows, bad = [], []
+                for p in pages:
+                    r, b = self._call(doc, [p])
+                    rows += r
+                    bad += b
+                return rows, bad
+            if isinstance(e, ChildCrashed):
+                reason = "worker_crash"
+            elif isinstance(e, ChildTimeout):
+                reason = "timeout"
+            else:
+                reason = "memory_limit" if e.exc_type == "MemoryError" else "render_error"
+            return [], [quarantine_row(doc["source_uri"], doc["doc_id"], pages[0], "render", reason, f"page {pages[0]}: {e}")]
+
+    def __call__(self, batch: dict) -> dict:
+        import pyarrow as pa
+
+        from docrerank.schema import pages_schema, quarantine_schema
+
+        summaries = []
+        for task_id, items_json in zip(batch["task_id"], batch["items"]):
+            t0 = time.perf_counter()
+            rows, bad = [], []
+            for item in json.loads(items_json):
+                r, b = self._call(item["doc"], item["pages"])
+                rows += r
+                bad += b
+            name = f"part-{task_id}.parquet"
+            if bad:  # written first: the pages shard below marks the task complete
+                storage.write_table_atomic(self.out.join("quarantine", name), pa.Table.from_pylist(bad, schema=quarantine_schema()))
+            storage.write_table_atomic(self.out.join("pages", name), pa.Table.from_pylist(rows, schema=pages_schema()))
+            summaries.append(json.dumps({
+                "task_id": task_id, "pages": len(rows), "quarantined": collections.Counter(q["error"] for q in bad),
+                "seconds": time.perf_counter() - t0, "image_bytes": sum(len(r["image"]) for r in rows),
+            }))
+        return {"summary": summaries}
+
+
+# --- the job -----------------------------------------------------------------------------------------
+
+
+def _actor_kwargs(cfg: IngestConfig) -> dict:
+    return {
+        "passwords": asdict(Passwords(default=list(cfg.passwords), by_name=dict(cfg.password_map))),
+        "settings": asdict(RenderSettings(**cfg.render.model_dump())),
+        "memory_mb": cfg.worker_memory_mb,
+        "timeout_s": cfg.task_timeout_s,
+    }
+
+
+def probe_inputs(uris: list[str], cfg: IngestConfig, workers: int) -> tuple[list[dict], list[dict]]:
+    """Probe every URI on the cluster: (documents rows, doc-level quarantine rows), in input order."""
+    import ray.data
+
+    if not uris:
+        return [], []
+    ds = ray.data.from_items([{"source_uri": u} for u in uris], override_num_blocks=min(len(uris), 4 * workers))
+    ds = ds.map_batches(
+        ProbeActor, batch_size=8, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=1, fn_constructor_kwargs=_actor_kwargs(cfg)
+    )
+    docs, bad = [], []
+    for row in ds.iter_rows():
+        res = json.loads(row["result"])
+        (docs if "doc" in res else bad).append(res.get("doc") or res.get("quarantine"))
+    return docs, bad
+
+
+def render_tasks(tasks: list[dict], cfg: IngestConfig, workers: int):
+    """Run render tasks on the cluster; yields one summary dict per finished task."""
+    import ray.data
+
+    rows = [{"task_id": t["task_id"], "items": json.dumps(t["items"])} for t in tasks]
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 20_000))
+    ds = ds.map_batches(
+        RenderActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+        fn_constructor_kwargs={"output": cfg.output, **_actor_kwargs(cfg)},
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["summary"])
+
+
+def _shard_name(uris: list[str]) -> str:
+    return "probe-" + hashlib.sha1("\n".join(uris).encode()).hexdigest()[:20] + ".parquet"
+
+
+def run_ingest(cfg: IngestConfig) -> dict:
+    """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written.
+
+    Raises RuntimeError when the books do not balance (an input or page neither written nor quarantined).
+    """
+    import pyarrow as pa
+
+    from docrerank import runtime
+    from docrerank.ingest_books import balance, summary_table
+    from docrerank.schema import documents_schema, quarantine_schema
+
+    t0 = time.perf_counter()
+    out = storage.resolve(cfg.output)
+    if storage.exists(out.join("pages")) and not cfg.resume and storage.list_files(out.join("pages")):
+        raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
+    storage.makedirs(out)
+    runtime.write_run_metadata(out, runtime.run_metadata("ingest", cfg))
+    inputs = list_inputs(cfg.input, cfg.suffixes)
+    log.info("ingest: %d input files from %s", len(inputs), cfg.input)
+    orphans = remove_orphan_quarantine(out)
+    if orphans:
+        log.info("removed %d quarantine shards of unfinished tasks", orphans)
+    state = load_state(out)
+    workers = cfg.num_workers or runtime.cluster_cpus()
+
+    # 1. Probe files the output does not know yet; content duplicates are kept once.
+    new = [u for u in inputs if u not in state.known_uris]
+    docs, bad = probe_inputs(new, cfg, workers)
+    seen = {d["doc_id"]: d["source_uri"] for d in state.documents.values()}
+    fresh = []
+    for d in docs:
+        if d["doc_id"] in seen:
+            bad.append(quarantine_row(d["source_uri"], d["doc_id"], None, "probe", "duplicate", f"same bytes as {seen[d['doc_id']]}"))
+        else:
+            seen[d["doc_id"]] = d["source_uri"]
+            fresh.append(d)
+    if bad:
+        storage.write_table_atomic(out.join("quarantine", _shard_name(new)), pa.Table.from_pylist(bad, schema=quarantine_schema()))
+    if fresh:
+        storage.write_table_atomic(out.join("documents", _shard_name(new)), pa.Table.from_pylist(fresh, schema=documents_schema()))
+    for d in fresh:
+        state.documents[d["doc_id"]] = d
+    log.info("probe: %d new files, %d documents opened, %d quarantined", len(new), len(fresh), len(bad))
+
+    # 2. Render every page not yet written or quarantined, in bounded tasks.
+    skip = {k: state.pages_done.get(k, set()) | state.page_quarantine.get(k, set()) for k in state.documents}
+    wanted = [d for d in state.documents.values() if d["source_uri"] in set(inputs)]
+    tasks = plan_tasks(wanted, skip, cfg.pages_per_task)
+    n_pages = sum(len(it["pages"]) for t in tasks for it in t["items"])
+    log.info("render: %d pages in %d tasks on %d workers", n_pages, len(tasks), workers)
+    t_render = time.perf_counter()
+    rendered, image_bytes = 0, 0
+    for s in render_tasks(tasks, cfg, workers) if tasks else ():
+        rendered += s["pages"]
+        image_bytes += s["image_bytes"]
+    render_s = time.perf_counter() - t_render
+
+    # 3. The books, from the output itself.
+    books = balance(inputs, load_state(out))
+    stats = {
+        **books.to_dict(),
+        "this_run": {
+            "new_inputs": len(new),
+            "tasks": len(tasks),
+            "pages_planned": n_pages,
+            "pages_rendered": rendered,
+            "render_seconds": round(render_s, 3),
+            "pages_per_second": round(rendered / render_s, 2) if render_s > 0 and rendered else None,
+            "mean_image_kib": round(image_bytes / rendered / 1024, 1) if rendered else None,
+            "workers": workers,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    }
+    runtime.write_json(out.join("stats.json"), stats)
+    print(f"\ningest summary for {cfg.output}\n{summary_table(books)}\n")
+    print(f"this run: {rendered} pages rendered in {render_s:.1f}s on {workers} workers; stats: {out.join('stats.json').uri}")
+    if not books.balanced:
+        raise RuntimeError("ingest books do not balance:\n  " + "\n  ".join(books.problems[:20]))
+    return stats

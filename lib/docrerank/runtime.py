@@ -1,0 +1,133 @@
+"""Glue shared by every job: start or join Ray, record what ran, print summaries."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from docrerank import storage
+
+log = logging.getLogger("docrerank")
+
+SECRET_KEYS = ("password", "passwords", "password_map", "api_key", "token", "secret")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Connect to ``address`` or ``$RAY_ADDRESS``; with neither, start a local Ray sized to this machine.
+
+    Returns "local" or the address joined. A local instance gets the project's ``lib/`` on every worker's
+    path through the runtime environment, so an uninstalled checkout works too.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    address = address or os.environ.get("RAY_ADDRESS")
+    lib_dir = str(Path(__file__).resolve().parent.parent)
+    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [lib_dir, os.environ.get("PYTHONPATH")]))}
+    if address:
+        # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override.
+        ray.init(address=address, log_to_driver=True)
+        return address
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": env_vars},
+    )
+    return "local"
+
+
+def configure_ray_data(progress: bool = True) -> None:
+    """Progress bars on for people, and no retries of application errors (ours become quarantine rows)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    ctx.print_on_execution_start = False
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config dump with every secret-looking value replaced by '***'."""
+    if isinstance(obj, dict):
+        return {k: ("***" if k in SECRET_KEYS and obj[k] else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def run_metadata(job: str, config) -> dict:
+    """What ran: job, resolved config (secrets redacted), package version, git commit, versions, time."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("docrerank")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    return {
+        "job": job,
+        "config": redact(config.model_dump(mode="json")),
+        "docrerank_version": pkg,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "argv": redact_argv(sys.argv),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] + "=***" if "=" in a and any(s in a.split("=", 1)[0] for s in SECRET_KEYS) else a for a in argv]
+
+
+def write_json(loc: storage.Location, obj: Any) -> None:
+    storage.write_bytes_atomic(loc, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def write_run_metadata(out: storage.Location, meta: dict) -> None:
+    """Write ``_meta/<job>.json`` (latest) and keep earlier runs as ``_meta/<job>-<time>.json``."""
+    stamp = meta["started"].replace(":", "").replace("-", "")
+    write_json(out.join("_meta", f"{meta['job']}.json"), meta)
+    write_json(out.join("_meta", f"{meta['job']}-{stamp}.json"), meta)
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain fixed-width table (first column left-aligned, others right-aligned)."""
+    cells = [header] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cells):
+        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(parts).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Filesystem helpers over pyarrow: local paths and URIs (s3://, gs://, ...) alike.
+
+Output shards are written atomically (temp name then rename locally; a single PUT on object stores) under
+deterministic names, which is what makes every job resumable without duplicates.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem and a path on it; ``uri`` is what the user gave (kept for provenance)."""
+
+    fs: object  # pyarrow.fs.FileSystem
+    path: str
+    uri: str
+
+    def join(self, *parts: str) -> "Location":
+        path = "/".join([self.path.rstrip("/"), *[p.strip("/") for p in parts]])
+        uri = "/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts]])
+        return Location(self.fs, path, uri)
+
+
+def resolve(uri: str) -> Location:
+    """Resolve a local path or URI to a pyarrow filesystem and path."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return Location(fs, path, uri)
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = os.path.abspath(os.path.expanduser(path))
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+def uri_of(loc: Location, path: str) -> str:
+    """The user-facing URI of ``path`` on ``loc``'s filesystem."""
+    if "://" in loc.uri:
+        scheme = loc.uri.split("://", 1)[0]
+        return f"{scheme}://{path}"
+    return path
+
+
+def exists(loc: Location) -> bool:
+    import pyarrow.fs as pafs
+
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def is_dir(loc: Location) -> bool:
+    import pyarrow.fs as pafs
+
+    return loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
+
+
+def makedirs(loc: Location) -> None:
+    loc.fs.create_dir(loc.path, recursive=True)
+
+
+def read_bytes(loc: Location) -> bytes:
+    with loc.fs.open_input_stream(loc.path) as f:
+        return f.read()
+
+
+def write_bytes_atomic(loc: Location, data: bytes) -> None:
+    """Write ``data`` so readers never see a partial file."""
+    import pyarrow.fs as pafs
+
+    parent = loc.path.rsplit("/", 1)[0]
+    loc.fs.create_dir(parent, recursive=True)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        name = loc.path.rsplit("/", 1)[1]
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+    else:  # object stores: one PUT is atomic
+        with loc.fs.open_output_stream(loc.path) as f:
+            f.write(data)
+
+
+def write_table_atomic(loc: Location, table, compression: str = "zstd") -> None:
+    """Write a pyarrow Table as one Parquet file, atomically."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    # Images dominate page tables and are already compressed: dictionary encoding only wastes time there.
+    pq.write_table(table, buf, compression=compression, use_dictionary=False, row_group_size=64)
+    write_bytes_atomic(loc, buf.getvalue())
+
+
+def list_files(loc: Location, pattern: str | None = None, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Paths of regular files under ``loc`` (recursive), sorted; hidden and ``_``-prefixed names skipped."""
+    import pyarrow.fs as pafs
+
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        name = info.path.rsplit("/", 1)[-1]
+        if name.startswith((".", "_")):
+            continue
+        if suffixes and not name.lower().endswith(suffixes):
+            continue
+        if pattern and not fnmatch.fnmatch(info.path, pattern):
+            continue
+        out.append(info.path)
+    return sorted(out)
+
+
+def read_parquet_dir(loc: Location, columns: list[str] | None = None, schema=None):
+    """Read every ``*.parquet`` file under ``loc`` into one Table (empty table of ``schema`` when none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = list_files(loc, suffixes=(".parquet",))
+    if not files:
+        if schema is None:
+            return pa.table({})
+        sch = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        return sch.empty_table()
+    tables = [pq.read_table(f, columns=columns, filesystem=loc.fs) for f in files]
+    return pa.concat_tables(tables, promote_options="default")

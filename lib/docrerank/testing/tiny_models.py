@@ -1,0 +1,240 @@
+"""Tiny random-weight models of the real architectures, saved like real checkpoints, for CPU tests.
+
+``make_tiny_qwen2_vl(path)`` writes a Qwen2-VL model (config, safetensors weights, tokenizer with the Qwen2
+special tokens and the Qwen2-VL chat template, ``preprocessor_config.json``), so code under test loads it by
+path exactly as it would load ``Qwen/Qwen2-VL-2B-Instruct``. ``make_tiny_causal_lm(path)`` does the same for a
+Qwen2 or Llama causal LM. Nothing is downloaded; torch/transformers/tokenizers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Qwen2 special tokens, in the order the real tokenizer has them (the ids differ: the tiny vocabulary is small).
+QWEN2_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# The chat template shipped with Qwen2-VL-*-Instruct (also accepts plain string content, as for Qwen2 text).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Words the tokenizer must hold as single tokens (answer words of judge prompts) and common prompt text.
+ANSWER_WORDS = ["Yes", "No", "True", "False"]
+_CORPUS_TEXT = """
+You are a helpful assistant. Can this page answer the question? Answer Yes or No. Answer with one word.
+Assert the relevance of the previous image document to the following query, answer True or False.
+The query is: What is the total revenue in 2021? Which platform is most used by women to access content?
+How many employees did the company have in 2019? What was the net income of the segment last year?
+Write queries a user might ask about this page. Return JSON with a list of queries. Rewrite the query so
+that it asks for different information on the same topic. Rephrase the question with the same meaning.
+{"queries": ["what is the revenue", "which year"], "query": "what", "answer": "yes", "score": 1}
+The figure shows the sales of cloud software and manufacturing by quarter, price, percentage, dividends,
+stocks, options, acquisitions, income tax, Apple, IBM, Coca-Cola, table, chart, report, slide, document.
+0 1 2 3 4 5 6 7 8 9 10 2018 2019 2020 2021 2022 2023 2024 % $ . , : ; ? ! ( ) [ ] { } " ' - _ / \\ + = * #
+"""
+
+
+def make_tiny_tokenizer(path: str | Path | None = None, vocab_size: int = 600):
+    """Build a byte-level BPE tokenizer with the Qwen2 special tokens and the Qwen2-VL chat template.
+
+    Trained deterministically on a small built-in corpus; "Yes", "No", "True" and "False" are single tokens.
+    Returns a ``PreTrainedTokenizerFast``; saves it to ``path`` when given.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    # Answer words repeated at line starts (as after "assistant\n") so BPE merges them into single tokens.
+    lines = _CORPUS_TEXT.strip().splitlines() + [w for w in ANSWER_WORDS for _ in range(50)]
+    tok.train_from_iterator(lines, trainer=trainer)
+    tok.add_special_tokens(QWEN2_SPECIAL_TOKENS)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+    hf_tok.padding_side = "left"
+    for word in ANSWER_WORDS:
+        ids = hf_tok.encode(word, add_special_tokens=False)
+        assert len(ids) == 1, f"tiny tokenizer must hold {word!r} as one token, got {ids}"
+    if path is not None:
+        hf_tok.save_pretrained(str(path))
+    return hf_tok
+
+
+def _special_ids(tok) -> dict[str, int]:
+    return {t: tok.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
+
+
+def make_tiny_qwen2_vl(
+    path: str | Path,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vision_embed_dim: int = 32,
+    vision_depth: int = 2,
+    vision_heads: int = 2,
+    initializer_range: float = 0.1,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight ``Qwen2VLForConditionalGeneration`` checkpoint with its tokenizer to ``path``.
+
+    Same architecture as Qwen2-VL (patch 14, temporal patch 2, spatial merge 2, M-RoPE), tiny widths.
+    ``initializer_range`` is larger than the real 0.02 so that outputs depend visibly on the input.
+    Returns ``path``.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    path = Path(path)
+    tok = make_tiny_tokenizer(path)
+    ids = _special_ids(tok)
+    head_dim = hidden_size // num_heads
+    if head_dim % 8 != 0:
+        raise ValueError(f"hidden_size/num_heads must be a multiple of 8 for M-RoPE, got {head_dim}")
+    half = head_dim // 2
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0},
+            initializer_range=initializer_range,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            embed_dim=vision_embed_dim,
+            hidden_size=hidden_size,
+            num_heads=vision_heads,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            initializer_range=initializer_range,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(str(path))
+    _write_json(
+        path / "preprocessor_config.json",
+        {
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "min_pixels": min_pixels,
+            "max_pixels": max_pixels,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    )
+    return path
+
+
+def make_tiny_causal_lm(
+    path: str | Path,
+    *,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    initializer_range: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight causal LM checkpoint (``arch`` "qwen2" or "llama") with the tiny tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    classes: dict[str, Any] = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+    if arch not in classes:
+        raise ValueError(f"arch: got {arch!r}, expected one of {sorted(classes)}")
+    path = Path(path)
+    tok = make_tiny_tokenizer(path)
+    ids = _special_ids(tok)
+    config = classes[arch](
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=32768,
+        initializer_range=initializer_range,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(str(path))
+    return path
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
