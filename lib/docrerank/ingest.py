@@ -83,6 +83,9 @@ def render_scale(width_pt: float, height_pt: float, dpi: float, max_pixels: int)
     pixels = (width_pt * scale) * (height_pt * scale)
     if pixels > max_pixels:
         scale *= math.sqrt(max_pixels / pixels)
+        # The renderer rounds the page box outwards: shrink until the rounded size fits too.
+        while (math.ceil(width_pt * scale) + 1) * (math.ceil(height_pt * scale) + 1) > max_pixels:
+            scale *= 0.998
     return scale
 
 
@@ -109,17 +112,34 @@ def sniff_kind(data: bytes) -> str:
     return "unknown"
 
 
-def _check_image_bomb(data: bytes, settings: RenderSettings) -> None:
-    from PIL import Image
+def image_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Declared (width, height) of a PNG or JPEG from its header alone (no decoding), or None."""
+    import struct
 
-    Image.MAX_IMAGE_PIXELS = None  # we check ourselves, with our own limit and reason
-    import io
+    if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if kind == "jpeg":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return w, h
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Exception as e:  # PIL could not even read the header
-        raise IngestError("not_a_document", f"image header unreadable: {e}") from None
+
+def _check_image_bomb(data: bytes, kind: str, settings: RenderSettings) -> None:
+    size = image_size(data, kind)
+    if size is None:
+        raise IngestError("not_a_document", f"{kind} header unreadable")
+    w, h = size
     if w * h > settings.max_source_pixels:
         raise IngestError("decompression_bomb", f"image declares {w}x{h} = {w * h:,} pixels > max_source_pixels")
 
@@ -133,7 +153,7 @@ def open_document(data: bytes, source_uri: str, passwords: Passwords, settings: 
         raise IngestError("empty", "zero-byte file")
     kind = sniff_kind(data)
     if kind in ("png", "jpeg"):
-        _check_image_bomb(data, settings)
+        _check_image_bomb(data, kind, settings)
     try:
         doc = pymupdf.open(stream=data, filetype="pdf" if kind in ("pdf", "unknown") else kind)
     except Exception as e:
@@ -272,11 +292,30 @@ def child_probe(source_uri: str, passwords: dict, settings: dict) -> dict:
         return {"quarantine": quarantine_row(source_uri, doc_id_of(data), None, "probe", e.reason, str(e))}
 
 
+def _inject_fault(uri: str, page_numbers: list[int]) -> None:
+    """Test hook: ``DOCRERANK_FAULT_INJECT="crash:NAME:PAGE,hang:NAME:PAGE"`` makes the isolated child die
+    (SIGSEGV) or hang when asked to render that page of a file whose name contains NAME. Off by default;
+    it exists so tests can prove a parser crash or hang costs one page, not the job."""
+    import os
+    import signal
+    import time
+
+    spec = os.environ.get("DOCRERANK_FAULT_INJECT", "")
+    for item in filter(None, spec.split(",")):
+        kind, name, page = item.split(":")
+        if name in uri.rsplit("/", 1)[-1] and int(page) in page_numbers:
+            if kind == "crash":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif kind == "hang":
+                time.sleep(3600)
+
+
 def child_render(doc_row: dict, page_numbers: list[int], passwords: dict, settings: dict) -> tuple[list[dict], list[dict]]:
     """Read one file and render some of its pages: (page rows, quarantine rows)."""
     from docrerank import storage
 
     uri = doc_row["source_uri"]
+    _inject_fault(uri, page_numbers)
     try:
         data = storage.read_bytes(storage.resolve(uri))
     except Exception as e:

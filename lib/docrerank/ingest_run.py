@@ -31,6 +31,33 @@ GLOB_CHARS = "*?["
 # --- inputs ------------------------------------------------------------------------------------------
 
 
+def glob_regex(pattern: str) -> "re.Pattern":
+    """A path glob as a regex: ``*`` and ``?`` stay within one path segment, ``**/`` spans any depth."""
+    import fnmatch
+    import re
+
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = pattern.find("]", i)
+            j = len(pattern) - 1 if j < 0 else j
+            out.append(fnmatch.translate(pattern[i:j + 1])[4:-3])
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
 def list_inputs(spec: str, suffixes: list[str]) -> list[str]:
     """URIs of the input files named by ``spec`` (directory, glob, list file or single file), sorted."""
     sfx = tuple(s.lower() for s in suffixes)
@@ -39,11 +66,11 @@ def list_inputs(spec: str, suffixes: list[str]) -> list[str]:
         while any(c in head for c in GLOB_CHARS):
             head = head.rsplit("/", 1)[0] if "/" in head else "."
         base = storage.resolve(head)
-        pattern = storage.resolve(spec).path
-        return [storage.uri_of(base, p) for p in storage.list_files(base, pattern=pattern)]
+        rx = glob_regex(storage.resolve(spec).path)
+        return [storage.uri_of(base, p) for p in storage.list_files(base, ignore_prefixes=(".",)) if rx.match(p)]
     loc = storage.resolve(spec)
     if storage.is_dir(loc):
-        return [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=sfx)]
+        return [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=sfx, ignore_prefixes=(".",))]
     if not storage.exists(loc):
         raise ValueError(f"input: nothing found at {spec!r} (expected a directory, glob, list file or file)")
     if loc.path.lower().endswith(LIST_SUFFIXES):
@@ -290,7 +317,9 @@ def run_ingest(cfg: IngestConfig) -> dict:
         raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
     storage.makedirs(out)
     runtime.write_run_metadata(out, runtime.run_metadata("ingest", cfg))
-    inputs = list_inputs(cfg.input, cfg.suffixes)
+    from docrerank.sample_corpus import resolve_input
+
+    inputs = list_inputs(resolve_input(cfg.input, cfg.output), cfg.suffixes)
     log.info("ingest: %d input files from %s", len(inputs), cfg.input)
     orphans = remove_orphan_quarantine(out)
     if orphans:

@@ -83,7 +83,7 @@ class IsolatedWorker:
         self.memory_limit_mb = memory_limit_mb
         self._env = env or {}
         self._proc: subprocess.Popen | None = None
-        self.restarts = 0
+        self.restarts = 0  # children lost to a crash or timeout
 
     def _start(self) -> subprocess.Popen:
         lib_dir = str(Path(__file__).resolve().parent.parent)
@@ -106,8 +106,6 @@ class IsolatedWorker:
         a fresh child.
         """
         if self._proc is None or self._proc.poll() is not None:
-            if self._proc is not None:
-                self.restarts += 1
             self._proc = self._start()
         proc = self._proc
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -117,11 +115,13 @@ class IsolatedWorker:
             (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
             ok, payload = pickle.loads(_read_exact(fd, n, deadline))
         except TimeoutError:
+            self.restarts += 1
             self.close(kill=True)
             raise ChildTimeout(f"{target} did not finish within {timeout:g}s") from None
         except (EOFError, BrokenPipeError, OSError):
             code = proc.wait(timeout=10)
             self._proc = None
+            self.restarts += 1
             raise ChildCrashed(code) from None
         if ok:
             return payload

@@ -6,7 +6,6 @@ deterministic names, which is what makes every job resumable without duplicates.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import os
 import uuid
@@ -97,8 +96,8 @@ def write_table_atomic(loc: Location, table, compression: str = "zstd") -> None:
     write_bytes_atomic(loc, buf.getvalue())
 
 
-def list_files(loc: Location, pattern: str | None = None, suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Paths of regular files under ``loc`` (recursive), sorted; hidden and ``_``-prefixed names skipped."""
+def list_files(loc: Location, suffixes: tuple[str, ...] = (), ignore_prefixes: tuple[str, ...] = (".", "_")) -> list[str]:
+    """Paths of regular files under ``loc`` (recursive), sorted; names with ``ignore_prefixes`` skipped."""
     import pyarrow.fs as pafs
 
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
@@ -107,11 +106,9 @@ def list_files(loc: Location, pattern: str | None = None, suffixes: tuple[str, .
         if info.type != pafs.FileType.File:
             continue
         name = info.path.rsplit("/", 1)[-1]
-        if name.startswith((".", "_")):
+        if name.startswith(ignore_prefixes):
             continue
         if suffixes and not name.lower().endswith(suffixes):
-            continue
-        if pattern and not fnmatch.fnmatch(info.path, pattern):
             continue
         out.append(info.path)
     return sorted(out)

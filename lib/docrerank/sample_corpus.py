@@ -1,0 +1,243 @@
+"""A sample corpus the project makes itself: annual-report-like PDFs of fictional companies.
+
+Each report (one company, one fiscal year) has four pages with known facts:
+  1. cover and letter to shareholders (prose: headquarters, CEO, revenue growth)
+  2. financial highlights: a table with the fiscal year *and the prior year* as columns
+  3. segment results: a table and a bar chart of revenue by business segment
+  4. outlook: employees, facilities, dividend policy (prose)
+Facts come from a seeded generator, so the corpus, its page ids and its ground truth are reproducible.
+``questions.jsonl`` lists given positive questions with their page and answer, and ``facts.jsonl`` every
+fact with the page that states it: the ground truth for tests of negatives (e.g. a question that changes
+2021 to 2020 *is* answerable from the 2021 report's highlights page, whose table has a 2020 column).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+COMPANIES = [
+    ("Norvalis Energy", "Tallinn", ["Wind Power", "Grid Services", "Energy Storage"]),
+    ("Quintara Foods", "Porto", ["Dairy", "Bakery", "Frozen Meals"]),
+    ("Helmsworth Logistics", "Rotterdam", ["Freight Forwarding", "Warehousing", "Last-Mile Delivery"]),
+    ("Brightwater Semiconductors", "Eindhoven", ["Memory Chips", "Power Devices", "Sensors"]),
+    ("Castellan Insurance", "Zurich", ["Life Insurance", "Property Insurance", "Reinsurance"]),
+    ("Orbiton Telecom", "Helsinki", ["Mobile", "Fixed Broadband", "Cloud Services"]),
+]
+CEOS = ["Maren Holt", "Idris Okafor", "Lucia Ferraz", "Tomas Varga", "Ingrid Solberg", "Rafael Mendes"]
+METRICS = [("revenue", "Revenue"), ("operating_income", "Operating income"), ("net_income", "Net income"),
+           ("rd_expense", "Research and development expense"), ("capex", "Capital expenditure")]
+YEARS = [2021, 2022, 2023]
+
+
+@dataclass(frozen=True)
+class Fact:
+    doc: str  # file name
+    page_number: int
+    company: str
+    year: int
+    attribute: str
+    value: str
+
+
+def _money(x: float) -> str:
+    return f"${x:,.1f} million"
+
+
+def company_facts(rng: random.Random, company: str, segments: list[str], years: list[int]) -> dict:
+    """Yearly metrics (for each year and the one before), segment revenue, employees, dividends."""
+    base = rng.uniform(800, 9000)
+    data = {}
+    for y in [years[0] - 1, *years]:
+        growth = rng.uniform(-0.06, 0.18)
+        base *= 1 + growth
+        rev = round(base, 1)
+        op = round(rev * rng.uniform(0.06, 0.22), 1)
+        shares = [rng.uniform(0.15, 0.5) for _ in segments]
+        s = sum(shares)
+        data[y] = {
+            "revenue": rev,
+            "operating_income": op,
+            "net_income": round(op * rng.uniform(0.55, 0.8), 1),
+            "rd_expense": round(rev * rng.uniform(0.02, 0.09), 1),
+            "capex": round(rev * rng.uniform(0.04, 0.12), 1),
+            "segments": {seg: round(rev * sh / s, 1) for seg, sh in zip(segments, shares)},
+            "employees": int(rev * rng.uniform(2.5, 6.0)),
+            "dividend": round(rng.uniform(0.4, 3.2), 2),
+            "plants": rng.randint(4, 40),
+        }
+    return data
+
+
+def _text(page, x: float, y: float, s: str, size: float = 10, bold: bool = False) -> None:
+    page.insert_text((x, y), s, fontsize=size, fontname="hebo" if bold else "helv")
+
+
+def _para(page, rect, s: str, size: float = 10.5) -> None:
+    import pymupdf
+
+    page.insert_textbox(pymupdf.Rect(*rect), s, fontsize=size, fontname="helv")
+
+
+def _table(page, x: float, y: float, header: list[str], rows: list[list[str]], widths: list[float]) -> float:
+    row_h = 20
+    for i, row in enumerate([header, *rows]):
+        cx = x
+        for j, (cell, w) in enumerate(zip(row, widths)):
+            page.draw_rect((cx, y + i * row_h, cx + w, y + (i + 1) * row_h), color=(0.4, 0.4, 0.4), width=0.5)
+            tx = cx + 4 if j == 0 else cx + w - 4 - len(cell) * 5.2
+            _text(page, tx, y + i * row_h + 14, cell, size=9.5, bold=i == 0)
+            cx += w
+    return y + (len(rows) + 1) * row_h
+
+
+def _bar_chart(page, x: float, y: float, title: str, values: dict[str, float]) -> None:
+    _text(page, x, y, title, size=11, bold=True)
+    top = max(values.values())
+    for i, (label, v) in enumerate(values.items()):
+        h = 160 * v / top
+        bx = x + 20 + i * 140
+        page.draw_rect((bx, y + 200 - h, bx + 60, y + 200), color=(0.1, 0.3, 0.6), fill=(0.25, 0.5, 0.8))
+        _text(page, bx, y + 215, label, size=8.5)
+        _text(page, bx, y + 195 - h, f"{v:,.1f}", size=8.5)
+
+
+def render_report(path: Path, company: str, hq: str, ceo: str, segments: list[str], year: int, d: dict) -> list[Fact]:
+    """Write one 4-page report PDF and return the facts each page states."""
+    import pymupdf
+
+    cur, prev = d[year], d[year - 1]
+    name = path.name
+    growth = 100 * (cur["revenue"] / prev["revenue"] - 1)
+    doc = pymupdf.open()
+    facts: list[Fact] = []
+
+    def fact(page: int, attribute: str, value, y: int = year):
+        facts.append(Fact(name, page, company, y, attribute, str(value)))
+
+    p = doc.new_page(width=595, height=842)
+    _text(p, 60, 110, company, size=26, bold=True)
+    _text(p, 60, 145, f"Annual Report {year}", size=18)
+    _para(p, (60, 200, 535, 600), (
+        f"Letter to shareholders. Dear shareholders, fiscal {year} was a year of "
+        f"{'growth' if growth >= 0 else 'adjustment'} for {company}. Revenue "
+        f"{'rose' if growth >= 0 else 'fell'} {abs(growth):.1f} percent to {_money(cur['revenue'])}. "
+        f"From our headquarters in {hq}, our teams served customers across three business segments: "
+        f"{', '.join(segments)}. I want to thank our employees for their commitment.\n\n"
+        f"{ceo}, Chief Executive Officer"))
+    fact(1, "headquarters", hq)
+    fact(1, "ceo", ceo)
+    fact(1, "revenue_growth_pct", f"{growth:.1f}")
+
+    p = doc.new_page(width=595, height=842)
+    _text(p, 60, 80, "Financial highlights", size=18, bold=True)
+    _text(p, 60, 105, f"{company}, fiscal years {year} and {year - 1}, in millions of US dollars", size=10)
+    rows = [[label, f"{cur[k]:,.1f}", f"{prev[k]:,.1f}"] for k, label in METRICS]
+    rows.append(["Dividend per share ($)", f"{cur['dividend']:.2f}", f"{prev['dividend']:.2f}"])
+    end = _table(p, 60, 130, ["", str(year), str(year - 1)], rows, [260, 100, 100])
+    _para(p, (60, end + 30, 535, end + 200), (
+        f"Operating margin was {100 * cur['operating_income'] / cur['revenue']:.1f} percent in {year}, compared "
+        f"with {100 * prev['operating_income'] / prev['revenue']:.1f} percent in {year - 1}."))
+    for k, _ in METRICS:
+        fact(2, k, _money(cur[k]))
+        fact(2, k, _money(prev[k]), y=year - 1)
+    fact(2, "dividend_per_share", f"${cur['dividend']:.2f}")
+    fact(2, "dividend_per_share", f"${prev['dividend']:.2f}", y=year - 1)
+
+    p = doc.new_page(width=595, height=842)
+    _text(p, 60, 80, "Segment results", size=18, bold=True)
+    seg = cur["segments"]
+    rows = [[s, f"{v:,.1f}", f"{100 * v / cur['revenue']:.1f}%"] for s, v in seg.items()]
+    end = _table(p, 60, 110, ["Segment", f"Revenue {year}", "Share"], rows, [220, 120, 100])
+    _bar_chart(p, 60, end + 50, f"Revenue by segment, {year} ($ million)", seg)
+    best = max(seg, key=seg.get)
+    for s, v in seg.items():
+        fact(3, f"segment_revenue:{s}", _money(v))
+    fact(3, "largest_segment", best)
+
+    p = doc.new_page(width=595, height=842)
+    _text(p, 60, 80, "Outlook and operations", size=18, bold=True)
+    _para(p, (60, 110, 535, 500), (
+        f"At the end of fiscal {year}, {company} employed {cur['employees']:,} people and operated "
+        f"{cur['plants']} facilities. The board proposes a dividend of ${cur['dividend']:.2f} per share. "
+        f"For the coming year we expect demand in {best} to remain strong, while investment in "
+        f"{segments[0]} continues. Risks include currency movements, supply constraints and regulation."))
+    fact(4, "employees", f"{cur['employees']:,}")
+    fact(4, "facilities", cur["plants"])
+    doc.save(path, garbage=3, deflate=True)
+    doc.close()
+    return facts
+
+
+def questions_for(facts: list[Fact]) -> list[dict]:
+    """Given positive questions (one per page) with answers, from a report's facts."""
+    by = {(f.page_number, f.attribute, f.year): f for f in facts}
+    f0 = facts[0]
+    c, y, doc = f0.company, f0.year, f0.doc
+    q = [
+        (1, f"Where is {c} headquartered?", by[(1, "headquarters", y)].value),
+        (2, f"What was {c}'s total revenue in fiscal {y}?", by[(2, "revenue", y)].value),
+        (3, f"Which business segment generated the most revenue for {c} in {y}?", by[(3, "largest_segment", y)].value),
+        (4, f"How many people did {c} employ at the end of {y}?", by[(4, "employees", y)].value),
+    ]
+    return [{"doc": doc, "page_number": p, "question": t, "answer": a} for p, t, a in q]
+
+
+def make_corpus(out_dir: str | Path, num_companies: int = 6, years: list[int] | None = None, seed: int = 0) -> Path:
+    """Write the sample corpus (PDFs, facts.jsonl, questions.jsonl) to ``out_dir``; idempotent."""
+    out = Path(out_dir)
+    years = years or YEARS
+    if not 1 <= num_companies <= len(COMPANIES):
+        raise ValueError(f"num_companies: expected 1..{len(COMPANIES)}, got {num_companies}")
+    marker = out / "corpus.json"
+    spec = {"num_companies": num_companies, "years": years, "seed": seed, "version": 1}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return out
+    (out / "pdfs").mkdir(parents=True, exist_ok=True)
+    all_facts, all_q = [], []
+    for i, (company, hq, segments) in enumerate(COMPANIES[:num_companies]):
+        rng = random.Random(f"{seed}-{company}")
+        data = company_facts(rng, company, segments, years)
+        for y in years:
+            path = out / "pdfs" / f"{company.lower().replace(' ', '_')}_{y}.pdf"
+            facts = render_report(path, company, hq, CEOS[i], segments, y, data)
+            all_facts += facts
+            all_q += questions_for(facts)
+    (out / "facts.jsonl").write_text("".join(json.dumps(f.__dict__) + "\n" for f in all_facts))
+    (out / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in all_q))
+    marker.write_text(json.dumps(spec))
+    return out
+
+
+SAMPLE_PREFIX = "sample:"
+SAMPLE_PASSWORD = "sample"
+
+
+def add_problem_files(out_dir: str | Path) -> None:
+    """Add the kinds of files real corpora hold: an encrypted report (password ``sample``) and an empty upload."""
+    import pymupdf
+
+    pdfs = Path(out_dir) / "pdfs"
+    src = sorted(pdfs.glob("*.pdf"))[0]
+    doc = pymupdf.open(src)
+    doc.save(pdfs / "confidential_board_pack.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256,
+             user_pw=SAMPLE_PASSWORD, owner_pw=SAMPLE_PASSWORD + "-owner")
+    doc.close()
+    (pdfs / "broken_upload.pdf").write_bytes(b"")
+
+
+def resolve_input(spec: str, output: str) -> str:
+    """``sample:[N]`` -> make the sample corpus of N companies under ``<output>/sample_corpus`` and return its
+    PDF directory; any other spec is returned unchanged."""
+    if not spec.startswith(SAMPLE_PREFIX):
+        return spec
+    if "://" in output:
+        raise ValueError(f"input: {spec!r} makes a local sample corpus; output must be a local path, got {output!r}")
+    rest = spec[len(SAMPLE_PREFIX):] or str(len(COMPANIES))
+    if not rest.isdigit():
+        raise ValueError(f"input: expected 'sample:' or 'sample:N' (N companies), got {spec!r}")
+    out = make_corpus(Path(output) / "sample_corpus", num_companies=int(rest))
+    add_problem_files(out)
+    return str(out / "pdfs")

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from docrerank.config import ConfigError, apply_overrides, describe, load_config, parse_job_args
+from docrerank.configs import IngestConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("input: a\noutput: b\nrender:\n  dpi: 100\n")
+    cfg = load_config(IngestConfig, f, ["render.dpi=200", "render.image_format=jpeg", "passwords=[x, y]"])
+    assert cfg.render.dpi == 200 and cfg.render.image_format == "jpeg" and cfg.passwords == ["x", "y"]
+    assert cfg.input == "a" and cfg.render.max_pixels == 802_816
+
+
+def test_errors_name_the_key_and_accepted_values():
+    with pytest.raises(ConfigError) as e:
+        load_config(IngestConfig, None, ["input=a", "output=b", "render.image_format=gif"])
+    msg = str(e.value)
+    assert "render.image_format" in msg and "'png'" in msg and "'jpeg'" in msg and "gif" in msg
+    with pytest.raises(ConfigError, match=r"render\.dpix: unknown key"):
+        load_config(IngestConfig, None, ["input=a", "output=b", "render.dpix=3"])
+    with pytest.raises(ConfigError, match=r"output: required key is missing"):
+        load_config(IngestConfig, None, ["input=a"])
+    with pytest.raises(ConfigError, match="pages_per_task"):
+        load_config(IngestConfig, None, ["input=a", "output=b", "pages_per_task=0"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(IngestConfig, None, ["input"])
+
+
+def test_overrides_do_not_mutate_input():
+    base = {"a": {"b": 1}}
+    out = apply_overrides(base, ["a.c=2"])
+    assert base == {"a": {"b": 1}} and out == {"a": {"b": 1, "c": 2}}
+
+
+def test_every_field_is_documented():
+    lines = describe(IngestConfig)
+    assert any(l.strip().startswith("render.dpi") for l in lines)
+    undocumented = [l for l in lines if l.rstrip().endswith("):")]
+    assert not undocumented, undocumented
+
+
+def test_cli_exits_2_with_the_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_job_args(IngestConfig, ["input=a", "output=b", "render.dpi=-1"], prog="x", description="")
+    assert e.value.code == 2
+    assert "render.dpi" in capsys.readouterr().err
+
+
+CONFIG_CLASSES = {"ingest": IngestConfig}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    job = path.stem.split("_")[0]
+    cls = CONFIG_CLASSES.get(job)
+    if cls is None:
+        pytest.skip(f"no config class registered for {job}")
+    load_config(cls, path)

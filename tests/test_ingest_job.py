@@ -1,0 +1,122 @@
+"""The ingest job end to end on a local Ray: generated corpora with every kind of bad input, resume,
+and the real PDFs of ../shared when present."""
+
+import io
+import json
+import shutil
+
+import pyarrow.dataset as pads
+import pytest
+
+from conftest import make_pdf
+from docrerank.config import load_config
+from docrerank.configs import IngestConfig
+from docrerank.ingest_run import run_ingest
+
+
+def _cfg(inp, out, *extra):
+    return load_config(IngestConfig, None, [f"input={inp}", f"output={out}", "num_workers=2", *extra])
+
+
+def _table(out, name):
+    return pads.dataset(str(out / name), format="parquet").to_table()
+
+
+def _reasons(out):
+    q = _table(out, "quarantine").to_pylist()
+    return {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]): r["error"] for r in q}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    make_pdf(d / "book.pdf", [(612, 792, f"Chapter page {i}") for i in range(1, 41)])
+    make_pdf(d / "memo.pdf", [(612, 792, "Memo: revenue 2021")])
+    make_pdf(d / "slides.pdf", [(960, 540, "Slide one"), (960, 540, "Slide two")])
+    make_pdf(d / "locked_ok.pdf", [(612, 792, "unlocked text")], password="s3cret")
+    make_pdf(d / "locked_bad.pdf", [(612, 792, "never seen")], password="other")
+    make_pdf(d / "__crash_me__.pdf", [(612, 792, "p1"), (612, 792, "p2"), (612, 792, "p3")])
+    make_pdf(d / "__hang_me__.pdf", [(612, 792, "p1"), (612, 792, "p2")])
+    (d / "empty.pdf").write_bytes(b"")
+    (d / "junk.pdf").write_bytes(b"this is not a pdf at all\n" * 20)
+    shutil.copy(d / "memo.pdf", d / "memo_copy.pdf")
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1200, 900), "white").save(buf, "PNG")
+    (d / "scan.png").write_bytes(buf.getvalue())
+    return d
+
+
+def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path):
+    out = tmp_path / "out"
+    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5", "password_map={'locked_ok.pdf': s3cret}")
+    stats = run_ingest(cfg)
+    assert stats["balanced"] and stats["documents"]["input"] == 11
+    reasons = _reasons(out)
+    assert reasons == {
+        ("locked_bad.pdf", None): "encrypted",
+        ("empty.pdf", None): "empty",
+        ("junk.pdf", None): "not_a_document",
+        ("memo_copy.pdf", None): "duplicate",
+        ("__crash_me__.pdf", 2): "worker_crash",
+        ("__hang_me__.pdf", 1): "timeout",
+    }
+    pages = _table(out, "pages")
+    got = {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]) for r in pages.select(["source_uri", "page_number"]).to_pylist()}
+    assert ("__crash_me__.pdf", 1) in got and ("__crash_me__.pdf", 3) in got and ("__hang_me__.pdf", 2) in got
+    assert sum(1 for n, _ in got if n == "book.pdf") == 40
+    assert pages.num_rows == len(set(pages.column("page_id").to_pylist())) == 40 + 1 + 2 + 1 + 2 + 1 + 1
+    texts = {r["source_uri"].rsplit("/", 1)[1]: r["text"] for r in pages.select(["source_uri", "text"]).to_pylist()}
+    assert "unlocked text" in texts["locked_ok.pdf"]
+    # the 40-page book was split into bounded tasks
+    assert stats["this_run"]["tasks"] >= 40 // 8
+    assert stats["pages"] == {"expected": 50, "written": 48, "quarantined": 2,
+                              "quarantined_by_reason": {"timeout": 1, "worker_crash": 1}}
+    meta = json.loads((out / "_meta" / "ingest.json").read_text())
+    assert meta["config"]["password_map"] == "***" and "s3cret" not in (out / "_meta" / "ingest.json").read_text()
+    assert meta["docrerank_version"] and "git_commit" in meta
+
+
+def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path):
+    out = tmp_path / "out"
+    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5")
+    run_ingest(cfg)
+    ids = sorted(_table(out, "pages").column("page_id").to_pylist())
+    again = run_ingest(cfg)
+    assert again["this_run"]["tasks"] == 0 and again["this_run"]["new_inputs"] == 0
+    # simulate a run killed mid-way: one task's pages shard is lost, and a stray quarantine shard is left
+    quarantined = _table(out, "quarantine").num_rows
+    shard = sorted((out / "pages").glob("part-*.parquet"))[0]
+    lost = pads.dataset(str(shard), format="parquet").count_rows()
+    shard.unlink()
+    (out / "quarantine" / shard.name).write_bytes(next((out / "quarantine").glob("probe-*.parquet")).read_bytes())
+    third = run_ingest(cfg)
+    assert third["balanced"] and third["this_run"]["pages_rendered"] == lost > 0
+    assert sorted(_table(out, "pages").column("page_id").to_pylist()) == ids
+    assert _table(out, "quarantine").num_rows == quarantined  # the stray shard was removed, nothing doubled
+    with pytest.raises(ValueError, match="resume=false"):
+        run_ingest(_cfg(corpus, out, "resume=false"))
+
+
+def test_real_pdfs(ray_local, shared_pdfs, tmp_path):
+    out = tmp_path / "out"
+    stats = run_ingest(_cfg(shared_pdfs, out, "passwords=[test]"))
+    assert stats["balanced"]
+    reasons = _reasons(out)
+    assert reasons[("bad__empty_0bytes.pdf", None)] == "empty"
+    assert reasons[("bad__invalid_not_pdf.pdf", None)] == "corrupt"
+    assert reasons[("bad__poppler-67295-0.pdf", None)] == "corrupt"
+    assert reasons[("bad__pages_tree_cycle.pdf", 2)] == "corrupt"
+    assert len(reasons) == 4, reasons  # everything else renders, encrypted one included (password given)
+    pages = _table(out, "pages").select(["source_uri", "page_number", "width", "height", "text"]).to_pylist()
+    by = {}
+    for r in pages:
+        by.setdefault(r["source_uri"].rsplit("/", 1)[1], []).append(r)
+    assert len(by["enc__rc4_pw_test.pdf"]) == 4 and any(r["text"].strip() for r in by["enc__rc4_pw_test.pdf"])
+    assert len(by["report_fin__10Q_NVDA_2023Q1.pdf"]) == 49
+    assert all(r["width"] * r["height"] <= 802_816 for r in pages)
+    poster = by["large__poster_18000x36000.pdf"][0]
+    assert abs(poster["height"] / poster["width"] - 2) < 0.01
+    readable = {p.name for p in shared_pdfs.glob("*.pdf")} - {"bad__empty_0bytes.pdf", "bad__invalid_not_pdf.pdf", "bad__poppler-67295-0.pdf"}
+    assert set(by) == readable
