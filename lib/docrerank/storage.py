@@ -86,13 +86,18 @@ def write_bytes_atomic(loc: Location, data: bytes) -> None:
             f.write(data)
 
 
+BINARY_COLUMNS_UNCOMPRESSED = ("image",)
+
+
 def write_table_atomic(loc: Location, table, compression: str = "zstd") -> None:
     """Write a pyarrow Table as one Parquet file, atomically."""
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    # Images dominate page tables and are already compressed: dictionary encoding only wastes time there.
-    pq.write_table(table, buf, compression=compression, use_dictionary=False, row_group_size=64)
+    # Page images are PNG/JPEG, already compressed: compressing or dictionary-encoding them only costs time.
+    codecs = {name: ("none" if name in BINARY_COLUMNS_UNCOMPRESSED else compression) for name in table.column_names}
+    pq.write_table(table, buf, compression=codecs, use_dictionary=[n for n in table.column_names if n not in BINARY_COLUMNS_UNCOMPRESSED],
+                   row_group_size=64)
     write_bytes_atomic(loc, buf.getvalue())
 
 
