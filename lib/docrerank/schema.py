@@ -58,3 +58,68 @@ def documents_schema():
             ("kind", pa.string()),  # pdf | image | other formats PyMuPDF opens
         ]
     )
+
+
+@cache
+def queries_schema():
+    """Every candidate query of the dataset build (long format), with both verifiers' scores and the verdict."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("query_id", pa.string()),  # sha256(page_id + role + text)[:24]
+            ("page_id", pa.string()),
+            ("text", pa.string()),
+            ("role", pa.string()),  # positive | negative
+            ("origin", pa.string()),  # given | generated | rephrased | rules | mined
+            ("parent_id", pa.string()),  # a negative's positive (query_id); null for positives
+            ("attribute", pa.string()),  # what a negative changed (year, company, ..., general); null otherwise
+            ("answer", pa.string()),  # a positive's short answer when known
+            ("p_answerable_a", pa.float32()),  # verifier prompt A
+            ("p_answerable_b", pa.float32()),  # verifier prompt B
+            ("verdict", pa.string()),  # kept | rejected
+            ("reason", pa.string()),  # why rejected (or "selected"/"not_selected" for verified negatives)
+            ("model", pa.string()),  # the engine that wrote the text
+            ("prompt_version", pa.string()),
+        ]
+    )
+
+
+@cache
+def examples_schema():
+    """Training examples: groups of one positive and k negatives, never split across batches.
+
+    Generated groups share one page and hold 1 + k queries; mined groups share one query and hold 1 + k
+    pages. ``weight`` carries the positive:negative weighting (e.g. 3:1 so both sides weigh the same).
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("group_id", pa.string()),
+            ("query", pa.string()),
+            ("page_id", pa.string()),
+            ("image", pa.binary()),
+            ("image_format", pa.string()),
+            ("text", pa.string()),  # the page's text layer (for the text backbone)
+            ("label", pa.int8()),  # 1 positive, 0 negative
+            ("kind", pa.string()),  # positive | generated | mined
+            ("weight", pa.float32()),
+            ("attribute", pa.string()),  # for generated negatives: what changed
+        ]
+    )
+
+
+@cache
+def export_schema():
+    """The published ColHNQue layout: one row per page."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("image", pa.binary()),
+            ("positive_queries", pa.list_(pa.string())),
+            ("negative_queries", pa.list_(pa.list_(pa.string()))),
+            ("answer", pa.list_(pa.string())),
+        ]
+    )
