@@ -55,6 +55,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and not raw.strip().startswith("{"):
+        value = raw  # "sample:" or "s3://x" are strings, not one-key mappings
     return key.split("."), value
 
 

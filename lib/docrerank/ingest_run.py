@@ -4,7 +4,7 @@ Output layout under ``output``:
   documents/  one row per opened document (what was planned)
   pages/      the pages table; shard ``part-<task>.parquet`` per render task, written atomically
   quarantine/ one row per input or page that produced no page row, with the reason
-  stats.json  the books: inputs, pages expected, written and quarantined by reason
+  ingest_stats.json  the books: inputs, pages expected, written and quarantined by reason
 Shard names are deterministic and the pages shard of a task is written last, so a rerun skips what is done,
 never duplicates a row, and removes quarantine shards of tasks that did not finish.
 """
@@ -375,9 +375,9 @@ def run_ingest(cfg: IngestConfig) -> dict:
             "seconds": round(time.perf_counter() - t0, 3),
         },
     }
-    runtime.write_json(out.join("stats.json"), stats)
+    runtime.write_json(out.join("ingest_stats.json"), stats)
     print(f"\ningest summary for {cfg.output}\n{summary_table(books)}\n")
-    print(f"this run: {rendered} pages rendered in {render_s:.1f}s on {workers} workers; stats: {out.join('stats.json').uri}")
+    print(f"this run: {rendered} pages rendered in {render_s:.1f}s on {workers} workers; stats: {out.join('ingest_stats.json').uri}")
     if not books.balanced:
         raise RuntimeError("ingest books do not balance:\n  " + "\n  ".join(books.problems[:20]))
     return stats

@@ -166,6 +166,9 @@ def render_report(path: Path, company: str, hq: str, ceo: str, segments: list[st
         f"{segments[0]} continues. Risks include currency movements, supply constraints and regulation."))
     fact(4, "employees", f"{cur['employees']:,}")
     fact(4, "facilities", cur["plants"])
+    for i, page in enumerate(doc, start=1):  # running header and footer, as real reports have
+        _text(page, 60, 40, f"{company}  |  Annual Report {year}", size=8)
+        _text(page, 500, 815, f"page {i}", size=8)
     doc.save(path, garbage=3, deflate=True)
     doc.close()
     return facts
@@ -192,7 +195,7 @@ def make_corpus(out_dir: str | Path, num_companies: int = 6, years: list[int] | 
     if not 1 <= num_companies <= len(COMPANIES):
         raise ValueError(f"num_companies: expected 1..{len(COMPANIES)}, got {num_companies}")
     marker = out / "corpus.json"
-    spec = {"num_companies": num_companies, "years": years, "seed": seed, "version": 1}
+    spec = {"num_companies": num_companies, "years": years, "seed": seed, "version": 2}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return out
     (out / "pdfs").mkdir(parents=True, exist_ok=True)

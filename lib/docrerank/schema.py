@@ -123,3 +123,22 @@ def export_schema():
             ("answer", pa.list_(pa.string())),
         ]
     )
+
+
+@cache
+def page_status_schema():
+    """One row per page the dataset build finished: how it ended and what each stage spent on it.
+
+    Written last for each shard, so it doubles as the build's resume marker."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("page_id", pa.string()),
+            ("status", pa.string()),  # complete | incomplete | no_positive
+            ("positives_kept", pa.int32()),
+            ("negatives_kept", pa.int32()),
+            ("metrics", pa.string()),  # JSON: {stage: {seconds, requests, prompt_tokens, completion_tokens, error:...}}
+            ("errors", pa.string()),  # JSON list of engine errors met on this page
+        ]
+    )

@@ -1,0 +1,35 @@
+"""Build hard-negative training data: positives, negatives, two-prompt verification, selection, export.
+
+    python -m jobs.build_dataset --config jobs/configs/build_local.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from docrerank.config import parse_job_args
+    from docrerank.configs import BuildConfig
+
+    cfg, ns = parse_job_args(BuildConfig, argv, prog="python -m jobs.build_dataset", description=__doc__)
+    from docrerank import runtime
+    from docrerank.build_report import attribute_table, funnel_table
+    from docrerank.build_run import run_build
+
+    runtime.setup_logging()
+    runtime.init_ray(ns.address, cfg.num_workers)
+    runtime.configure_ray_data()
+    try:
+        stats = run_build(cfg)
+    except (ValueError, RuntimeError) as e:
+        print(f"build_dataset failed: {e}", file=sys.stderr)
+        return 1
+    print(f"\ndataset build for {cfg.output}\n{funnel_table(stats)}\n\n{attribute_table(stats)}\n")
+    print(f"this run: {stats['this_run']['pages']} pages in {stats['this_run']['seconds']}s; "
+          f"card: {cfg.output}/card.md, stats: {cfg.output}/stats.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
