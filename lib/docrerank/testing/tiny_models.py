@@ -109,9 +109,13 @@ def _special_ids(tok) -> dict[str, int]:
     return {t: tok.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
 
 
+VL_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
 def make_tiny_qwen2_vl(
     path: str | Path,
     *,
+    arch: str = "qwen2_vl",
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -124,15 +128,17 @@ def make_tiny_qwen2_vl(
     max_pixels: int = 28 * 28 * 1280,
     seed: int = 0,
 ) -> Path:
-    """Write a random-weight ``Qwen2VLForConditionalGeneration`` checkpoint with its tokenizer to ``path``.
+    """Write a random-weight Qwen2-VL-family checkpoint with its tokenizer to ``path``; returns ``path``.
 
-    Same architecture as Qwen2-VL (patch 14, temporal patch 2, spatial merge 2, M-RoPE), tiny widths.
+    ``arch``: "qwen2_vl" (Qwen2-VL: patch 14, M-RoPE), "qwen2_5_vl" (window attention in the vision tower),
+    or "qwen3_vl" (patch 16, interleaved M-RoPE, deepstack). Tiny widths, real structure.
     ``initializer_range`` is larger than the real 0.02 so that outputs depend visibly on the input.
-    Returns ``path``.
     """
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
+    if arch not in VL_ARCHS:
+        raise ValueError(f"arch: got {arch!r}, expected one of {VL_ARCHS}")
     path = Path(path)
     tok = make_tiny_tokenizer(path)
     ids = _special_ids(tok)
@@ -141,39 +147,46 @@ def make_tiny_qwen2_vl(
         raise ValueError(f"hidden_size/num_heads must be a multiple of 8 for M-RoPE, got {head_dim}")
     half = head_dim // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0},
-            initializer_range=initializer_range,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            embed_dim=vision_embed_dim,
-            hidden_size=hidden_size,
-            num_heads=vision_heads,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            initializer_range=initializer_range,
-        ),
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0},
+        initializer_range=initializer_range,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(depth=vision_depth, hidden_size=hidden_size, num_heads=vision_heads, spatial_merge_size=2,
+                  temporal_patch_size=2, initializer_range=initializer_range)
+    patch = 14
+    if arch == "qwen2_vl":
+        cls = Qwen2VLConfig
+        vision.update(embed_dim=vision_embed_dim, mlp_ratio=2, patch_size=patch)
+    elif arch == "qwen2_5_vl":
+        cls = Qwen2_5_VLConfig
+        vision.update(hidden_size=vision_embed_dim, out_hidden_size=hidden_size, intermediate_size=2 * vision_embed_dim,
+                      patch_size=patch, window_size=56, fullatt_block_indexes=[vision_depth - 1])
+    else:
+        cls, patch = Qwen3VLConfig, 16
+        text.update(head_dim=head_dim)
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision.update(hidden_size=vision_embed_dim, out_hidden_size=hidden_size, intermediate_size=2 * vision_embed_dim,
+                      patch_size=patch, num_position_embeddings=64, deepstack_visual_indexes=[0])
+    config = cls(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(str(path))
@@ -183,7 +196,7 @@ def make_tiny_qwen2_vl(
             "image_processor_type": "Qwen2VLImageProcessor",
             "min_pixels": min_pixels,
             "max_pixels": max_pixels,
-            "patch_size": 14,
+            "patch_size": patch,
             "temporal_patch_size": 2,
             "merge_size": 2,
             "image_mean": [0.48145466, 0.4578275, 0.40821073],

@@ -1,0 +1,209 @@
+"""OpenAI-compatible chat endpoint backend (vLLM serve, TGI, SGLang, OpenAI, ...).
+
+Bounded concurrency (a thread pool of ``http.max_concurrency``), a timeout per attempt, retries with
+exponential backoff and jitter on 429, 5xx, timeouts and connection errors (``Retry-After`` honoured, capped).
+The API key is read from the environment variable named in the config when the engine is built and is sent
+only as the Authorization header: it is never stored in the config, logged, or put in an error message.
+Judging uses ``top_logprobs`` of a one-token answer; an endpoint that returns no logprobs falls back to the
+one-token answer itself (judge_mode "auto"), reported with method "answer".
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Sequence
+
+from docrerank.engines.base import (
+    EngineConfig,
+    GenerateRequest,
+    JudgeRequest,
+    JudgeResult,
+    RawGeneration,
+    TextEngine,
+    error_kind,
+    judge_from_top_logprobs,
+    make_error,
+)
+from docrerank.engines.messages import to_openai_dicts
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def generate_body(model: str, req: GenerateRequest, json_mode: str, extra: dict) -> dict:
+    """Chat-completions request body for a generate request."""
+    s = req.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": to_openai_dicts(req.messages),
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens,
+        "n": s.n,
+    }
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if req.json_schema is not None and json_mode == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": req.json_schema}}
+    elif req.json_schema is not None and json_mode == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    return {**body, **extra}
+
+
+def judge_body(model: str, req: JudgeRequest, with_logprobs: bool, top_logprobs: int, extra: dict) -> dict:
+    """Chat-completions request body for a judgement: one greedy token, with top_logprobs when asked."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": to_openai_dicts(req.messages),
+        "temperature": 0.0,
+        "max_tokens": 1,
+    }
+    if with_logprobs:
+        body.update(logprobs=True, top_logprobs=top_logprobs)
+    return {**body, **extra}
+
+
+def parse_generation(data: Any) -> RawGeneration:
+    """A chat-completions response -> texts, finish reasons, token counts (bad_response on a wrong shape)."""
+    try:
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        texts, reasons = [], []
+        for c in choices:
+            msg = c["message"]
+            content = msg.get("content")
+            if not content and msg.get("refusal"):
+                return RawGeneration(error=make_error("refusal", str(msg["refusal"])[:80]))
+            if content is not None and not isinstance(content, str):
+                raise TypeError(f"content is {type(content).__name__}")
+            texts.append(content or "")
+            reasons.append(c.get("finish_reason") or "stop")
+        usage = data.get("usage") or {}
+        if not choices:
+            raise ValueError("no choices")
+        return RawGeneration(texts=texts, finish_reasons=reasons, prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                             completion_tokens=int(usage.get("completion_tokens", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return RawGeneration(error=make_error("bad_response", f"unexpected response shape ({err})"))
+
+
+def parse_judgement(data: Any, yes: str, no: str, allow_answer: bool) -> JudgeResult:
+    """Judgement from a one-token response: top_logprobs if present, else (when allowed) the answer word."""
+    try:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        content = (choice.get("logprobs") or {}).get("content") or []
+        if content and content[0].get("top_logprobs"):
+            top = {t["token"]: float(t["logprob"]) for t in content[0]["top_logprobs"]}
+            res = judge_from_top_logprobs(top, yes, no)
+            res.prompt_tokens = prompt_tokens
+            return res
+        if not allow_answer:
+            return JudgeResult(error=make_error("missing_logprobs", "endpoint returned no top_logprobs"),
+                               prompt_tokens=prompt_tokens)
+        answer = (choice["message"].get("content") or "").strip().strip(".!,:;\"'").lower()
+        if answer in (yes.lower(), no.lower()):
+            return JudgeResult(p_yes=float(answer == yes.lower()), method="answer", prompt_tokens=prompt_tokens)
+        return JudgeResult(error=make_error("bad_response", f"answer {answer[:20]!r} is neither {yes!r} nor {no!r}"),
+                           prompt_tokens=prompt_tokens)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        return JudgeResult(error=make_error("bad_response", f"unexpected response shape ({err})"))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: Optional[str] = None) -> float:
+    """Delay before retry ``attempt`` (0-based): Retry-After when numeric, else base * 2**attempt with jitter."""
+    if retry_after:
+        try:
+            return min(max(float(retry_after), 0.0), cap)
+        except ValueError:
+            pass
+    return min(cap, base * (2**attempt)) * (0.5 + random.random() / 2)
+
+
+class HTTPEngine(TextEngine):
+    """Engine on an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    def __init__(self, cfg: EngineConfig):
+        import httpx
+
+        super().__init__()
+        self.cfg, self.opts = cfg, cfg.http
+        self.json_repair, self.reject_refusals = cfg.json_repair, cfg.reject_refusals
+        key = os.environ.get(self.opts.api_key_env) if self.opts.api_key_env else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.opts.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(self.opts.timeout_s),
+            limits=httpx.Limits(max_connections=self.opts.max_concurrency),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=self.opts.max_concurrency, thread_name_prefix="docrerank-http")
+
+    def __repr__(self) -> str:  # never show headers (the key)
+        return f"HTTPEngine(base_url={self.opts.base_url!r}, model={self.cfg.model!r})"
+
+    def post(self, body: dict) -> tuple[Optional[Any], Optional[str]]:
+        """POST one body with retries; returns (parsed JSON, None) or (None, error)."""
+        httpx = self._httpx
+        error = None
+        for attempt in range(self.opts.max_retries + 1):
+            retry_after = None
+            try:
+                resp = self._client.post("/chat/completions", json=body)
+            except httpx.TimeoutException:
+                error = make_error("timeout", f"no answer in {self.opts.timeout_s}s ({attempt + 1} attempts)")
+            except httpx.TransportError as err:
+                error = make_error("request_failed", f"{type(err).__name__} ({attempt + 1} attempts)")
+            else:
+                if resp.status_code < 400:
+                    try:
+                        return resp.json(), None
+                    except ValueError:
+                        return None, make_error("bad_response", f"HTTP {resp.status_code} body is not JSON: "
+                                                f"{resp.text[:60]!r}")
+                error = make_error("request_failed", f"HTTP {resp.status_code}: {resp.text[:120]!r} "
+                                   f"({attempt + 1} attempts)")
+                if resp.status_code not in RETRY_STATUS:
+                    return None, error
+                retry_after = resp.headers.get("retry-after")
+            if attempt < self.opts.max_retries:
+                time.sleep(backoff_delay(attempt, self.opts.backoff_s, self.opts.backoff_max_s, retry_after))
+        return None, error
+
+    def _generate_one(self, req: GenerateRequest) -> RawGeneration:
+        try:
+            body = generate_body(self.cfg.model, req, self.opts.json_mode, self.opts.extra_body)
+        except ValueError as err:
+            return RawGeneration(error=make_error("bad_input", str(err)))
+        data, err = self.post(body)
+        return RawGeneration(error=err) if err else parse_generation(data)
+
+    def _generate_raw(self, requests: Sequence[GenerateRequest]) -> list[RawGeneration]:
+        return list(self._pool.map(self._generate_one, requests))
+
+    def _judge_one(self, req: JudgeRequest) -> JudgeResult:
+        mode = self.opts.judge_mode
+        try:
+            body = judge_body(self.cfg.model, req, mode != "answer", self.opts.top_logprobs, self.opts.extra_body)
+        except ValueError as err:
+            return JudgeResult(error=make_error("bad_input", str(err)), id=req.id)
+        data, err = self.post(body)
+        res = JudgeResult(error=err) if err else parse_judgement(data, req.yes, req.no, allow_answer=mode != "logprobs")
+        res.id = req.id
+        return res
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        """P(yes) per request from the endpoint's top_logprobs (see the module docstring)."""
+        results = list(self._pool.map(self._judge_one, requests))
+        self.stats.update("judge_" + (error_kind(r.error) or "ok") for r in results)
+        return results
+
+    def close(self) -> None:
+        """Close connections and worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
