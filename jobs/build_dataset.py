@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.build_run import run_build
 
     runtime.setup_logging()
-    runtime.init_ray(ns.address, cfg.num_workers)
+    runtime.init_ray(ns.address)
     runtime.configure_ray_data()
     try:
         stats = run_build(cfg)

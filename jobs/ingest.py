@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.ingest_run import run_ingest
 
     runtime.setup_logging()
-    runtime.init_ray(ns.address, cfg.num_workers)
+    runtime.init_ray(ns.address)
     runtime.configure_ray_data()
     try:
         run_ingest(cfg)

@@ -127,3 +127,14 @@ def test_list_inputs_dir_glob_and_list_file(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in list_inputs(str(lst), [".pdf"])] == ["a.pdf", "d.pdf"]
     with pytest.raises(ValueError, match="nothing found"):
         list_inputs(str(tmp_path / "nope"), [".pdf"])
+
+
+def test_sample_corpus_is_byte_identical_everywhere(tmp_path):
+    """Stable bytes -> stable page ids -> reproducible builds across machines and reruns."""
+    from docrerank.sample_corpus import make_corpus
+
+    a, b = make_corpus(tmp_path / "a", num_companies=1), make_corpus(tmp_path / "b", num_companies=1)
+    files = sorted(p.name for p in (a / "pdfs").glob("*.pdf"))
+    assert len(files) == 3
+    assert all((a / "pdfs" / f).read_bytes() == (b / "pdfs" / f).read_bytes() for f in files)
+    assert (a / "questions.jsonl").read_text() == (b / "questions.jsonl").read_text()

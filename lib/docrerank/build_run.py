@@ -21,6 +21,10 @@ from docrerank.configs import BuildConfig, IngestConfig
 log = logging.getLogger("docrerank.build")
 
 PAGE_COLUMNS = ["page_id", "image", "image_format", "text"]
+# Logical CPUs: reading is mostly I/O, and model-free actors leave a sliver of their core to it, so a pool
+# as large as the machine never starves the read (a deadlock Ray Data cannot resolve on one small node).
+READ_CPUS = 0.1
+MODEL_FREE_CPUS = 0.9
 OUTPUT_TABLES = ("queries", "examples", "export", "page_status")
 
 
@@ -113,31 +117,35 @@ class AttachState:
         return t.select(PAGE_COLUMNS).append_column("state", pa.array(states, pa.string()))
 
 
-class QueryPagesSource:
-    """A query-page set -> page rows (page id from the image bytes) with its queries as given positives."""
+def query_pages_source(batch: dict) -> dict:
+    """A query-page set -> page rows (page id from the image bytes) with its queries as given positives.
 
-    def __call__(self, batch):
-        from docrerank.engines.messages import sniff_mime
-        from docrerank.ingest import page_id_of
+    Columns: ``image`` (bytes, or a struct with ``bytes`` as HF datasets write it), ``positive_queries`` /
+    ``queries`` (list) or ``query`` (str), optional ``answer`` and ``text`` (a text layer, if the set has one).
+    """
 
-        imgs = list(batch["image"])
-        queries = batch.get("positive_queries", batch.get("queries", batch.get("query")))
-        answers = batch.get("answer")
-        out = {k: [] for k in (*PAGE_COLUMNS, "given")}
-        for i, img in enumerate(imgs):
-            img = img["bytes"] if isinstance(img, dict) else bytes(img)
-            qs = queries[i]
-            qs = [qs] if isinstance(qs, str) else [str(q) for q in list(qs)]
-            ans = answers[i] if answers is not None else None
-            ans = [ans] if isinstance(ans, str) else (list(ans) if ans is not None else [])
-            pid = page_id_of(hashlib.sha256(img).hexdigest()[:32], 1)
-            out["page_id"].append(pid)
-            out["image"].append(img)
-            out["image_format"].append(sniff_mime(img).split("/")[-1])
-            out["text"].append("")
-            out["given"].append(json.dumps([
-                {"question": q, "answer": (ans[j] if j < len(ans) else None)} for j, q in enumerate(qs) if q]))
-        return out
+    from docrerank.engines.messages import sniff_mime
+    from docrerank.ingest import page_id_of
+
+    imgs = list(batch["image"])
+    queries = batch.get("positive_queries", batch.get("queries", batch.get("query")))
+    answers = batch.get("answer")
+    texts = batch.get("text")
+    out = {k: [] for k in (*PAGE_COLUMNS, "given")}
+    for i, img in enumerate(imgs):
+        img = img["bytes"] if isinstance(img, dict) else bytes(img)
+        qs = queries[i]
+        qs = [qs] if isinstance(qs, str) else [str(q) for q in list(qs)]
+        ans = answers[i] if answers is not None else None
+        ans = [ans] if isinstance(ans, str) else (list(ans) if ans is not None else [])
+        pid = page_id_of(hashlib.sha256(img).hexdigest()[:32], 1)
+        out["page_id"].append(pid)
+        out["image"].append(img)
+        out["image_format"].append(sniff_mime(img).split("/")[-1])
+        out["text"].append(str(texts[i]) if texts is not None and texts[i] is not None else "")
+        out["given"].append(json.dumps([
+            {"question": q, "answer": (ans[j] if j < len(ans) else None)} for j, q in enumerate(qs) if q]))
+    return out
 
 
 class ChainStage:
@@ -222,21 +230,21 @@ def run_build(cfg: BuildConfig) -> dict:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic batches -> deterministic shards
     if cfg.query_pages:
-        ds = ray.data.read_parquet(cfg.query_pages)
+        ds = ray.data.read_parquet(cfg.query_pages, num_cpus=READ_CPUS, file_extensions=["parquet"])
         if cfg.limit_pages:
             ds = ds.limit(cfg.limit_pages)
-        ds = ds.map_batches(QueryPagesSource, batch_size=cfg.pages_per_batch,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
+        ds = ds.map_batches(query_pages_source, batch_size=cfg.pages_per_batch, num_cpus=READ_CPUS)
     else:
         if cfg.limit_pages:
             ids = storage.read_parquet_dir(pages_loc, columns=["page_id"]).column("page_id").to_pylist()
             limit_ids = set(sorted(ids)[: cfg.limit_pages])
-        ds = ray.data.read_parquet(pages_loc.uri if "://" in pages_loc.uri else pages_loc.path, columns=PAGE_COLUMNS)
+        ds = ray.data.read_parquet(pages_loc.uri if "://" in pages_loc.uri else pages_loc.path, columns=PAGE_COLUMNS,
+                                   num_cpus=READ_CPUS, file_extensions=["parquet"])
     vocab = build_vocabulary(pages_loc) if cfg.negatives.engine == "rules" and not cfg.query_pages else {}
     workers = cfg.num_workers or runtime.cluster_cpus()
     for specs, engine in group_stages(stage_specs(cfg, vocab, given, done, limit_ids, write_pages)):
         if engine is None:
-            compute, res = ray.data.ActorPoolStrategy(min_size=1, max_size=workers), {"num_cpus": 1}
+            compute, res = ray.data.ActorPoolStrategy(min_size=1, max_size=workers), {"num_cpus": MODEL_FREE_CPUS}
         else:
             compute = ray.data.ActorPoolStrategy(size=engine.ray.concurrency)
             res = {"num_cpus": engine.ray.num_cpus, "num_gpus": engine.ray.num_gpus or None}

@@ -61,6 +61,9 @@ class _Stage:
     name = "stage"
 
     def __call__(self, batch: dict) -> dict:
+        from docrerank import faults
+
+        faults.at_stage(self.name)
         rows = batch_rows(batch)
         pages = [dict(r, state=json.loads(r["state"])) for r in rows]
         t0 = time.perf_counter()

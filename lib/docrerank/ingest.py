@@ -292,30 +292,14 @@ def child_probe(source_uri: str, passwords: dict, settings: dict) -> dict:
         return {"quarantine": quarantine_row(source_uri, doc_id_of(data), None, "probe", e.reason, str(e))}
 
 
-def _inject_fault(uri: str, page_numbers: list[int]) -> None:
-    """Test hook: ``DOCRERANK_FAULT_INJECT="crash:NAME:PAGE,hang:NAME:PAGE"`` makes the isolated child die
-    (SIGSEGV) or hang when asked to render that page of a file whose name contains NAME. Off by default;
-    it exists so tests can prove a parser crash or hang costs one page, not the job."""
-    import os
-    import signal
-    import time
-
-    spec = os.environ.get("DOCRERANK_FAULT_INJECT", "")
-    for item in filter(None, spec.split(",")):
-        kind, name, page = item.split(":")
-        if name in uri.rsplit("/", 1)[-1] and int(page) in page_numbers:
-            if kind == "crash":
-                os.kill(os.getpid(), signal.SIGSEGV)
-            elif kind == "hang":
-                time.sleep(3600)
-
-
 def child_render(doc_row: dict, page_numbers: list[int], passwords: dict, settings: dict) -> tuple[list[dict], list[dict]]:
     """Read one file and render some of its pages: (page rows, quarantine rows)."""
     from docrerank import storage
 
     uri = doc_row["source_uri"]
-    _inject_fault(uri, page_numbers)
+    from docrerank import faults
+
+    faults.at_page(uri, page_numbers)
     try:
         data = storage.read_bytes(storage.resolve(uri))
     except Exception as e:

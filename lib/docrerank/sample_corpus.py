@@ -169,7 +169,9 @@ def render_report(path: Path, company: str, hq: str, ceo: str, segments: list[st
     for i, page in enumerate(doc, start=1):  # running header and footer, as real reports have
         _text(page, 60, 40, f"{company}  |  Annual Report {year}", size=8)
         _text(page, 500, 815, f"page {i}", size=8)
-    doc.save(path, garbage=3, deflate=True)
+    doc.set_metadata({"title": f"{company} Annual Report {year}", "creationDate": f"D:{year + 1}0301000000Z",
+                      "modDate": f"D:{year + 1}0301000000Z", "producer": "docrerank sample corpus"})
+    doc.save(path, garbage=3, deflate=True, no_new_id=True)  # byte-identical on every machine: stable page ids
     doc.close()
     return facts
 
@@ -195,7 +197,7 @@ def make_corpus(out_dir: str | Path, num_companies: int = 6, years: list[int] | 
     if not 1 <= num_companies <= len(COMPANIES):
         raise ValueError(f"num_companies: expected 1..{len(COMPANIES)}, got {num_companies}")
     marker = out / "corpus.json"
-    spec = {"num_companies": num_companies, "years": years, "seed": seed, "version": 2}
+    spec = {"num_companies": num_companies, "years": years, "seed": seed, "version": 3}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return out
     (out / "pdfs").mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,9 @@ def add_problem_files(out_dir: str | Path) -> None:
     import pymupdf
 
     pdfs = Path(out_dir) / "pdfs"
-    src = sorted(pdfs.glob("*.pdf"))[0]
+    if (pdfs / "confidential_board_pack.pdf").exists() and (pdfs / "broken_upload.pdf").exists():
+        return
+    src = pdfs / f"{COMPANIES[0][0].lower().replace(' ', '_')}_{YEARS[0]}.pdf"
     doc = pymupdf.open(src)
     doc.save(pdfs / "confidential_board_pack.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256,
              user_pw=SAMPLE_PASSWORD, owner_pw=SAMPLE_PASSWORD + "-owner")

@@ -64,24 +64,29 @@ class Vocabulary:
         freq: Counter = Counter()
         for text in texts:
             v.years.update(set(_YEAR.findall(text)))
-            flat = re.sub(r"\s+", " ", text)
             seen = set()
-            for m in _ENTITY.finditer(flat):
-                phrase = m.group(0)
-                words = phrase.split()
-                if words[0] in _SENTENCE_START:
-                    phrase = " ".join(words[1:])
-                    if len(words) < 3:
-                        continue
-                before = flat[max(0, m.start() - 30):m.start()].split()[-1:]
-                after = flat[m.end():m.end() + 30].split()[:1]
-                ctx[phrase].update(w.lower().strip(",.:;") for w in before + after)
-                seen.add(phrase)
+            # line by line: names do not span table cells or title lines
+            for line in text.splitlines():
+                v._collect(line, ctx, seen)
             freq.update(seen)
         for phrase, n in freq.most_common(max_entities):
             if n >= min_docs:
                 v.entities[phrase] = ctx[phrase]
         return v
+
+    @staticmethod
+    def _collect(line: str, ctx: dict, seen: set) -> None:
+        for m in _ENTITY.finditer(line):
+            phrase = m.group(0)
+            words = phrase.split()
+            if words[0] in _SENTENCE_START:
+                if len(words) < 3:
+                    continue
+                phrase = " ".join(words[1:])
+            before = line[max(0, m.start() - 30):m.start()].split()[-1:]
+            after = line[m.end():m.end() + 30].split()[:1]
+            ctx[phrase].update(w.lower().strip(",.:;|") for w in before + after)
+            seen.add(phrase)
 
     def similar_entities(self, phrase: str) -> list[str]:
         """Other entities ranked by how alike their contexts are (a cheap stand-in for an entity type)."""
@@ -143,8 +148,9 @@ def swap_company(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> li
                 continue
             s += len(words[0]) + 1
             phrase = " ".join(words[1:])
-        cands = vocab.similar_entities(phrase) if phrase in vocab.entities else []
-        cands = [c for c in cands[:12] if not _on_page(c, page)] or [c for c in FALLBACK_COMPANIES if not _on_page(c, page)]
+        cands = vocab.similar_entities(phrase)[:8] if phrase in vocab.entities else []
+        # corpus entities of the same kind first; well-known companies pad a small corpus
+        cands = [c for c in cands + FALLBACK_COMPANIES if not _on_page(c, page)]
         picks = cands[:4]
         rng.shuffle(picks)
         out += [Rewrite(_replace_span(q, s, e, c), "company") for c in picks[:3]]
