@@ -187,13 +187,53 @@ def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids
 
 
 def group_stages(specs: list) -> list[tuple[list, object]]:
-    """Split stages into actor groups: each model stage starts a group; model-free ones join the current."""
+    """Split stages into actor groups: each model stage starts a group, model-free stages join the group
+    before them (leading ones join the first model's), so a run holds one actor pool per model."""
     groups: list[tuple[list, object]] = []
+    pending: list = []
     for target, kwargs, engine in specs:
-        if engine is not None or not groups:
-            groups.append(([], engine))
-        groups[-1][0].append((target, kwargs))
+        if engine is not None:
+            groups.append((pending + [(target, kwargs)], engine))
+            pending = []
+        elif groups:
+            groups[-1][0].append((target, kwargs))
+        else:
+            pending.append((target, kwargs))
+    if pending:
+        groups.append((pending, None))
     return groups
+
+
+def _read_files(batch: dict, columns: list[str] | None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from docrerank import storage as st
+
+    tables = []
+    for uri in batch["uri"]:
+        loc = st.resolve(str(uri))
+        tables.append(pq.read_table(loc.path, columns=columns, filesystem=loc.fs))
+    return pa.concat_tables(tables)
+
+
+def read_parquet_files(loc: storage.Location, columns: list[str] | None = None):
+    """A dataset of every Parquet file under ``loc``, read by tasks of ``READ_CPUS`` logical CPUs.
+
+    (``ray.data.read_parquet`` lists files in a task that takes a whole CPU; on a small node that CPU may be
+    held by the stage actors, and the read never starts.)"""
+    files = [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=(".parquet",))]
+    if not files:
+        raise ValueError(f"no Parquet files under {loc.uri}")
+    return read_parquet_files_list(files, columns)
+
+
+def read_parquet_files_list(files: list[str], columns: list[str] | None = None):
+    """A dataset of the given Parquet files (one light read task per file)."""
+    import ray.data
+
+    ds = ray.data.from_items([{"uri": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(_read_files, batch_size=1, fn_kwargs={"columns": columns}, num_cpus=READ_CPUS)
 
 
 def run_build(cfg: BuildConfig) -> dict:
@@ -230,7 +270,8 @@ def run_build(cfg: BuildConfig) -> dict:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic batches -> deterministic shards
     if cfg.query_pages:
-        ds = ray.data.read_parquet(cfg.query_pages, num_cpus=READ_CPUS, file_extensions=["parquet"])
+        qp = storage.resolve(cfg.query_pages)
+        ds = read_parquet_files(qp) if storage.is_dir(qp) else read_parquet_files_list([qp.uri])
         if cfg.limit_pages:
             ds = ds.limit(cfg.limit_pages)
         ds = ds.map_batches(query_pages_source, batch_size=cfg.pages_per_batch, num_cpus=READ_CPUS)
@@ -238,8 +279,7 @@ def run_build(cfg: BuildConfig) -> dict:
         if cfg.limit_pages:
             ids = storage.read_parquet_dir(pages_loc, columns=["page_id"]).column("page_id").to_pylist()
             limit_ids = set(sorted(ids)[: cfg.limit_pages])
-        ds = ray.data.read_parquet(pages_loc.uri if "://" in pages_loc.uri else pages_loc.path, columns=PAGE_COLUMNS,
-                                   num_cpus=READ_CPUS, file_extensions=["parquet"])
+        ds = read_parquet_files(pages_loc, PAGE_COLUMNS)
     vocab = build_vocabulary(pages_loc) if cfg.negatives.engine == "rules" and not cfg.query_pages else {}
     workers = cfg.num_workers or runtime.cluster_cpus()
     for specs, engine in group_stages(stage_specs(cfg, vocab, given, done, limit_ids, write_pages)):

@@ -178,7 +178,7 @@ class VerifyStage(_Stage):
             for p, q in jobs:  # image first, query last: one shared prefix per (page, prompt)
                 for key in ("prompt_a", "prompt_b"):
                     reqs.append(JudgeRequest([user(p["image"], self.prompt[key].format(query=q["text"]))],
-                                             yes=self.prompt["yes"], no=self.prompt["no"], id=q["query_id"]))
+                                             yes=self.prompt["answer_yes"], no=self.prompt["answer_no"], id=q["query_id"]))
             res = self.engine.judge(reqs)
             for i, (p, q) in enumerate(jobs):
                 ra, rb = res[2 * i], res[2 * i + 1]
