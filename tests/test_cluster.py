@@ -1,0 +1,146 @@
+"""Cluster configs validate; a real `ray start --head` with token auth runs `ray job submit` of the build."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+
+
+def test_cluster_launcher_config_matches_rays_schema():
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values())  # generation/verification
+    assert any(t["resources"].get("GPU", 0) >= 4 for t in types.values())  # training nodes
+    assert sum(t["max_workers"] for t in types.values()) <= cfg["max_workers"] + types[cfg["head_node_type"]]["max_workers"]
+    assert any("[gpu" in c for c in cfg["setup_commands"])  # workers install the gpu extra
+
+
+def _k8s_docs():
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            yield path.name, doc
+
+
+def _cluster_spec(doc):
+    return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+
+
+def _check_group(name, start, template):
+    containers = template["spec"]["containers"]
+    assert containers and all(c.get("image") for c in containers), name
+    res = containers[0]["resources"]
+    assert res["requests"] == res["limits"], f"{name}: requests and limits differ"
+    cpus = start.get("num-cpus")
+    if cpus is not None and cpus != "0":
+        assert str(res["limits"]["cpu"]) == cpus, f"{name}: num-cpus {cpus} != cpu limit {res['limits']['cpu']}"
+    gpus = start.get("num-gpus", "0")
+    assert str(res["limits"].get("nvidia.com/gpu", "0")) == gpus, f"{name}: num-gpus {gpus} != GPU limit"
+
+
+def test_kuberay_manifests_are_complete_and_consistent():
+    kinds = set()
+    for fname, doc in _k8s_docs():
+        assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["name"], fname
+        kinds.add(doc["kind"])
+        spec = _cluster_spec(doc)
+        assert spec["rayVersion"].startswith("2.")
+        head = spec["headGroupSpec"]
+        _check_group(f"{fname}:head", head["rayStartParams"], head["template"])
+        groups = spec["workerGroupSpecs"]
+        assert len({g["groupName"] for g in groups}) == len(groups)
+        for g in groups:
+            assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
+            _check_group(f"{fname}:{g['groupName']}", g["rayStartParams"], g["template"])
+        assert any(g["rayStartParams"].get("num-gpus", "0") != "0" for g in groups), f"{fname}: no GPU group"
+        if doc["kind"] == "RayJob":
+            assert doc["spec"]["entrypoint"].startswith("python -m jobs.")
+    assert kinds == {"RayCluster", "RayJob"}
+
+
+def test_runtime_env_has_no_secrets():
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "." and ".venv/" in env["excludes"]
+    for key in env.get("env_vars", {}):
+        assert not set(key.upper().split("_")) & {"KEY", "TOKEN", "SECRET", "PASSWORD"}, key
+
+
+def _free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real head started with `ray start --head`, token authentication on, on free ports; stopped after."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    home = tmp_path / "home"
+    home.mkdir()
+    temp = Path(f"/tmp/rt_{uuid.uuid4().hex[:8]}")  # short: unix socket paths have a length limit
+    env = dict(os.environ, HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    token = home / ".ray" / "auth_token"
+    assert token.is_file()
+    gcs, dash, *p = _free_ports(9)
+    cmd = [ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", f"--dashboard-port={dash}",
+           "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}",
+           f"--dashboard-agent-listen-port={p[0]}", f"--dashboard-agent-grpc-port={p[1]}",
+           f"--runtime-env-agent-port={p[2]}", f"--metrics-export-port={p[3]}", f"--ray-client-server-port={p[4]}",
+           f"--node-manager-port={p[5]}", f"--object-manager-port={p[6]}"]
+    r = subprocess.run(cmd, env=dict(env, RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    try:
+        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "env": env, "ray": ray_bin}
+    finally:
+        subprocess.run(["pkill", "-f", str(temp)], timeout=30)
+        time.sleep(1)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_the_build(ray_head, tmp_path):
+    client = dict(ray_head["env"], HOME=str(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ray_head["token"]))
+    # security stays on: a client without the token is refused
+    anon = subprocess.run([ray_head["ray"], "job", "list", "--address", ray_head["address"]], capture_output=True,
+                          text=True, timeout=60, env=dict(client, RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN_PATH=""))
+    assert anon.returncode != 0 and "token" in (anon.stderr + anon.stdout).lower()
+    out = tmp_path / "out"
+    submit = [ray_head["ray"], "job", "submit", "--address", ray_head["address"], "--working-dir", str(REPO),
+              "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--submission-id", "docrerank-test", "--",
+              "python", "-m", "jobs.build_dataset", "--config", "jobs/configs/build_local.yaml",
+              f"output={out}", "input=sample:1"]
+    for attempt in range(10):  # the dashboard agent may need a moment after `ray start`
+        r = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=client, cwd=REPO)
+        if "No available agent" not in r.stderr + r.stdout:
+            break
+        time.sleep(3)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "succeeded" in r.stdout + r.stderr
+    logs = subprocess.run([ray_head["ray"], "job", "logs", "docrerank-test", "--address", ray_head["address"]],
+                          capture_output=True, text=True, timeout=60, env=client)
+    assert "dataset build for" in logs.stdout and "training groups" in logs.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["groups"] == 12 and stats["ingest"]["balanced"]  # 1 company x 3 years x 4 pages
