@@ -41,6 +41,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(address=address, log_to_driver=True)
         return address
     ray.init(
+        address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         log_to_driver=True,
