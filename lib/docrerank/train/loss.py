@@ -1,0 +1,105 @@
+"""Losses and metrics on relevance scores: pure functions on tensors.
+
+A score is s = logit("True") - logit("False") in float32. The paper's 2-way softmax over (True, False) puts
+p(True) = sigmoid(s) on the positive answer, so its cross-entropy is softplus(-s) for a positive and
+softplus(s) for a negative: the pointwise loss below, computed from s directly (no saturated ties in bf16).
+A batch is flat: examples of whole groups, with ``group_index`` (0..G-1) telling which group each belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_flat(scores: torch.Tensor, **others: torch.Tensor) -> None:
+    if scores.dim() != 1:
+        raise ValueError(f"scores: expected a 1-D tensor, got shape {tuple(scores.shape)}")
+    for name, t in others.items():
+        if t.shape != scores.shape:
+            raise ValueError(f"{name}: expected shape {tuple(scores.shape)} like scores, got {tuple(t.shape)}")
+
+
+def example_weights(labels: torch.Tensor, positive_weight: float = 3.0,
+                    column: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-example loss weights: ``column`` when given, else ``positive_weight`` for positives and 1 otherwise."""
+    if column is not None:
+        _check_flat(labels.float(), column=column)
+        if (column < 0).any():
+            raise ValueError(f"weights: expected non-negative values, got min {float(column.min())}")
+        return column.float()
+    return torch.where(labels > 0, torch.full_like(labels, positive_weight, dtype=torch.float32),
+                       torch.ones_like(labels, dtype=torch.float32))
+
+
+def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted mean of the 2-way cross-entropy: sum(w * CE) / sum(w)."""
+    weights = torch.ones_like(scores) if weights is None else weights
+    _check_flat(scores, labels=labels, weights=weights)
+    s = scores.float()
+    ce = torch.where(labels > 0, F.softplus(-s), F.softplus(s))
+    w = weights.float().to(s.device)
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("weights: expected a positive sum, got 0")
+    return (w * ce).sum() / total
+
+
+def padded_groups(values: torch.Tensor, group_index: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, K) matrix of ``values`` by group (K = largest group) padded with ``fill``, and its validity mask."""
+    _check_flat(values.float(), group_index=group_index)
+    g = int(group_index.max()) + 1 if group_index.numel() else 0
+    counts = torch.bincount(group_index, minlength=g)
+    k = int(counts.max()) if g else 0
+    order = torch.argsort(group_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(group_index), device=group_index.device) - starts[group_index[order]]
+    out = torch.full((g, k), fill, dtype=values.dtype, device=values.device)
+    mask = torch.zeros((g, k), dtype=torch.bool, device=values.device)
+    out[group_index[order], col] = values[order]
+    mask[group_index[order], col] = True
+    return out, mask
+
+
+def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Mean over groups of the cross-entropy of a softmax over the group's scores, target = its one positive."""
+    _check_flat(scores, labels=labels, group_index=group_index)
+    s, mask = padded_groups(scores.float(), group_index, float("-inf"))
+    lab, _ = padded_groups(labels.long(), group_index, 0)
+    n_pos = lab.sum(1)
+    if (n_pos != 1).any():
+        bad = int(torch.nonzero(n_pos != 1)[0])
+        raise ValueError(f"listwise loss: expected exactly 1 positive per group, group {bad} has {int(n_pos[bad])}")
+    target = lab.argmax(1)
+    return F.cross_entropy(s.masked_fill(~mask, float("-inf")), target)
+
+
+def compute_loss(kind: str, scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor,
+                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``pointwise`` (weighted 2-way CE) or ``listwise`` (softmax per group)."""
+    if kind == "pointwise":
+        return pointwise_loss(scores, labels, weights)
+    if kind == "listwise":
+        return listwise_loss(scores, labels, group_index)
+    raise ValueError(f"loss kind: got {kind!r}, expected 'pointwise' or 'listwise'")
+
+
+def pairwise_counts(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> tuple[float, int]:
+    """(correct, pairs) over every (positive, negative) pair of the same group; a tie counts one half."""
+    _check_flat(scores, labels=labels, group_index=group_index)
+    s = scores.detach().float()
+    same = group_index[:, None] == group_index[None, :]
+    pairs = same & (labels[:, None] > 0) & (labels[None, :] <= 0)
+    diff = s[:, None] - s[None, :]
+    correct = ((diff > 0).float() + 0.5 * (diff == 0).float())[pairs].sum()
+    return float(correct), int(pairs.sum())
+
+
+def pairwise_accuracy(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> float:
+    """Share of (positive, negative) pairs of a group where the positive scores higher (ties count one half)."""
+    correct, n = pairwise_counts(scores, labels, group_index)
+    if n == 0:
+        raise ValueError("pairwise accuracy: no (positive, negative) pair in the batch")
+    return correct / n

@@ -1,0 +1,252 @@
+"""Ray Train glue: the mixed example stream as a Ray Dataset of packed groups, a ``TorchTrainer`` whose workers run
+``step.train_loop`` under DeepSpeed, checkpoints with the data position, resume and worker-failure recovery.
+
+Checkpoints live in ``<output>/checkpoints/<name>/`` (any pyarrow filesystem). Each holds the DeepSpeed state
+(trainable weights and optimizer shards of every rank) and ``train_state.json`` (step and data position: the
+set of group seqs trained). A replaced worker, or the same command run again with the same output and name,
+restarts from the latest checkpoint and skips exactly the groups already trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from docrerank import storage
+from docrerank.train.config import TrainConfig
+
+log = logging.getLogger("docrerank.train")
+
+FAULT_ENV = "DOCRERANK_TRAIN_FAULT"  # tests: "RANK:STEP,..." kills that worker once, after that step
+CKPT_TAG = "state"
+
+
+def _read_tasks(batch) -> Any:
+    """Ray Data UDF: a batch of read tasks -> their packed groups (one row per group)."""
+    import pyarrow as pa
+
+    from docrerank.train.collate import packed_schema, read_task
+
+    tables = [read_task(t) for t in batch.to_pylist()]
+    return pa.concat_tables(tables) if tables else packed_schema().empty_table()
+
+
+def build_dataset(tasks: list[dict], read_cpus: float):
+    """A Ray Dataset of packed groups in stream order (one block per read task)."""
+    import ray.data
+
+    ds = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
+    return ds.map_batches(_read_tasks, batch_size=1, batch_format="pyarrow", num_cpus=read_cpus)
+
+
+def cluster_device(requested: str) -> str:
+    """"auto" -> cuda when the Ray cluster has GPUs, else cpu."""
+    import ray
+
+    if requested != "auto":
+        return requested
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def open_metrics(cfg: TrainConfig, rank: int):
+    """(log, local directory, upload?) for this worker: rank 0 writes metrics.jsonl and tensorboard/ into the output
+    when it is local, else into a local directory (seeded with the run's earlier metrics.jsonl) uploaded at every
+    checkpoint; other ranks get a log that does nothing."""
+    from docrerank.train.step import MetricsLog, NullLog
+
+    if rank != 0:
+        return NullLog(), None, False
+    out = storage.resolve(cfg.output)
+    if "://" not in out.uri:
+        return MetricsLog(out.path), out.path, False
+    local = tempfile.mkdtemp(prefix="docrerank-metrics-")
+    earlier = out.join("metrics.jsonl")
+    if storage.exists(earlier):
+        Path(local, "metrics.jsonl").write_bytes(storage.read_bytes(earlier))
+    return MetricsLog(local), local, True
+
+
+def _maybe_fault(fault: str | None, rank: int, step: int, cfg: TrainConfig, saved_step: int) -> None:
+    """Tests: ``DOCRERANK_TRAIN_FAULT="RANK:STEP[,RANK:STEP...]"`` kills that worker (SIGKILL) once, after that step,
+    when the controller has registered the last checkpoint (it polls workers every ~2 s)."""
+    if not fault or f"{rank}:{step}" not in fault.split(","):
+        return
+    out = storage.resolve(cfg.output)
+    marker = out.join(f"_fault_{rank}_{step}")
+    if storage.exists(marker):
+        return
+    storage.write_bytes_atomic(marker, b"")
+    snapshot = out.join("checkpoints", cfg.name, "checkpoint_manager_snapshot.json")
+    deadline = time.time() + 30
+    while saved_step and time.time() < deadline:
+        if storage.exists(snapshot) and f"checkpoint_{saved_step:08d}" in storage.read_bytes(snapshot).decode():
+            break
+        time.sleep(0.2)
+    log.warning("fault injection: killing worker rank %d after step %d", rank, step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The function every Ray Train worker runs."""
+    cfg = TrainConfig.model_validate(config["cfg"])
+    device, total_steps = config["device"], config["total_steps"]
+    if device == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import torch
+    import torch.distributed as dist
+
+    import ray.train
+    from docrerank.train.backbones import build_scorer
+    from docrerank.train.collate import DataPosition, Group, read_groups
+    from docrerank.train.export import export_model, trainable_state
+    from docrerank.train.step import all_reduce, evaluate, make_engine, prefetch, step_batches, train_loop
+
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
+    scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=cfg.seed)
+    engine = make_engine(scorer, cfg, total_steps, device)
+    position, start_step = DataPosition(), 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            path, _ = engine.load_checkpoint(d, tag=CKPT_TAG, load_module_strict=False)
+            if path is None:
+                raise RuntimeError(f"checkpoint {d}: DeepSpeed found no state under tag {CKPT_TAG!r}")
+            state = json.loads((Path(d) / "train_state.json").read_text())
+        start_step, position = int(state["step"]), DataPosition.from_json(state["position"])
+        if rank == 0:
+            log.info("resuming at step %d (%d groups trained)", start_step, position.size)
+    mlog, metrics_dir, upload = open_metrics(cfg, rank)
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_batches(batch_size=cfg.data.groups_per_device, batch_format="pyarrow", prefetch_batches=2)
+    # Groups trained before the checkpoint are skipped: the data position is exact.
+    groups = (Group.from_row(r) for b in batches for r in b.to_pylist() if not position.done(r["seq"]))
+    steps = prefetch(step_batches(scorer, groups, cfg.data.groups_per_device, cfg.optim.grad_accum))
+    val = read_groups(cfg.data.validation, cfg.data.val_max_groups) if cfg.data.validation else None
+    pending: list[int] = []
+    saved: dict = {"step": start_step}
+
+    def save(step: int, metrics: dict) -> None:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, pending)
+        position.add(s for part in gathered for s in part)
+        pending.clear()
+        with tempfile.TemporaryDirectory(prefix="docrerank-ckpt-") as tmp:
+            engine.save_checkpoint(tmp, tag=CKPT_TAG, exclude_frozen_parameters=True)
+            if rank == 0:
+                (Path(tmp) / "train_state.json").write_text(json.dumps(
+                    {"step": step, "total_steps": total_steps, "position": position.to_json(),
+                     "groups_trained": position.size}))
+            if upload and rank == 0:
+                from docrerank.train.export import upload_dir
+
+                upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
+            ray.train.report({**metrics, "step": step, "groups_trained": position.size},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_{step:08d}")
+        saved["step"] = step
+
+    def after_step(step: int, metrics: dict, micro: list) -> None:
+        pending.extend(s for mb in micro for s in mb.seqs)
+        saved["metrics"] = metrics
+        if step % cfg.checkpoint.every_steps == 0 and step != total_steps:  # the last one is saved below
+            save(step, metrics)
+        _maybe_fault(config.get("fault"), rank, step, cfg, saved["step"])
+
+    def sync_continue(ok: bool) -> bool:
+        return all_reduce([1.0 if ok else 0.0], "min")[0] > 0
+
+    last = train_loop(engine, scorer, steps, cfg, total_steps=total_steps, device=device, log=mlog,
+                      start_step=start_step, val_groups=val, sync_continue=sync_continue, after_step=after_step)
+    final = dict(saved.get("metrics", {}))
+    if val:
+        scores = evaluate(engine, scorer, val, cfg.data.groups_per_device, cfg.loss, device)
+        mlog.log(last, scores)
+        final.update(scores)
+    if saved["step"] != last:
+        save(last, final)
+    mlog.close()
+    if cfg.export:
+        state = trainable_state(scorer)  # collective under ZeRO-3
+        if rank == 0:
+            export_model(state, cfg, device)
+    if upload and rank == 0:
+        from docrerank.train.export import upload_dir
+
+        upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """A copy with local paths made absolute: workers do not run in the driver's directory."""
+    def fix(p: str | None) -> str | None:
+        return p if p is None or "://" in p or p.startswith("pkg:") else storage.resolve(p).uri
+
+    sources = [s.model_copy(update={"path": fix(s.path)}) for s in cfg.data.sources]
+    data = cfg.data.model_copy(update={"validation": fix(cfg.data.validation), "sources": sources})
+    model_path = cfg.model.path
+    if model_path and not model_path.startswith("pkg:") and Path(model_path).is_dir():
+        model_path = fix(model_path)
+    return cfg.model_copy(update={"output": fix(cfg.output), "data": data,
+                                  "model": cfg.model.model_copy(update={"path": model_path})})
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Plan the stream, run the ``TorchTrainer`` (resuming ``<output>/checkpoints/<name>`` when it exists) and
+    return a summary: steps, groups, checkpoint, model location and the last reported metrics."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from docrerank.train.backbones import check_vlm_budget, resolve_model_path
+    from docrerank.train.collate import plan_from_config, scan_source
+    from docrerank.train.step import total_steps_for
+
+    cfg = absolute_paths(cfg)
+    device = cluster_device(cfg.scaling.device)
+    # Fail here, before any worker starts, on what can be checked here.
+    if cfg.model.backbone == "vlm":
+        check_vlm_budget(cfg.model, resolve_model_path("vlm", cfg.model.path))
+    if cfg.data.validation:
+        scan_source(cfg.data.validation, cfg.data.chunk_groups)
+    tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
+    total_groups = sum(len(t["group_ids"]) for t in tasks)
+    total_steps = total_steps_for(total_groups, cfg, cfg.scaling.num_workers)
+    out = storage.resolve(cfg.output)
+    storage.makedirs(out)
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if device == "cuda" else {})}
+    ckpt_root = out.join("checkpoints")
+    run_config = ray.train.RunConfig(
+        name=cfg.name,
+        storage_path=ckpt_root.path,
+        storage_filesystem=out.fs,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "device": device, "total_steps": total_steps,
+                           "fault": os.environ.get(FAULT_ENV)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=device == "cuda",
+                                               resources_per_worker=resources),
+        run_config=run_config,
+        torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
+        datasets={"train": build_dataset(tasks, cfg.data.read_cpus)},
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    result = trainer.fit()
+    return {
+        "steps": total_steps,
+        "groups": total_groups,
+        "device": device,
+        "workers": cfg.scaling.num_workers,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": out.join("model").uri if cfg.export else None,
+        "metrics": dict(result.metrics or {}),
+    }

@@ -1,0 +1,189 @@
+"""The vlm backbone on a tiny random-weight Qwen2-VL (CPU, in this process, no Ray): MonoQwen2-VL inputs, the pixel
+cap and sequence-length check, True/False scoring, LoRA placement, a plain step, and a ZeRO-3 run whose exported
+model gives the trained scores through plain transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from docrerank.train.backbones import build_scorer, check_vlm_budget, trainable_names  # noqa: E402
+from docrerank.train.collate import collate_groups, read_groups  # noqa: E402
+from docrerank.train.config import TrainConfig  # noqa: E402
+from docrerank.train.step import PlainEngine, prepare, train_local, train_step  # noqa: E402
+
+MAX_PIXELS = 56 * 56 * 4  # 16 visual tokens per page
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from docrerank.sample_corpus import make_corpus
+    from docrerank.testing.examples import make_examples
+    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+
+    root = tmp_path_factory.mktemp("train_vlm")
+    corpus = make_corpus(root / "corpus", num_companies=2, years=[2021])
+    examples = make_examples(root / "examples", corpus, dpi=20, groups_per_file=3)
+    return {"root": root, "model": str(make_tiny_qwen2_vl(root / "qwen2vl")), "examples": str(examples)}
+
+
+def config(data, **over) -> TrainConfig:
+    cfg = {"output": str(data["root"] / "out"),
+           "data": {"sources": [{"path": data["examples"]}], "groups_per_device": 2, "chunk_groups": 4},
+           "model": {"path": data["model"], "max_pixels": MAX_PIXELS, "max_seq_len": 256},
+           "optim": {"lr": 1e-3, "warmup_steps": 0},
+           "scaling": {"device": "cpu", "use_ray": False}}
+    for key, value in over.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return TrainConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def scorer(data):
+    cfg = config(data)
+    return build_scorer(cfg.model, cfg.lora, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def groups(data):
+    return read_groups(data["examples"])
+
+
+def plain_scores(model, inputs, answer_ids):
+    """logit(True) - logit(False) at the last position of a plain transformers forward (pages repeated per example)."""
+    per_page = torch.split(inputs["pixel_values"], [int(g.prod()) for g in inputs["page_grid"]])
+    pixel_values = torch.cat([per_page[i] for i in inputs["page_of"].tolist()])
+    with torch.no_grad():
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=pixel_values,
+                    image_grid_thw=inputs["page_grid"][inputs["page_of"]],
+                    mm_token_type_ids=inputs["mm_token_type_ids"], use_cache=False)
+    last = out.logits[:, -1].float()
+    return last[:, answer_ids[0]] - last[:, answer_ids[1]]
+
+
+def test_encode_builds_the_monoqwen_prompt_with_expanded_image_tokens(scorer, groups):
+    batch = collate_groups(groups[:2])
+    inputs = scorer.encode(batch)
+    assert len(batch) == 8 and len(batch.page_ids) == 2  # two groups of 4 queries, one page each
+    tok = scorer.tokenizer
+    for row in range(len(batch)):
+        ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
+        text = tok.decode(ids)
+        assert "Assert the relevance of the previous image document to the following query, answer True or False. " \
+               f"The query is: {batch.queries[row]}" in text
+        assert text.endswith("<|im_start|>assistant\n")
+        assert text.index("<|vision_start|>") < text.index("Assert the relevance")
+        grid = inputs["page_grid"][batch.page_of[row]]
+        assert ids.count(scorer.image_token_id) == int(grid.prod()) // 4
+    # each distinct page is preprocessed once; rows are left-padded so the last position is the answer slot
+    assert inputs["pixel_values"].shape[0] == int(inputs["page_grid"].prod(-1).sum())
+    assert inputs["attention_mask"][:, -1].all()
+
+
+def test_pixel_cap_bounds_every_page(scorer, groups):
+    inputs = scorer.encode(collate_groups(groups[:4]))
+    for t, h, w in inputs["page_grid"].tolist():
+        assert t == 1 and h * w * 14 * 14 <= MAX_PIXELS
+
+
+def test_sequence_length_is_checked_before_training(data, scorer, groups):
+    cfg = config(data, **{"model.max_seq_len": 40})
+    with pytest.raises(ValueError, match=r"model.max_seq_len=40 cannot hold a page at model.max_pixels=12544"):
+        check_vlm_budget(cfg.model, data["model"])
+    with pytest.raises(ValueError, match="max_seq_len=40"):
+        build_scorer(cfg.model, cfg.lora)
+    # a query too long for the budget fails at encoding, naming the page and the numbers
+    batch = collate_groups(groups[:1])
+    batch.queries[2] = "revenue " * 300
+    msg = r"example 2 \(page .*\): \d+ tokens after expanding \d+ image tokens > model.max_seq_len=256"
+    with pytest.raises(ValueError, match=msg):
+        scorer.encode(batch)
+
+
+def test_scores_are_the_true_minus_false_logits_in_float32(scorer, groups):
+    inputs = scorer.encode(collate_groups(groups[:2]))
+    scorer.eval()
+    with torch.no_grad():
+        got = scorer(**inputs)
+    assert got.dtype == torch.float32 and got.shape == (8,)
+    want = plain_scores(scorer.model.get_base_model(), inputs, scorer.answer_ids)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert got.unique().numel() == got.numel()  # no saturated ties
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_other_qwen_vl_families_score_like_the_plain_model(data, groups, arch):
+    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+
+    path = make_tiny_qwen2_vl(data["root"] / arch, arch=arch)
+    cfg = config(data, **{"model.path": str(path), "model.gradient_checkpointing": False})
+    scorer = build_scorer(cfg.model, cfg.lora).eval()
+    names = trainable_names(scorer)
+    assert names and all("language_model" in n for n in names)
+    inputs = scorer.encode(collate_groups(groups[:2]))
+    with torch.no_grad():
+        got = scorer(**inputs)
+    want = plain_scores(scorer.model.get_base_model(), inputs, scorer.answer_ids)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_lora_adapts_the_language_model_only(scorer):
+    names = trainable_names(scorer)
+    assert len(names) == 2 * 7 * 2  # 2 layers x q,k,v,o,gate,up,down x (A, B)
+    assert all("language_model" in n and ".lora_" in n for n in names)
+    assert not any("visual" in n for n in names)
+    assert sum(p.numel() for p in scorer.parameters() if p.requires_grad) < sum(p.numel() for p in scorer.parameters())
+
+
+def test_plain_training_step_without_ray_lowers_the_loss(data, groups):
+    cfg = config(data, **{"model.gradient_checkpointing": False, "deepspeed.enabled": False})
+    scorer = build_scorer(cfg.model, cfg.lora, seed=1)
+    engine = PlainEngine(scorer, cfg, total_steps=100, device="cpu")
+    mb = prepare(scorer, collate_groups(groups[:2]))
+    losses = [train_step(engine, [mb], cfg.loss)["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_zero3_run_exports_a_model_plain_transformers_scores_the_same(data, groups):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    cfg = config(data, **{"deepspeed.stage": 3, "optim.max_steps": 2})
+    res = train_local(cfg, device="cpu")
+    assert res.steps == 2
+    lines = [json.loads(x) for x in (data["root"] / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    assert all(r["loss"] > 0 and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["memory_mb"] > 0 for r in lines)
+    assert (data["root"] / "out" / "tensorboard").is_dir()
+
+    model_dir = data["root"] / "out" / "model"
+    card = json.loads((model_dir / "merged" / "reranker.json").read_text())
+    assert card["backbone"] == "vlm" and card["true_token"] == "True" and card["max_pixels"] == MAX_PIXELS
+    pre = json.loads((model_dir / "merged" / "preprocessor_config.json").read_text())
+    assert pre["max_pixels"] == MAX_PIXELS
+    assert json.loads((model_dir / "train_config.json").read_text())["deepspeed"]["stage"] == 3
+
+    trained = res.scorer.eval()
+    inputs = trained.encode(collate_groups(groups[:2]))
+    with torch.no_grad():
+        want = trained(**inputs)
+    merged = AutoModelForImageTextToText.from_pretrained(model_dir / "merged", local_files_only=True).eval()
+    got = plain_scores(merged, inputs, trained.answer_ids)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    base = AutoModelForImageTextToText.from_pretrained(data["model"], local_files_only=True)
+    adapted = PeftModel.from_pretrained(base, model_dir / "adapter").eval()
+    got = plain_scores(adapted, inputs, trained.answer_ids)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    # training moved the scores away from the untrained model's
+    fresh = AutoModelForImageTextToText.from_pretrained(data["model"], local_files_only=True).eval()
+    untrained = plain_scores(fresh, inputs, trained.answer_ids)
+    assert not torch.allclose(untrained, want, atol=1e-3)
