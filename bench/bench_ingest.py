@@ -67,7 +67,7 @@ def run_job(corpus: Path, out: Path, cpus: int) -> tuple[int, float]:
     from docrerank.ingest_run import run_ingest
     from docrerank.runtime import configure_ray_data
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     configure_ray_data(progress=False)
     try:
         cfg = load_config(IngestConfig, None, [f"input={corpus}", f"output={out}", f"num_workers={cpus}"])

@@ -66,6 +66,10 @@ class IngestOptions(Config):
     resume: bool = True
     """Skip documents and pages already in the output; false refuses to write into a non-empty output."""
 
+    probe_local_max: int = Field(256, ge=0)
+    """Inputs up to this many files are probed (opened, hashed, pages counted) by the driver in one isolated
+    child process; more are probed by an actor pool on the cluster."""
+
     @model_validator(mode="after")
     def _check_suffixes(self):
         bad = [s for s in self.suffixes if not s.startswith(".")]

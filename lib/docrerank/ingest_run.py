@@ -266,11 +266,25 @@ def _actor_kwargs(cfg: IngestConfig) -> dict:
 
 
 def probe_inputs(uris: list[str], cfg: IngestConfig, workers: int) -> tuple[list[dict], list[dict]]:
-    """Probe every URI on the cluster: (documents rows, doc-level quarantine rows), in input order."""
+    """Probe every URI: (documents rows, doc-level quarantine rows), in input order.
+
+    Up to ``cfg.probe_local_max`` files are probed from the driver, in one isolated child process (starting
+    a pool of actors costs more than opening a few hundred files); more go to the cluster.
+    """
     import ray.data
 
     if not uris:
         return [], []
+    if len(uris) <= cfg.probe_local_max:
+        actor = ProbeActor(**_actor_kwargs(cfg))
+        try:
+            results = actor({"source_uri": uris})["result"]
+        finally:
+            actor.worker.close()
+        docs, bad = [], []
+        for r in map(json.loads, results):
+            (docs if "doc" in r else bad).append(r.get("doc") or r.get("quarantine"))
+        return docs, bad
     ds = ray.data.from_items([{"source_uri": u} for u in uris], override_num_blocks=min(len(uris), 4 * workers))
     ds = ds.map_batches(
         ProbeActor, batch_size=8, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=1, fn_constructor_kwargs=_actor_kwargs(cfg)
