@@ -113,3 +113,27 @@ def test_select_strategies():
     assert select(pos, negs[:2], 3, "hardest", "s", char_similarity) == [0, 1]
     with pytest.raises(ValueError, match="strategy"):
         select(pos, negs, 2, "best", "s", char_similarity)
+
+
+def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
+    """The build's negatives stage (no Ray): attributes mode, rules engine, a user attribute next to the finance ones."""
+    from docrerank.build_stages import NegativesStage, new_query
+    from docrerank.config import load_config
+    from docrerank.configs import BuildConfig
+
+    cfg = load_config(BuildConfig, None, [
+        "output=x", "pages=y", "positives_file=z", "negatives.attributes=[year]",
+        "negatives.user_attributes=[{name: product, description: the product line, examples: [X200, Z900, A100]}]"])
+    stage = NegativesStage(cfg, vocabulary={})
+    pos = new_query("p1", "What was the battery life of the X200 in 2021?", "positive", "given")
+    pos["verdict"] = "kept"
+    page = {"page_id": "p1", "text": "X200 battery life 2021: 12 hours", "state": {"queries": [pos], "metrics": {}}}
+    from collections import Counter
+
+    stage.process([page], Counter())
+    negs = [q for q in page["state"]["queries"] if q["role"] == "negative"]
+    attrs = {q["attribute"] for q in negs}
+    assert attrs == {"year", "product"}
+    assert all(q["parent_id"] == pos["query_id"] and q["origin"] == "rules" for q in negs)
+    assert {q["text"] for q in negs if q["attribute"] == "product"} == {
+        "What was the battery life of the Z900 in 2021?", "What was the battery life of the A100 in 2021?"}
