@@ -79,8 +79,11 @@ def test_company_swaps_come_from_the_corpus(corpus):
     pages, questions, _, vocab = corpus
     q = questions[1]
     out = [r for r in rewrite(q["question"], pages[(q["doc"], 2)], vocab, ["company"], 12, "s")]
-    companies = {"Quintara Foods", "Helmsworth Logistics", "Norvalis Energy"}
-    assert out and all(any(c in r.text for c in companies - {"Norvalis Energy"}) for r in out)
+    assert len(out) == 3 and all("Norvalis Energy" not in r.text for r in out)
+    # companies of the corpus come first (entities typed by their contexts), not its segments or people;
+    # well-known names only pad a corpus this small
+    swapped = {c for c in ("Quintara Foods", "Helmsworth Logistics", "Wind Power", "Maren Holt") if any(c in r.text for r in out)}
+    assert {"Quintara Foods", "Helmsworth Logistics"} & swapped and not {"Wind Power", "Maren Holt"} & swapped
 
 
 def test_user_defined_attribute():
