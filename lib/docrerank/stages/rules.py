@@ -69,9 +69,11 @@ class Vocabulary:
             for line in text.splitlines():
                 v._collect(line, ctx, seen)
             freq.update(seen)
+        # A phrase on most pages is boilerplate ("Annual Report" in a running header), not a swappable name.
+        too_common = 0.6 * len(texts) if len(texts) >= 10 else float("inf")
         for phrase, n in freq.most_common(max_entities):
-            if n >= min_docs:
-                v.entities[phrase] = ctx[phrase]
+            if min_docs <= n <= too_common:
+                v.entities[phrase] = ctx[phrase] - {""}
         return v
 
     @staticmethod
@@ -88,15 +90,17 @@ class Vocabulary:
             ctx[phrase].update(w.lower().strip(",.:;|") for w in before + after)
             seen.add(phrase)
 
-    def similar_entities(self, phrase: str) -> list[str]:
-        """Other entities ranked by how alike their contexts are (a cheap stand-in for an entity type)."""
+    def similar_entities(self, phrase: str, min_similarity: float = 0.2) -> list[str]:
+        """Other entities whose contexts are alike (a cheap stand-in for an entity type), most alike first;
+        entities sharing less than ``min_similarity`` of their context words are not of the same kind."""
         mine = self.entities.get(phrase, set())
         scored = []
         for other, c in self.entities.items():
             if other == phrase or other in phrase or phrase in other:
                 continue
             j = len(mine & c) / len(mine | c) if mine | c else 0.0
-            scored.append((-j, other))
+            if j >= min_similarity:
+                scored.append((-j, other))
         return [o for _, o in sorted(scored)]
 
 
