@@ -53,7 +53,7 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
                  "validation": str(split / "examples" / "val"), "groups_per_device": 4},
         "model": {"backbone": "text", "max_seq_len": 128, "gradient_checkpointing": False},
         "lora": {"enabled": False},
-        "optim": {"lr": 2e-4, "warmup_steps": 2, "epochs": 2},
+        "optim": {"lr": 2e-4, "warmup_steps": 2, "epochs": 3},
         "deepspeed": {"stage": 2},
         "scaling": {"device": "cpu", "use_ray": False},
     })
@@ -63,13 +63,15 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
 
     res = train_local(cfg, device="cpu")
     after = res.metrics
-    assert res.steps == 24 and after["val_pairs"] == 72
-    # chance is 0.5 and the untrained head is near or below it; trained: 0.79-0.85 over seeds 0-2 (72 pairs)
+    assert res.steps == 36 and after["val_pairs"] == 72
+    # chance is 0.5 and the untrained head is near or below it; after 3 epochs 0.81-0.93 in our runs (72 pairs;
+    # multi-threaded CPU training is not bit-reproducible, hence the margin)
+    print("val accuracy before/after", before["val_pairwise_accuracy"], after["val_pairwise_accuracy"])
     assert after["val_pairwise_accuracy"] >= 0.7, (before, after)
     assert after["val_pairwise_accuracy"] > before["val_pairwise_accuracy"] + 0.2
     assert after["val_loss"] < before["val_loss"]
     log = [json.loads(x) for x in (split / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if "loss" in r] == list(range(1, 25))
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 37))
 
     # the exported model, loaded by plain transformers, gives the trained scores
     merged = split / "out" / "model" / "merged"
