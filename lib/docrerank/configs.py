@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import Field, model_validator
 
 from docrerank.config import Config
+from docrerank.engines.base import EngineConfig
 
 
 class RenderConfig(Config):
@@ -91,10 +92,6 @@ class IngestConfig(IngestOptions):
 
 
 # --- the dataset build ------------------------------------------------------------------------------------
-
-from typing import Any, Union  # noqa: E402
-
-from docrerank.engines.base import EngineConfig  # noqa: E402
 
 ModelFree = Literal["rules", "text", "given"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 # Why an input produced no page row. Every quarantine row carries one of these in ``error``.
 REASONS = {
@@ -307,6 +307,3 @@ def child_render(doc_row: dict, page_numbers: list[int], passwords: dict, settin
         return [], [quarantine_row(uri, doc_row["doc_id"], p, "render", "unreadable", msg) for p in page_numbers]
     return render_document_pages(data, doc_row, page_numbers, Passwords(**passwords), RenderSettings(**settings))
 
-
-def settings_dict(settings: RenderSettings) -> dict:
-    return asdict(settings)

@@ -122,14 +122,10 @@ class HFEngine(TextEngine):
         return sorted(ids)
 
     def _image_processor(self):
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from docrerank.qwen_vl import image_processor
 
         pre = _read_json_file(self.cfg.model, "preprocessor_config.json", self.cfg.hf.local_files_only) or {}
-        size = pre.get("size") or {}
-        min_pixels = self.cfg.min_pixels or pre.get("min_pixels") or size.get("shortest_edge") or 56 * 56
-        kwargs = {k: pre[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
-                  if k in pre}
-        return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=self.cfg.max_pixels, **kwargs)
+        return image_processor(pre, self.cfg.min_pixels, self.cfg.max_pixels)
 
     # ------------------------------------------------------------------------------------ encoding
     def _preprocess(self, part: ImagePart):

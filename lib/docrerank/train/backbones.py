@@ -194,14 +194,9 @@ def read_json(path: str, name: str) -> dict:
 
 def load_image_processor(path: str, cfg: ModelConfig):
     """The PIL Qwen2-VL image processor with the checkpoint's settings and the configured pixel bounds."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from docrerank.qwen_vl import image_processor
 
-    pre = read_json(path, "preprocessor_config.json")
-    size = pre.get("size") or {}
-    min_pixels = cfg.min_pixels or pre.get("min_pixels") or size.get("shortest_edge") or 56 * 56
-    kwargs = {k: pre[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
-              if k in pre}
-    return Qwen2VLImageProcessorPil(min_pixels=min(min_pixels, cfg.max_pixels), max_pixels=cfg.max_pixels, **kwargs)
+    return image_processor(read_json(path, "preprocessor_config.json"), cfg.min_pixels, cfg.max_pixels)
 
 
 def load_tokenizer(path: str):
