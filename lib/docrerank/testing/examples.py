@@ -142,3 +142,48 @@ if __name__ == "__main__":
                  "sample corpus in OUT_DIR/sample_corpus)")
     out = make_split(sys.argv[1], Path(sys.argv[1]) / "sample_corpus")
     print(f"examples written to {out}/train and {out}/val")
+
+
+def make_beir(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Sequence[int | str]] = None,
+              years: Optional[Sequence[int]] = None, dpi: float = 24.0, with_text: bool = True) -> Path:
+    """A BEIR-layout benchmark of the sample corpus, as ViDoRe V2 / REAL-MM-RAG publish theirs: ``corpus/``
+    (``corpus-id`` int, ``image`` as the datasets library's {bytes, path} struct, ``doc-id``, ``text`` unless
+    ``with_text`` is false), ``queries/`` (``query-id``, ``query``), ``qrels/`` (``query-id``, ``corpus-id``,
+    ``score``), each one ``test-00000-of-00001.parquet``. Returns ``out_dir``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from docrerank.sample_corpus import make_corpus
+
+    corpus = Path(corpus)
+    if not (corpus / "questions.jsonl").is_file():
+        make_corpus(corpus)
+    names = _companies()
+    keep = None if companies is None else {names[c] if isinstance(c, int) else c for c in companies}
+    facts = [json.loads(line) for line in (corpus / "facts.jsonl").read_text().splitlines()]
+    company_of = {f["doc"]: f["company"] for f in facts}
+    year_of = {f["doc"]: f["year"] for f in facts if f["page_number"] == 1}
+    questions = [json.loads(line) for line in (corpus / "questions.jsonl").read_text().splitlines()]
+    docs = sorted({q["doc"] for q in questions if (keep is None or company_of[q["doc"]] in keep)
+                   and (years is None or year_of[q["doc"]] in years)})
+    if not docs:
+        raise ValueError(f"make_beir: no documents for companies {sorted(keep or [])} and years {years}")
+    rows, ids = [], {}
+    for doc in docs:
+        for n, (_, image, text) in enumerate(render_pages(corpus / "pdfs" / doc, dpi), start=1):
+            ids[(doc, n)] = len(rows)
+            row = {"corpus-id": len(rows), "image": {"bytes": image, "path": f"{doc}-{n}.png"}, "doc-id": doc}
+            if with_text:
+                row["text"] = text
+            rows.append(row)
+    queries, qrels = [], []
+    for q in questions:
+        if q["doc"] in docs:
+            queries.append({"query-id": len(queries), "query": q["question"]})
+            qrels.append({"query-id": queries[-1]["query-id"], "corpus-id": ids[(q["doc"], q["page_number"])],
+                          "score": 1})
+    out = Path(out_dir)
+    for name, table in (("corpus", rows), ("queries", queries), ("qrels", qrels)):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(table), out / name / "test-00000-of-00001.parquet")
+    return out

@@ -127,12 +127,21 @@ def make_tiny_qwen2_vl(
     min_pixels: int = 56 * 56,
     max_pixels: int = 28 * 28 * 1280,
     seed: int = 0,
+    intermediate_size: int | None = None,
+    vision_mlp_ratio: int = 2,
+    vocab_size: int | None = None,
+    dtype: str | None = None,
+    init_device: str = "cpu",
 ) -> Path:
     """Write a random-weight Qwen2-VL-family checkpoint with its tokenizer to ``path``; returns ``path``.
 
     ``arch``: "qwen2_vl" (Qwen2-VL: patch 14, M-RoPE), "qwen2_5_vl" (window attention in the vision tower),
     or "qwen3_vl" (patch 16, interleaved M-RoPE, deepstack). Tiny widths, real structure.
     ``initializer_range`` is larger than the real 0.02 so that outputs depend visibly on the input.
+    ``intermediate_size``, ``vision_mlp_ratio``, ``vocab_size`` (>= the tokenizer's; padded rows never occur),
+    ``dtype`` and ``init_device`` (e.g. "cuda" to initialise a large model fast) build full-size shapes for
+    benchmarks, e.g. Qwen2-VL-2B's: hidden 1536, 28 layers, 12 heads, 2 kv heads, intermediate 8960, vision depth
+    32, vision embed 1280, 16 vision heads, mlp ratio 4, vocab 151936.
     """
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
@@ -148,9 +157,9 @@ def make_tiny_qwen2_vl(
     half = head_dim // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     text = dict(
-        vocab_size=len(tok),
+        vocab_size=max(len(tok), vocab_size or 0),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
@@ -166,7 +175,7 @@ def make_tiny_qwen2_vl(
     patch = 14
     if arch == "qwen2_vl":
         cls = Qwen2VLConfig
-        vision.update(embed_dim=vision_embed_dim, mlp_ratio=2, patch_size=patch)
+        vision.update(embed_dim=vision_embed_dim, mlp_ratio=vision_mlp_ratio, patch_size=patch)
     elif arch == "qwen2_5_vl":
         cls = Qwen2_5_VLConfig
         vision.update(hidden_size=vision_embed_dim, out_hidden_size=hidden_size, intermediate_size=2 * vision_embed_dim,
@@ -186,7 +195,9 @@ def make_tiny_qwen2_vl(
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config).eval()
+    with torch.device(init_device):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=getattr(torch, dtype) if dtype else None).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(str(path))

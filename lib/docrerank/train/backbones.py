@@ -112,19 +112,21 @@ class VLMScorer(nn.Module):
     def image_tokens(self, grid_thw) -> int:
         return int(grid_thw.prod()) // self.merge_size**2
 
-    def _pixels(self, image: Optional[bytes], page_id: str):
+    def _pixels(self, image, page_id: str):
+        """Pixel patches and grid of one page image (encoded bytes or a PIL image)."""
         from PIL import Image
 
         if image is None:
             raise ValueError(f"page {page_id}: no image (the vlm backbone needs page images)")
-        img = Image.open(io.BytesIO(image))
+        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
         out = self.image_processor(images=[img.convert("RGB")], return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]
 
-    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def encode(self, batch: Batch, pixels: Optional[list] = None) -> dict[str, torch.Tensor]:
         """Left-padded input ids (image tokens expanded), each distinct page's pixels once; ValueError when an
-        example exceeds ``max_seq_len``."""
-        pages = [self._pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
+        example exceeds ``max_seq_len``. ``pixels``: the pages' ``(pixel_values, grid_thw)`` when already
+        computed (inference caches them)."""
+        pages = pixels or [self._pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
         seqs = []
         for i, (q, p) in enumerate(zip(batch.queries, batch.page_of)):
             ids = self.prompt_ids(q)

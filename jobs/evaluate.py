@@ -1,0 +1,45 @@
+"""Evaluate rerankers as the paper does: a first stage retrieves the top-k pages of each query, each reranker
+re-sorts them, and NDCG@5 (primary), NDCG@10, Recall@1/5/10 and MRR@10 are reported side by side per dataset and
+averaged, with a paired significance test against retrieval alone.
+
+    python -m jobs.evaluate --config jobs/configs/eval_local.yaml [key=value ...]
+
+Datasets: BEIR-layout directories as published for ViDoRe V2 and REAL-MM-RAG (corpus/, queries/, qrels/
+Parquet; local or any pyarrow filesystem), or a dataset build's held-out split. Writes <output>/runs/*/*.trec,
+metrics.json, report.md and ndcg5.png, and prints the table. No Ray needed; runs on GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from docrerank.config import parse_job_args
+    from docrerank.eval.config import EvalConfig
+
+    cfg, _ = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
+    from docrerank import runtime, storage
+    from docrerank.eval.report import format_table
+    from docrerank.eval.run import run_evaluation
+
+    runtime.setup_logging()
+    out = storage.resolve(cfg.output)
+    meta = runtime.run_metadata("evaluate", cfg)
+    runtime.write_run_metadata(out, meta)
+    try:
+        results = run_evaluation(cfg)
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+        print(f"evaluate failed: {e}", file=sys.stderr)
+        return 1
+    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                summary={"average": results["average"], "files": results.get("files")})
+    runtime.write_run_metadata(out, meta)
+    print(format_table(results))
+    print(f"report: {results['files']['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

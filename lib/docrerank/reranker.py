@@ -1,0 +1,339 @@
+"""The Reranker API: load a reranker, score (query, page) pairs, rank pages. Plain torch, no Ray.
+
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load("out/train_local")              # a training output, its model/merged, or a base model
+    scores = rr.score(["q1", "q2"], [page_a, page_b])  # float32, one per pair
+    top = rr.rank("which year ...", pages, top_k=5)    # [(index, score), ...], best first
+
+Backbones (read from the ``reranker.json`` the training job writes beside the merged model, else from the
+checkpoint's ``config.json``):
+
+- ``vlm``: a Qwen2-VL-family model scoring logit(True) - logit(False) at the end of the MonoQwen2-VL prompt. A base
+  checkpoint (no ``reranker.json``) is the zero-shot baseline of the paper (e.g. Qwen2-VL-2B-Instruct).
+- ``text``: a cross-encoder over (query, page text layer): a 2-label classifier as trained here (logit 1 - logit 0),
+  a 1-label cross-encoder (its logit), or, for a plain encoder without a classification head (e.g. the base
+  all-MiniLM-L6-v2), the cosine of mean-pooled embeddings (a bi-encoder zero-shot baseline).
+
+Pages may be encoded image bytes, PIL images, page rows (dicts with ``image``/``text``/``page_id``, as in the
+project's ``pages`` and ``examples`` tables or a BEIR corpus) or text strings (text backbone only).
+
+Speed: pairs are sorted by input length (vlm: page pixels, then page, then query) and scored ``batch_size`` pairs
+per forward pass; within a batch each distinct page goes through the vision tower once. Scores come back in input
+order, in float32. The model runs in bfloat16 on a GPU (``dtype="auto"``), float32 on the CPU. The same inputs
+always give the same scores (eval mode, no sampling, a deterministic order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+log = logging.getLogger(__name__)
+
+VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+DEFAULT_BATCH = {"vlm": 8, "text": 64}
+PREFETCH_BATCHES = 4  # vlm: batches whose page pixels are prepared ahead of the forward passes
+
+
+@dataclass
+class Page:
+    """One page to score: its key (pairs with the same key share one page encoding), image and text."""
+
+    key: str
+    image: Any = None  # encoded bytes or a PIL image
+    text: str = ""
+
+
+def as_page(page: Any, index: int = 0) -> Page:
+    """A ``Page`` from bytes, a PIL image, a page row (dict) or a text string."""
+    if isinstance(page, Page):
+        return page
+    if isinstance(page, (bytes, bytearray, memoryview)):
+        data = bytes(page)
+        return Page("sha1:" + hashlib.sha1(data).hexdigest(), image=data)
+    if isinstance(page, str):
+        return Page("text:" + hashlib.sha1(page.encode()).hexdigest(), text=page)
+    if isinstance(page, dict):
+        image = page.get("image")
+        if isinstance(image, dict):  # Hugging Face datasets' image struct
+            image = image.get("bytes")
+        text = page.get("text") or ""
+        key = page.get("page_id") or page.get("corpus_id") or page.get("corpus-id")
+        if key is None:
+            digest = hashlib.sha1(bytes(image) if isinstance(image, (bytes, bytearray)) else text.encode()).hexdigest()
+            key = "sha1:" + digest
+        return Page(str(key), image=image, text=text)
+    try:
+        from PIL import Image
+
+        if isinstance(page, Image.Image):
+            return Page(f"pil:{id(page)}", image=page)
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    raise TypeError(f"page {index}: expected image bytes, a PIL image, a page row (dict) or text, "
+                    f"got {type(page).__name__}")
+
+
+def find_model_dir(path: str) -> Path:
+    """The model directory of ``path``: a training output (``<output>/model/merged``), its ``model`` directory,
+    a merged model, or any checkpoint directory; ``pkg:`` and hub ids resolve as in training."""
+    from docrerank.train.backbones import resolve_model_path
+
+    p = Path(path)
+    for cand in (p / "model" / "merged", p / "merged", p):
+        if (cand / "config.json").is_file():
+            return cand
+    if p.exists():
+        raise ValueError(f"reranker path {path!r}: no config.json in it, its merged/ or model/merged/")
+    return Path(resolve_model_path("text", path))
+
+
+def read_card(model_dir: Path) -> dict:
+    """``reranker.json`` when the training job wrote one; else the backbone guessed from ``config.json``."""
+    card_file = model_dir / "reranker.json"
+    if card_file.is_file():
+        return {**json.loads(card_file.read_text()), "trained": True}
+    config = json.loads((model_dir / "config.json").read_text())
+    backbone = "vlm" if config.get("model_type") in VL_MODEL_TYPES else "text"
+    return {"backbone": backbone, "trained": False}
+
+
+class Reranker:
+    """Scores (query, page) pairs with a loaded model; see the module docstring."""
+
+    def __init__(self, model: Any, backbone: str, device: str = "cpu", batch_size: Optional[int] = None,
+                 name: str = "reranker", mode: str = "cross"):
+        """``model``: a ``VLMScorer`` (vlm) or a ``(tokenizer, model)`` pair (text); ``mode`` (text): ``cross``
+        (2-label classifier), ``cross1`` (1-label) or ``biencoder``."""
+        self.model, self.backbone, self.device, self.mode, self.name = model, backbone, device, mode, name
+        self.batch_size = batch_size or DEFAULT_BATCH[backbone]
+        self.forwards = 0  # forward passes run (for benchmarks and tests)
+        self.preprocess_threads = min(8, os.cpu_count() or 1)
+        self.unscored = 0  # pairs that got NaN (unreadable page images)
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str, device: str = "auto", dtype: str = "auto", batch_size: Optional[int] = None,
+             max_pixels: Optional[int] = None, max_seq_len: Optional[int] = None,
+             attn_implementation: Optional[str] = None, name: Optional[str] = None) -> "Reranker":
+        """Load a reranker from a training output or a base checkpoint (see ``find_model_dir``).
+
+        ``device``: auto (cuda when available), cpu or cuda. ``dtype``: auto (bfloat16 on cuda, float32 on cpu).
+        ``max_pixels`` / ``max_seq_len`` default to what the model was trained with (``reranker.json``), else
+        1024 visual tokens / 2048 tokens (vlm) and 256 tokens (text).
+        """
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        model_dir = find_model_dir(path)
+        card = read_card(model_dir)
+        backbone = card["backbone"]
+        name = name or (Path(path).name if Path(path).exists() else path)
+        if backbone == "vlm":
+            return cls._load_vlm(model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len,
+                                 attn_implementation, name)
+        return cls._load_text(model_dir, card, device, dtype, batch_size, max_seq_len, name)
+
+    @classmethod
+    def _load_vlm(cls, model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len, attn, name):
+        from docrerank.train.backbones import build_scorer
+        from docrerank.train.config import LoraConfig, ModelConfig
+
+        fields = {k: card[k] for k in ("prompt", "true_token", "false_token") if card.get(k)}
+        cfg = ModelConfig(backbone="vlm", path=str(model_dir), dtype=dtype, gradient_checkpointing=False,
+                          max_pixels=max_pixels or card.get("max_pixels") or ModelConfig().max_pixels,
+                          max_seq_len=max_seq_len or card.get("max_seq_len"), attn_implementation=attn, **fields)
+        scorer = build_scorer(cfg, LoraConfig(enabled=False), device=device)
+        return cls(_inference(scorer, device), "vlm", device, batch_size, name)
+
+    @classmethod
+    def _load_text(cls, model_dir, card, device, dtype, batch_size, max_seq_len, name):
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        from docrerank.train.backbones import resolve_dtype
+
+        torch_dtype = resolve_dtype(dtype, device)
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+        if heads:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch_dtype,
+                                                                       local_files_only=True)
+            labels = model.config.num_labels
+            if labels not in (1, 2):
+                raise ValueError(f"{model_dir}: a text reranker needs 1 or 2 labels, this classifier has {labels}")
+            mode = "cross" if labels == 2 else "cross1"
+        else:
+            log.info("%s has no classification head: scoring by embedding cosine (bi-encoder)", model_dir)
+            model = AutoModel.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True)
+            mode = "biencoder"
+        rr = cls((tok, _inference(model, device)), "text", device, batch_size, name, mode)
+        rr.max_seq_len = max_seq_len or card.get("max_seq_len") or 256
+        return rr
+
+    # ----------------------------------------------------------------------------------------- scoring
+    def score(self, queries: Union[str, Sequence[str]], pages: Sequence[Any],
+              batch_size: Optional[int] = None) -> "Any":
+        """float32 scores (numpy array), one per pair: ``queries[i]`` with ``pages[i]``, or one query with every
+        page. Higher = more relevant. vlm: a pair whose page has no image or an undecodable one scores NaN (and
+        counts in ``unscored``)."""
+        import numpy as np
+
+        pages = [as_page(p, i) for i, p in enumerate(pages)]
+        if isinstance(queries, str):
+            queries = [queries] * len(pages)
+        queries = list(queries)
+        if len(queries) != len(pages):
+            raise ValueError(f"score: {len(queries)} queries for {len(pages)} pages (give one query per page, or "
+                             "a single query string)")
+        out = np.zeros(len(pages), dtype=np.float32)
+        if not pages:
+            return out
+        bs = batch_size or self.batch_size
+        order = self._order(queries, pages)
+        batches = [order[s:s + bs] for s in range(0, len(order), bs)]
+        if self.backbone != "vlm":
+            for idx in batches:
+                out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx])
+            return out
+        # vlm: page pixels are computed once per distinct page, by a thread pool, a window of batches ahead of
+        # the forward passes (image decoding and resizing overlap the model).
+        from concurrent.futures import ThreadPoolExecutor
+
+        windows = [batches[w:w + PREFETCH_BATCHES] for w in range(0, len(batches), PREFETCH_BATCHES)]
+        with ThreadPoolExecutor(max_workers=1) as lead, ThreadPoolExecutor(self.preprocess_threads) as pool:
+            def prepare(window):
+                keys = list(dict.fromkeys(pages[i].key for idx in window for i in idx))
+                first = {pages[i].key: pages[i] for idx in window for i in idx}
+                return dict(zip(keys, pool.map(lambda k: self._safe_pixels(first[k]), keys)))
+
+            ahead = lead.submit(prepare, windows[0])
+            for w in range(len(windows)):
+                pixels = ahead.result()
+                if w + 1 < len(windows):
+                    ahead = lead.submit(prepare, windows[w + 1])
+                for idx in windows[w]:
+                    bad = [i for i in idx if pixels[pages[i].key] is None]
+                    if bad:  # pages that cannot be read: NaN, counted, the rest of the batch is scored
+                        out[bad] = np.nan
+                        self.unscored += len(bad)
+                        idx = [i for i in idx if pixels[pages[i].key] is not None]
+                    if idx:
+                        out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx], pixels)
+        return out
+
+    def _safe_pixels(self, page: Page):
+        """The page's pixels, or None (logged) when it has no image or the image cannot be decoded."""
+        try:
+            return self.model._pixels(page.image, page.key)
+        except Exception as e:  # noqa: BLE001 - a bad page must not end a whole scoring run
+            log.warning("page %s cannot be scored: %s: %s", page.key, type(e).__name__, e)
+            return None
+
+    def rank(self, query: str, pages: Sequence[Any], top_k: Optional[int] = None) -> list[tuple[int, float]]:
+        """``(index, score)`` of the best ``top_k`` pages (all by default): score descending, ties by index."""
+        scores = self.score(query, pages)
+        key = [float("-inf") if s != s else float(s) for s in scores]  # NaN (unscorable) ranks last
+        ranked = sorted(range(len(scores)), key=lambda i: (-key[i], i))
+        return [(i, float(scores[i])) for i in ranked[:top_k]]
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _order(self, queries: list[str], pages: list[Page]) -> list[int]:
+        """Pair indices sorted so that a batch holds inputs of similar length (little padding) and pairs that
+        share a page sit together; deterministic (ties by index)."""
+        if self.backbone == "vlm":
+            pixels: dict[str, int] = {}
+            for p in pages:
+                if p.key not in pixels:
+                    pixels[p.key] = _pixel_count(p)
+            return sorted(range(len(pages)), key=lambda i: (pixels[pages[i].key], pages[i].key, len(queries[i]), i))
+        tok = self.model[0]
+        qlen = [len(x) for x in tok(queries, add_special_tokens=False)["input_ids"]]
+        plen = {}
+        for p in pages:
+            if p.key not in plen:
+                plen[p.key] = min(len(tok(p.text, add_special_tokens=False)["input_ids"]), self.max_seq_len)
+        return sorted(range(len(pages)), key=lambda i: (qlen[i] + plen[pages[i].key], i))
+
+    def _forward(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
+        """Scores of one batch of pairs (one forward pass); ``pixels``: precomputed page pixels by page key."""
+        import torch
+
+        self.forwards += 1
+        with torch.inference_mode():
+            if self.backbone == "vlm":
+                return self._forward_vlm(queries, pages, pixels)
+            return self._forward_text(queries, pages)
+
+    def _forward_vlm(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
+        import torch
+
+        from docrerank.train.collate import Batch
+
+        keys: dict[str, int] = {}
+        uniq: list[Page] = []
+        for p in pages:
+            if p.key not in keys:
+                keys[p.key] = len(uniq)
+                uniq.append(p)
+        n = len(queries)
+        batch = Batch(queries=queries, page_of=[keys[p.key] for p in pages], page_ids=[p.key for p in uniq],
+                      images=[p.image for p in uniq], texts=[p.text for p in uniq],
+                      labels=torch.zeros(n, dtype=torch.long), weights=torch.ones(n),
+                      group_index=torch.zeros(n, dtype=torch.long), seqs=[], group_ids=[])
+        pre = [pixels[p.key] for p in uniq] if pixels else None
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in self.model.encode(batch, pre).items()}
+        return self.model(**inputs).float().cpu().numpy()
+
+    def _forward_text(self, queries: list[str], pages: list[Page]):
+        import torch
+
+        tok, model = self.model
+        texts = [p.text or "" for p in pages]
+        if self.mode == "biencoder":
+            q = _embed(tok, model, queries, self.max_seq_len, self.device)
+            d = _embed(tok, model, texts, self.max_seq_len, self.device)
+            return (q * d).sum(-1).float().cpu().numpy()
+        enc = tok(queries, texts, truncation="only_second", max_length=self.max_seq_len, padding=True,
+                  return_tensors="pt")
+        logits = model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
+        scores = logits[:, 1] - logits[:, 0] if self.mode == "cross" else logits[:, 0]
+        return scores.to(torch.float32).cpu().numpy()
+
+
+def _inference(model, device: str):
+    """``model`` in eval mode on ``device`` with every parameter frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def _pixel_count(page: Page) -> int:
+    """Width x height of the page image, read from its header only (0 when there is no image)."""
+    if page.image is None:
+        return 0
+    from PIL import Image
+
+    try:
+        img = page.image if isinstance(page.image, Image.Image) else Image.open(io.BytesIO(page.image))
+    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is scored
+        return 0
+    return img.size[0] * img.size[1]
+
+
+def _embed(tok, model, texts: list[str], max_len: int, device: str):
+    """Mean-pooled, L2-normalised token embeddings (sentence-transformers' all-MiniLM recipe)."""
+    import torch
+
+    enc = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt").to(device)
+    h = model(**enc).last_hidden_state.float()
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)

