@@ -4,7 +4,8 @@
 
 The same command runs on one CPU machine (a local Ray is started) or on a GPU cluster (``--address`` or
 ``ray job submit``). Rerunning with the same output and name resumes from the last checkpoint. Writes
-<output>/checkpoints/<name>/, <output>/model/{adapter,merged}, metrics.jsonl, tensorboard/ and _meta/.
+<output>/checkpoints/<name>/, <output>/model/{adapter,merged}, metrics.jsonl, mix.json (the realised mix:
+groups, examples and negatives by kind per source), tensorboard/ and _meta/.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
             res = train_local(cfg)
             summary = {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
-                       "metrics": res.metrics}
+                       "metrics": res.metrics, "mix": res.mix}
     except (ValueError, RuntimeError) as e:
         print(f"train_reranker failed: {e}", file=sys.stderr)
         return 1
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     rows += [[k, round(v, 4) if isinstance(v, float) else v] for k, v in metrics.items()
              if k in ("loss", "val_pairwise_accuracy", "val_loss", "samples_per_s", "tokens_per_s", "memory_mb")]
     print(runtime.format_table(["train_reranker", "value"], rows))
+    if summary.get("mix"):
+        from docrerank.train.collate import format_mix
+
+        print(format_mix(summary["mix"]))
     return 0
 
 

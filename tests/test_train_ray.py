@@ -185,6 +185,11 @@ def test_zero3_on_two_workers(data, ray_local):
     out = data["root"] / "z3"
     summary = run_training(config(data, out, "z3", stage=3, steps=2))
     assert summary["steps"] == 2 and summary["workers"] == 2
+    # the realised mix: 2 steps x 2 workers x 1 group of the 8 planned, half from each source
+    mix = json.loads((out / "mix.json").read_text())
+    assert summary["mix"] == mix and (mix["planned_groups"], mix["total"]["groups"]) == (8, 4)
+    assert {k: v["groups"] for k, v in mix["sources"].items()} == {"gen": 2, "mined": 2}
+    assert mix["total"]["examples"] == 16 and mix["total"]["negatives"] == {"generated": 12}
     log = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
     ckpt = Path(summary["checkpoint"])

@@ -84,23 +84,74 @@ class LoraConfig(Config):
 
 
 class DataSource(Config):
-    """One ``examples/`` output of the dataset build."""
+    """One component of the training mix: an ``examples/`` output of the dataset build (or of the mining job),
+    optionally narrowed to some of its groups, taken by weight or by count."""
 
     path: str
     """Directory or URI holding examples Parquet files (``examples_schema()``); a group lies within one file."""
 
-    weight: float = Field(1.0, gt=0)
-    """Share of this source in the mix (normalised over sources), counted in groups."""
+    weight: float | None = Field(None, gt=0)
+    """Share of this source among the weighted sources (normalised over them), counted in groups. Default 1 when
+    ``count`` is not set; setting both is an error."""
+
+    count: int | None = Field(None, ge=1)
+    """An absolute number of groups per epoch from this source instead of a weight (repeated, reshuffled, when
+    larger than what the source holds). Counted sources take their counts first; the weighted sources share the
+    rest of ``data.num_groups`` (or, without it, take as many as they hold at their weights)."""
 
     name: Optional[str] = None
-    """Label in logs; default: the path."""
+    """Label in logs and in the realised mix (``mix.json``); default: the path. Needed when one path feeds several
+    components (names must be unique)."""
+
+    kinds: list[str] | None = None
+    """Keep only groups with at least one negative of these kinds (``generated``, ``mined``); default: all."""
+
+    attributes: list[str] | None = None
+    """Keep only groups with at least one negative whose ``attribute`` is one of these (what a generated negative
+    changed, e.g. ``[year, company, numeric_value, financial_metric, subject_metric, business_segment]`` for the
+    finance set); default: all."""
+
+    exclude_attributes: list[str] | None = None
+    """Drop groups with any negative whose ``attribute`` is one of these (the complement of ``attributes``: one
+    examples directory split into its finance and its general part); default: drop none."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.count is not None and self.weight is not None:
+            raise ValueError(f"set weight or count, not both (got weight={self.weight}, count={self.count})")
+        for key in ("kinds", "attributes", "exclude_attributes"):
+            value = getattr(self, key)
+            if value is not None and not value:
+                raise ValueError(f"{key}: expected a non-empty list or null, got []")
+        if self.kinds and "positive" in self.kinds:
+            raise ValueError(f"kinds: filters the negatives' kinds (generated, mined), got {self.kinds}")
+        both = set(self.attributes or ()) & set(self.exclude_attributes or ())
+        if both:
+            raise ValueError(f"attributes and exclude_attributes both name {sorted(both)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``name``, else the path."""
+        return self.name or self.path
+
+    @property
+    def mix_weight(self) -> float:
+        """The weight used for mixing (1 when unset); meaningless for counted sources."""
+        return 1.0 if self.weight is None else self.weight
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any group filter is set."""
+        return any(v is not None for v in (self.kinds, self.attributes, self.exclude_attributes))
 
 
 class DataConfig(Config):
     """Examples, the mix and batching."""
 
     sources: list[DataSource] = Field(min_length=1)
-    """Example sets to mix by weight, e.g. ``[{path: gen/examples, weight: 1}, {path: mined/examples, weight: 1}]``."""
+    """Example sets to mix, e.g. ``[{path: gen/examples, weight: 1}, {path: mined/examples, weight: 1}]``; a
+    source may filter groups (``kinds``, ``attributes``) and take a ``count`` of groups instead of a weight."""
 
     validation: Optional[str] = None
     """Examples directory or URI held out for validation (pairwise accuracy, loss); none: no validation."""
@@ -112,8 +163,10 @@ class DataConfig(Config):
     """Validate every N optimizer steps (0: only at the end)."""
 
     num_groups: Optional[int] = Field(None, ge=1)
-    """Groups per epoch of the mix. Default: as many as the sources allow at their weights without repeating
-    any group; a larger number repeats (reshuffled) groups of the smaller sources."""
+    """Groups per epoch of the whole mix: the counted sources' counts plus what the weighted sources share by
+    weight. Default: the counts plus as many groups as the weighted sources allow at their weights without
+    repeating any; a larger number repeats (reshuffled) groups of the smaller sources. With only counted sources
+    it must equal the sum of the counts (or be left unset)."""
 
     groups_per_device: int = Field(8, ge=1)
     """Groups per micro-batch on each worker (8 groups of 1 positive + 3 negatives = 32 examples)."""
@@ -123,6 +176,23 @@ class DataConfig(Config):
 
     read_cpus: float = Field(0.5, gt=0)
     """CPUs reserved by each Ray Data read task."""
+
+    @model_validator(mode="after")
+    def _check_mix(self):
+        labels = [s.label for s in self.sources]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise ValueError(f"sources: names must be unique, got {dup} more than once (set sources[i].name)")
+        counted = sum(s.count for s in self.sources if s.count is not None)
+        weighted = sum(1 for s in self.sources if s.count is None)
+        if self.num_groups is not None:
+            if not weighted and self.num_groups != counted:
+                raise ValueError(f"num_groups={self.num_groups}: every source has a count, so it must equal their "
+                                 f"sum {counted} (or be left unset)")
+            if weighted and self.num_groups - counted < weighted:
+                raise ValueError(f"num_groups={self.num_groups} leaves {self.num_groups - counted} groups for the "
+                                 f"{weighted} weighted source(s) after the counts ({counted})")
+        return self
 
 
 class LossConfig(Config):

@@ -198,14 +198,15 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def run_training(cfg: TrainConfig) -> dict:
-    """Plan the stream, run the ``TorchTrainer`` (resuming ``<output>/checkpoints/<name>`` when it exists) and
-    return a summary: steps, groups, checkpoint, model location and the last reported metrics."""
+    """Plan the stream, write its realised mix (``<output>/mix.json``), run the ``TorchTrainer`` (resuming
+    ``<output>/checkpoints/<name>`` when it exists) and return a summary: steps, groups, checkpoint, model location,
+    the last reported metrics and the mix."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from docrerank.train.backbones import check_vlm_budget, resolve_model_path
-    from docrerank.train.collate import plan_from_config, scan_source
+    from docrerank.train.collate import plan_from_config, record_mix, scan_source
     from docrerank.train.step import total_steps_for
 
     cfg = absolute_paths(cfg)
@@ -220,6 +221,8 @@ def run_training(cfg: TrainConfig) -> dict:
     total_steps = total_steps_for(total_groups, cfg, cfg.scaling.num_workers)
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
+    per_step = cfg.data.groups_per_device * cfg.optim.grad_accum * cfg.scaling.num_workers
+    mix = record_mix(tasks, cfg.output, limit=total_steps * per_step)
     resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if device == "cuda" else {})}
     ckpt_root = out.join("checkpoints")
     run_config = ray.train.RunConfig(
@@ -249,4 +252,5 @@ def run_training(cfg: TrainConfig) -> dict:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "model": out.join("model").uri if cfg.export else None,
         "metrics": dict(result.metrics or {}),
+        "mix": mix,
     }

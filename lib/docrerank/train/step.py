@@ -364,25 +364,33 @@ def total_steps_for(total_groups: int, cfg: TrainConfig, world_size: int) -> int
 
 @dataclass
 class LocalResult:
-    """What ``train_local`` returns: the last step, the final metrics and the trained scorer."""
+    """What ``train_local`` returns: the last step, the final metrics, the trained scorer and the realised mix."""
 
     steps: int
     metrics: dict
     scorer: Any
     model_uri: Optional[str]
+    mix: dict | None = None
 
 
 def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
     """Train in this process, without Ray (one worker; DeepSpeed or plain torch): the same plan, step and export.
-    Metrics go to ``<output>/metrics.jsonl`` (local outputs); no checkpoints are written."""
+    Metrics go to ``<output>/metrics.jsonl`` (local outputs), the realised mix to ``<output>/mix.json``; no
+    checkpoints are written."""
     from docrerank import storage
     from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import iter_plan, plan_from_config, read_groups
+    from docrerank.train.collate import (
+        iter_plan,
+        plan_from_config,
+        read_groups,
+        record_mix,
+    )
     from docrerank.train.export import export_model, trainable_state
 
     device = resolve_device(device if device != "auto" else cfg.scaling.device)
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
     total = total_steps_for(sum(len(t["group_ids"]) for t in tasks), cfg, 1)
+    mix = record_mix(tasks, cfg.output, limit=total * cfg.data.groups_per_device * cfg.optim.grad_accum)
     scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=cfg.seed)
     engine = make_engine(scorer, cfg, total, device)
     val = read_groups(cfg.data.validation, cfg.data.val_max_groups) if cfg.data.validation else None
@@ -397,4 +405,4 @@ def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
     finally:
         log.close()
     uri = export_model(trainable_state(scorer), cfg, device) if cfg.export else None
-    return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri)
+    return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri, mix=mix)

@@ -1,0 +1,69 @@
+"""Measure how hard and how diverse the negatives of example sets are: generated vs document-mined negatives (and
+generated ones per attribute) on MiniLM embeddings, optionally with a reranker's scores before training.
+
+    python -m jobs.analyse_negatives --examples out/local/examples [--examples out/local/mined ...]
+        [--reranker PATH] [--output out/local] [--config jobs/configs/analyse_local.yaml] [key=value ...]
+
+``--examples`` (repeatable), ``--reranker`` and ``--output`` set the config keys of the same names. Writes
+<output>/negatives_analysis.json; a dataset build output (with card.md) also gets the card section
+"Negatives: hardness and diversity" (replaced on rerun) and a ``negatives_analysis`` key in stats.json.
+Definitions of the measures: docrerank/analysis.py. No Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def split_flags(argv: list[str]) -> list[str]:
+    """``argv`` with ``--examples/--reranker/--output VALUE`` turned into ``key=value`` overrides."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--examples", action="append")
+    pre.add_argument("--reranker")
+    pre.add_argument("--output")
+    ns, rest = pre.parse_known_args(argv)
+    overrides = [f"examples={json.dumps(ns.examples)}"] if ns.examples else []
+    overrides += [f"{k}={json.dumps(v)}" for k, v in (("reranker", ns.reranker), ("output", ns.output)) if v]
+    return rest + overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    from docrerank.analysis import AnalyseConfig
+    from docrerank.config import parse_job_args
+
+    argv = split_flags(sys.argv[1:] if argv is None else argv)
+    cfg, _ = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
+    from docrerank import runtime, storage
+    from docrerank.analysis import analyse_examples, format_analysis, write_outputs
+    from docrerank.embed import Embedder
+
+    runtime.setup_logging()
+    device = cfg.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        embedder = Embedder.load(cfg.embedder, device=device)
+        scorer = None
+        if cfg.reranker:
+            from docrerank.reranker import Reranker
+
+            scorer = Reranker.load(cfg.reranker, device=device).score
+        result = analyse_examples(cfg.examples, embedder, scorer, cfg.max_groups, cfg.seed, cfg.batch_size)
+    except (ValueError, OSError) as e:
+        print(f"analyse_negatives failed: {e}", file=sys.stderr)
+        return 1
+    print(format_analysis(result))
+    if cfg.output:
+        meta = runtime.run_metadata("analyse_negatives", cfg)
+        runtime.write_run_metadata(storage.resolve(cfg.output), meta)
+        for uri in write_outputs(result, cfg.output):
+            print(f"wrote {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
