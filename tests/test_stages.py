@@ -140,3 +140,35 @@ def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
     assert all(q["parent_id"] == pos["query_id"] and q["origin"] == "rules" for q in negs)
     assert {q["text"] for q in negs if q["attribute"] == "product"} == {
         "What was the battery life of the Z900 in 2021?", "What was the battery life of the A100 in 2021?"}
+
+
+def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
+    """A scanned page (no text layer) tells the text prefilter nothing: its negatives go to the model judge
+    instead of being rejected as 'text_layer_answerable' (the unknown score 0.5 used to pass the threshold)."""
+    from collections import Counter
+
+    from docrerank import build_stages
+    from docrerank.config import load_config
+    from docrerank.configs import BuildConfig
+    from docrerank.engines.base import JudgeResult
+
+    class FakeJudge:
+        calls = 0
+
+        def judge(self, reqs):
+            FakeJudge.calls += len(reqs)
+            return [JudgeResult(p_yes=0.1) for _ in reqs]
+
+    monkeypatch.setattr(build_stages, "_build", lambda cfg: FakeJudge())
+    cfg = load_config(BuildConfig, None, ["output=x", "pages=y", "positives_file=z",
+                                          'verify.engine={"backend": "http", "model": "m"}'])
+    stage = build_stages.VerifyStage(cfg, "negative")
+    pages = []
+    for pid, text in (("scan", ""), ("digital", "Revenue 2021: $5.2 billion. Revenue 2020: $4.9 billion.")):
+        neg = build_stages.new_query(pid, "What was the revenue in 2020?", "negative", "rules")
+        pages.append({"page_id": pid, "text": text, "image": b"png", "state": {"queries": [neg], "metrics": {}}})
+    m = Counter()
+    stage.process(pages, m)
+    scan, digital = (p["state"]["queries"][0] for p in pages)
+    assert digital["reason"] == "text_layer_answerable" and m["prefiltered"] == 1
+    assert FakeJudge.calls == 2 and scan["p_answerable_a"] == pytest.approx(0.1)  # both prompts, by the model

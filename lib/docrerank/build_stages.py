@@ -165,7 +165,8 @@ class VerifyStage(_Stage):
                     q["p_answerable_a"], q["p_answerable_b"] = self._judge_text(p, q, parents)
                     m["text_judged"] += 1
                     continue
-                if self.role == "negative" and self.cfg.prefilter == "text":
+                if self.role == "negative" and self.cfg.prefilter == "text" and (p["text"] or "").strip():
+                    # (a page without a text layer tells nothing: the model judges it)
                     a, b = self._judge_text(p, q, parents)
                     if a >= thr and b >= thr:
                         q["verdict"], q["reason"] = "rejected", "text_layer_answerable"
