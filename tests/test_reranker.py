@@ -121,3 +121,25 @@ def test_rank_ties_break_by_index_and_errors_are_clear(text_cross, tmp_path):
     assert rr.score("a", []).shape == (0,)
     with pytest.raises(ValueError, match="no config.json"):
         Reranker.load(str(tmp_path), device="cpu")
+
+
+def test_vlm_page_prefix_reuse_equals_the_plain_path(tiny_vlm):
+    """A page with several queries: its [image][prompt] prefix is encoded once (KV cache) and each query runs
+    against it; scores equal the plain batched path's."""
+    from docrerank.reranker import Reranker
+
+    rr = Reranker.load(tiny_vlm, device="cpu", batch_size=2)
+    red, blue = _png("red"), _png("blue", (160, 120))
+    pages = [red, blue, red, red, _png("green")]
+    queries = ["first query", "second", "a third, longer query about revenue", "4", "lonely page"]
+    from docrerank.reranker import as_page
+
+    rows = [as_page(p) for p in pages]
+    rr.prefix_reuse = False
+    plain = rr.score(queries, pages)
+    assert {kind for kind, _ in rr._units(rr._order(queries, rows), rows, 2)} == {"plain"}
+    rr.prefix_reuse = True
+    units = rr._units(rr._order(queries, rows), rows, 2)
+    assert sorted(len(idx) for kind, idx in units if kind == "prefix") == [3]  # the red page's three queries
+    reused = rr.score(queries, pages)
+    np.testing.assert_allclose(reused, plain, atol=1e-4)

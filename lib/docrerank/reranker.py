@@ -19,8 +19,10 @@ Pages may be encoded image bytes, PIL images, page rows (dicts with ``image``/``
 project's ``pages`` and ``examples`` tables or a BEIR corpus) or text strings (text backbone only).
 
 Speed: pairs are sorted by input length (vlm: page pixels, then page, then query) and scored ``batch_size`` pairs
-per forward pass; within a batch each distinct page goes through the vision tower once. Scores come back in input
-order, in float32. The model runs in bfloat16 on a GPU (``dtype="auto"``), float32 on the CPU. The same inputs
+per forward pass; within a batch each distinct page goes through the vision tower once, and page pixels are
+prepared by a thread pool ahead of the model. A page with several queries in one call (``min_prefix_pairs``: 2 on
+the CPU, a whole batch on a GPU) has its [image][prompt] prefix encoded once, its queries run against the cached
+keys and values (``engines/hf_prefix.py``). Scores come back in input order, in float32. The model runs in bfloat16 on a GPU (``dtype="auto"``), float32 on the CPU. The same inputs
 always give the same scores (eval mode, no sampling, a deterministic order).
 """
 
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 
 VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_BATCH = {"vlm": 8, "text": 64}
-PREFETCH_BATCHES = 4  # vlm: batches whose page pixels are prepared ahead of the forward passes
+PREFETCH_BATCHES = 4  # vlm: work units whose page pixels are prepared ahead of the forward passes
+MIN_PREFIX_PAIRS = 2  # vlm on CPU: a page with this many pairs in one call has its prefix encoded once
 
 
 @dataclass
@@ -117,6 +120,10 @@ class Reranker:
         self.forwards = 0  # forward passes run (for benchmarks and tests)
         self.preprocess_threads = min(8, os.cpu_count() or 1)
         self.unscored = 0  # pairs that got NaN (unreadable page images)
+        self.prefix_reuse = backbone == "vlm"  # vlm: encode a page's [image][prompt] prefix once for its queries
+        # ... for pages with at least this many pairs in one call. On the CPU (compute-bound) it pays from 2; on a
+        # GPU a full batch of whole pairs beats small continuation batches, so only pages with a batch of queries.
+        self.min_prefix_pairs: Optional[int] = MIN_PREFIX_PAIRS if device == "cpu" else None
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -198,20 +205,22 @@ class Reranker:
             return out
         bs = batch_size or self.batch_size
         order = self._order(queries, pages)
-        batches = [order[s:s + bs] for s in range(0, len(order), bs)]
         if self.backbone != "vlm":
-            for idx in batches:
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
                 out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx])
             return out
-        # vlm: page pixels are computed once per distinct page, by a thread pool, a window of batches ahead of
-        # the forward passes (image decoding and resizing overlap the model).
+        # vlm: page pixels are computed once per distinct page, by a thread pool, a window of units ahead of the
+        # forward passes (image decoding and resizing overlap the model). A page with several queries is a
+        # "prefix" unit (its [image][prompt] prefix is encoded once); the other pairs go in plain batches.
         from concurrent.futures import ThreadPoolExecutor
 
-        windows = [batches[w:w + PREFETCH_BATCHES] for w in range(0, len(batches), PREFETCH_BATCHES)]
+        units = self._units(order, pages, bs)
+        windows = [units[w:w + PREFETCH_BATCHES] for w in range(0, len(units), PREFETCH_BATCHES)]
         with ThreadPoolExecutor(max_workers=1) as lead, ThreadPoolExecutor(self.preprocess_threads) as pool:
             def prepare(window):
-                keys = list(dict.fromkeys(pages[i].key for idx in window for i in idx))
-                first = {pages[i].key: pages[i] for idx in window for i in idx}
+                keys = list(dict.fromkeys(pages[i].key for _, idx in window for i in idx))
+                first = {pages[i].key: pages[i] for _, idx in window for i in idx}
                 return dict(zip(keys, pool.map(lambda k: self._safe_pixels(first[k]), keys)))
 
             ahead = lead.submit(prepare, windows[0])
@@ -219,15 +228,36 @@ class Reranker:
                 pixels = ahead.result()
                 if w + 1 < len(windows):
                     ahead = lead.submit(prepare, windows[w + 1])
-                for idx in windows[w]:
+                for kind, idx in windows[w]:
                     bad = [i for i in idx if pixels[pages[i].key] is None]
                     if bad:  # pages that cannot be read: NaN, counted, the rest of the batch is scored
                         out[bad] = np.nan
                         self.unscored += len(bad)
                         idx = [i for i in idx if pixels[pages[i].key] is not None]
-                    if idx:
-                        out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx], pixels)
+                    if not idx:
+                        continue
+                    qs = [queries[i] for i in idx]
+                    if kind == "prefix":
+                        out[idx] = self._forward_prefix(qs, pixels[pages[idx[0]].key], bs)
+                    else:
+                        out[idx] = self._forward(qs, [pages[i] for i in idx], pixels)
         return out
+
+    def _units(self, order: list[int], pages: list[Page], bs: int) -> list[tuple[str, list[int]]]:
+        """Work units in ``order``: ("prefix", pairs of one page) for pages with at least ``min_prefix_pairs``
+        pairs (default: ``bs``) when prefix reuse is on, ("plain", up to ``bs`` pairs) for the rest."""
+        least = self.min_prefix_pairs or bs
+        by_key: dict[str, list[int]] = {}
+        for i in order:
+            by_key.setdefault(pages[i].key, []).append(i)
+        units, singles = [], []
+        for idx in by_key.values():
+            if self.prefix_reuse and len(idx) >= least:
+                units.append(("prefix", idx))
+            else:
+                singles += idx
+        units += [("plain", singles[s:s + bs]) for s in range(0, len(singles), bs)]
+        return units
 
     def _safe_pixels(self, page: Page):
         """The page's pixels, or None (logged) when it has no image or the image cannot be decoded."""
@@ -271,6 +301,47 @@ class Reranker:
             if self.backbone == "vlm":
                 return self._forward_vlm(queries, pages, pixels)
             return self._forward_text(queries, pages)
+
+    def _forward_prefix(self, queries: list[str], page_pixels, bs: int):
+        """Scores of several queries on one page: the [image][prompt] prefix encoded once (KV cache), each
+        query's tokens run against it, ``bs`` at a time; equal to the plain path up to rounding."""
+        import torch
+
+        from docrerank.engines import hf_prefix
+        from docrerank.train.backbones import base_of
+
+        scorer = self.model
+        model = base_of(scorer.model)
+        pixel_values, grid = page_pixels
+        n_img = scorer.image_tokens(grid)
+        seqs = []
+        for q in queries:
+            ids = scorer.prompt_ids(q)
+            k = ids.index(scorer.image_token_id)
+            ids = ids[:k] + [scorer.image_token_id] * n_img + ids[k + 1:]
+            if len(ids) > scorer.cfg.seq_len:
+                raise ValueError(f"query {q[:60]!r}: {len(ids)} tokens > max_seq_len={scorer.cfg.seq_len}")
+            seqs.append(ids)
+        plen = min(hf_prefix.common_prefix_len(seqs), min(len(x) for x in seqs) - 1)
+        self.forwards += 1 + (len(queries) + bs - 1) // bs
+        with torch.inference_mode():
+            full = torch.tensor([seqs[0]])
+            pos, _ = model.model.get_rope_index(full, mm_token_type_ids=(full == scorer.image_token_id).int(),
+                                                image_grid_thw=grid)
+            prefix_ids = full[:, :plen]
+            inputs = {"input_ids": prefix_ids, "attention_mask": torch.ones_like(prefix_ids),
+                      "position_ids": pos[:, :, :plen], "pixel_values": pixel_values.to(model.dtype),
+                      "image_grid_thw": grid, "mm_token_type_ids": (prefix_ids == scorer.image_token_id).int()}
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            cont_pos = []
+            for ids in seqs:
+                t = torch.tensor([ids])
+                p, _ = model.model.get_rope_index(t, mm_token_type_ids=(t == scorer.image_token_id).int(),
+                                                  image_grid_thw=grid)
+                cont_pos.append(p[:, 0, plen:])
+            logits = hf_prefix.judge_prefix_group(model, inputs, [x[plen:] for x in seqs], cont_pos,
+                                                  scorer.answer_ids, scorer.pad_id, bs)
+        return (logits[:, 0] - logits[:, 1]).float().cpu().numpy()
 
     def _forward_vlm(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
         import torch
