@@ -52,9 +52,14 @@ def test_cli_exits_2_with_the_key(capsys):
 
 
 def _classes():
+    from docrerank.analysis import AnalyseConfig
     from docrerank.configs import BuildConfig
 
-    out = {"ingest": IngestConfig, "build": BuildConfig}
+    from docrerank.eval.config import EvalConfig, RerankConfig
+    from docrerank.mine import MineConfig
+
+    out = {"ingest": IngestConfig, "build": BuildConfig, "analyse": AnalyseConfig, "eval": EvalConfig,
+           "rerank": RerankConfig, "mine": MineConfig}
     try:
         from docrerank.train.config import TrainConfig
 

@@ -86,7 +86,7 @@ def groups_by_source(tasks: list[dict]) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------- configs
-MIX_CONFIGS = ["train_local_mined.yaml", "train_local_base.yaml", "train_paper_mix_mined.yaml",
+MIX_CONFIGS = ["train_local_mined.yaml", "train_local.yaml", "train_paper_mix_mined.yaml",
                "train_paper_mix_base.yaml", "train_paper_mix_base_finance.yaml", "train_paper_mix_full.yaml"]
 
 
@@ -105,17 +105,16 @@ def test_mix_configs_load(name):
 
 def test_local_mix_configs_are_twins_of_train_local():
     base = load_config(TrainConfig, CONFIGS / "train_local.yaml").model_dump()
-    twins = [load_config(TrainConfig, CONFIGS / n).model_dump() for n in ("train_local_mined.yaml",
-                                                                          "train_local_base.yaml")]
-    for twin in twins:
-        for key in base:
-            if key not in ("output", "name", "data"):
-                assert twin[key] == base[key], key
-        same = {k: v for k, v in twin["data"].items() if k not in ("sources", "num_groups")}
-        assert same == {k: v for k, v in base["data"].items() if k not in ("sources", "num_groups")}
-    assert twins[0]["data"]["num_groups"] == twins[1]["data"]["num_groups"] == 60
-    assert twins[0]["output"] == "out/train_local_mined" and twins[1]["output"] == "out/train_local_base"
-    assert [s["path"] for s in twins[1]["data"]["sources"]] == ["out/local/mined", "out/local/examples"]
+    twin = load_config(TrainConfig, CONFIGS / "train_local_mined.yaml").model_dump()
+    for key in base:
+        if key not in ("output", "name", "data"):
+            assert twin[key] == base[key], key
+    same = {k: v for k, v in twin["data"].items() if k != "sources"}
+    assert same == {k: v for k, v in base["data"].items() if k != "sources"}
+    assert twin["data"]["num_groups"] == base["data"]["num_groups"] == 60
+    assert twin["output"] == "out/train_local_mined" and base["output"] == "out/train_local"
+    assert [s["path"] for s in base["data"]["sources"]] == ["out/local/mined", "out/local/examples"]
+    assert [s["path"] for s in twin["data"]["sources"]] == ["out/local/mined"]
 
 
 def test_source_and_mix_validation_name_the_key():
@@ -257,7 +256,7 @@ def test_local_run_writes_and_prints_the_realised_mix(dirs, tmp_path, capsys):
 
     out = tmp_path / "run"
     sources = [{"path": dirs["generated"], "name": "generated"}, {"path": dirs["mined"], "name": "mined"}]
-    rc = main(["--config", str(CONFIGS / "train_local_base.yaml"), f"output={out}",
+    rc = main(["--config", str(CONFIGS / "train_local.yaml"), f"output={out}",
                f"data.sources={json.dumps(sources)}", "data.num_groups=8", "data.validation=null",
                "data.groups_per_device=2", "optim.max_steps=2", "optim.epochs=1", "scaling.use_ray=false",
                "deepspeed.enabled=false", "export=false"])
