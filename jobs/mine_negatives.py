@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, ns = parse_job_args(MineConfig, argv, prog="python -m jobs.mine_negatives", description=__doc__)
     from docrerank import runtime, storage
-    from docrerank.mine import run_mine, summary_rows
+    from docrerank.mine_run import run_mine, summary_rows
 
     runtime.setup_logging()
     out = storage.resolve(cfg.output)

@@ -10,7 +10,8 @@ import pyarrow.dataset as pads
 import pytest
 from docrerank.build_output import is_heldout
 from docrerank.config import load_config
-from docrerank.mine import MineConfig, run_mine, seeded_order, select_negatives
+from docrerank.mine import MineConfig, seeded_order, select_negatives
+from docrerank.mine_run import run_mine
 
 REPO = Path(__file__).resolve().parent.parent
 FRACTION = 0.3  # 2 of the 9 reports of 3 companies are held out at seed 0

@@ -1,0 +1,249 @@
+"""The mining job's Ray Data stages: retrieve (``MineStage``), filter (``FilterStage``), write (``WriteStage``).
+
+One dataset row = one batch of queries (``name`` of its shard, ``split``, ``state``: JSON list of queries); the
+stages run in ``build_run.ChainStage`` actors (``run_mine`` names them by ``docrerank.mine_stages:<class>``).
+Also the pieces they load once per actor: ``PageStore`` (pages by id) and ``Searcher`` (a split's index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from docrerank import storage
+from docrerank.mine import (
+    SPLITS,
+    MineConfig,
+    candidates_of,
+    finish_status,
+    group_rows,
+    is_false_negative,
+    seeded_order,
+    select_negatives,
+    status_row,
+    status_schema,
+)
+
+# --- pages and indexes ---------------------------------------------------------------------------------
+
+
+class PageStore:
+    """Reads pages by id, only from the files that hold them (the page->file map is built once by the driver)."""
+
+    def __init__(self, index_uri: str):
+        loc = storage.resolve(index_uri)
+        t = storage.read_parquet_dir(loc.join("page_files"))
+        self.file_of = dict(zip(t.column("page_id").to_pylist(), t.column("file").to_pylist()))
+        self.cache: dict[str, dict] = {}
+
+    def get(self, ids, columns: tuple[str, ...] = ("text",)) -> dict[str, dict]:
+        import pyarrow.parquet as pq
+
+        want = [i for i in set(ids) if i in self.file_of and not all(c in self.cache.get(i, {}) for c in columns)]
+        by_file: dict[str, list[str]] = {}
+        for i in want:
+            by_file.setdefault(self.file_of[i], []).append(i)
+        for f, pids in sorted(by_file.items()):
+            loc = storage.resolve(f)
+            t = pq.read_table(loc.path, columns=["page_id", *columns], filters=[("page_id", "in", pids)],
+                              filesystem=loc.fs)
+            for r in t.to_pylist():
+                self.cache.setdefault(r["page_id"], {}).update(r)
+        return {i: self.cache[i] for i in ids if i in self.cache}
+
+
+def _fetch_dir(loc: storage.Location) -> str:
+    """A local directory holding ``loc``'s files (itself when local; a temp copy from an object store)."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        return loc.path
+    tmp = tempfile.mkdtemp(prefix="docrerank-index-")
+    pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+    return tmp
+
+
+class Searcher:
+    """A loaded index of one split: ``search({qid: text}, k) -> {qid: {page_id: score}}``."""
+
+    def __init__(self, kind: str, index_uri: str, colpali: dict, model=None):
+        local = _fetch_dir(storage.resolve(index_uri))
+        self.kind = kind
+        if kind == "bm25":
+            from docrerank.eval.retrievers import BM25Retriever
+
+            self.bm25 = BM25Retriever.load(local)
+            return
+        import os
+
+        import torch
+
+        from docrerank.eval.retrievers import ColPaliRetriever
+
+        self.model = model or ColPaliRetriever(colpali["model"], colpali["device"], colpali["batch_size"],
+                                               colpali["model_class"])
+        data = torch.load(os.path.join(local, "colpali.pt"))
+        self.ids, self.emb = data["ids"], data["emb"]
+
+    def search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
+        if self.kind == "bm25":
+            return self.bm25.search(queries, k)
+        from docrerank.eval.retrievers import top_k
+
+        if not self.ids:
+            return {q: {} for q in queries}
+        qids = list(queries)
+        q_emb = self.model._embed([queries[q] for q in qids], "queries")
+        scores = self.model.processor.score_multi_vector(q_emb, self.emb, device=self.model.device)
+        return {q: top_k(dict(zip(self.ids, scores[i].float().tolist())), k) for i, q in enumerate(qids)}
+
+
+# --- Ray Data stages -----------------------------------------------------------------------------------
+
+
+def _rows(batch) -> list[dict]:
+    from docrerank.build_output import batch_rows
+
+    return batch_rows(batch)
+
+
+def _cols(rows: list[dict]) -> dict:
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+class MineStage:
+    """Retrieve the top N of each query in its split's index, drop the positive, put the rest in seeded order."""
+
+    def __init__(self, cfg: MineConfig, index_uri: str):
+        self.cfg, self.index_uri = cfg, index_uri
+        self.store = PageStore(index_uri)
+        self.searchers: dict[str, Searcher] = {}
+
+    def _searcher(self, split: str) -> Searcher:
+        if split not in self.searchers:  # loaded once per actor, on first use
+            uri = storage.resolve(self.index_uri).join(split).uri
+            shared = next((getattr(s, "model", None) for s in self.searchers.values()), None)  # one model per actor
+            self.searchers[split] = Searcher(self.cfg.retriever, uri, self.cfg.colpali.model_dump(), shared)
+        return self.searchers[split]
+
+    def __call__(self, batch):
+        rows = _rows(batch)
+        for r in rows:
+            qs = json.loads(r["state"])
+            self.mine(r["split"], qs)
+            r["state"] = json.dumps(qs)
+        return _cols(rows)
+
+    def mine(self, split: str, qs: list[dict]) -> None:
+        todo = []
+        for q in qs:
+            q.update(candidates=[], order=[], retrieved=0, positive_rank=None, negatives=[], false_negatives=[],
+                     judged={}, judge_errors=0, status=None, reason=None)
+            if split == "heldout" and self.cfg.heldout == "skip":
+                q["status"], q["reason"] = "skipped", "heldout_not_mined"
+            elif not (q["text"] or "").strip():
+                q["status"], q["reason"] = "skipped", "no_query_text"
+            elif q["page_id"] not in self.store.file_of:
+                q["status"], q["reason"] = "skipped", "page_not_found"
+            else:
+                todo.append(q)
+        if not todo:
+            return
+        run = self._searcher(split).search({q["query_id"]: q["text"] for q in todo}, self.cfg.top_n)
+        for q in todo:
+            hits = run.get(q["query_id"], {})
+            q["candidates"], q["positive_rank"] = candidates_of(hits, q["page_id"], self.cfg.top_n)
+            q["retrieved"] = min(len(hits), self.cfg.top_n)
+            q["order"] = seeded_order(q["candidates"], self.cfg.seed, q["query_id"])
+
+
+class FilterStage:
+    """Pick each query's negatives from its seeded order, judging candidates with the false-negative filter."""
+
+    def __init__(self, cfg: MineConfig, index_uri: str):
+        self.cfg, self.f = cfg, cfg.filter
+        self.store = PageStore(index_uri)
+        self.engine, self.prompt = None, None
+        if not isinstance(self.f.engine, str):
+            from docrerank.engines import build_engine
+            from docrerank.prompts import load_prompt
+
+            self.engine, self.prompt = build_engine(self.f.engine), load_prompt(self.f.prompt)
+
+    def __call__(self, batch):
+        rows = _rows(batch)
+        for r in rows:
+            qs = json.loads(r["state"])
+            todo = [q for q in qs if q["status"] is None]
+            select_negatives(todo, self.cfg.k, None if self.f.engine == "none" else self.judge, self.f.threshold,
+                             self.f.rule)
+            for q in todo:
+                finish_status(q, self.cfg.k, self.cfg.min_negatives)
+            r["state"] = json.dumps(qs)
+        self.store.cache.clear()
+        return _cols(rows)
+
+    def judge(self, jobs: list[tuple[dict, str]]) -> list[tuple[float | None, float | None, str | None]]:
+        """(p_a, p_b, error) per (query, page): the text judge, or the VLM's two verify prompts."""
+        from docrerank.stages.textjudge import judge_text
+
+        pages = self.store.get([p for _, p in jobs], ("text",) if self.engine is None else ("text", "image"))
+        out: list = [None] * len(jobs)
+        to_model = []
+        for i, (q, p) in enumerate(jobs):
+            page = pages.get(p)
+            if page is None:
+                out[i] = (None, None, "page_not_found")
+                continue
+            text = page.get("text") or ""
+            if self.engine is None or (self.f.prefilter == "text" and text.strip()):
+                a, b = judge_text(q["text"], text)
+                # in front of a model, the text layer only removes what both of its estimates find answerable
+                if self.engine is None or is_false_negative(a, b, self.f.threshold, "both"):
+                    out[i] = (a, b, None)
+                    continue
+            to_model.append(i)
+        if to_model:
+            from docrerank.engines import JudgeRequest, user
+
+            reqs = [JudgeRequest([user(pages[jobs[i][1]]["image"], self.prompt[key].format(query=jobs[i][0]["text"]))],
+                                 yes=self.prompt["answer_yes"], no=self.prompt["answer_no"], id=jobs[i][1])
+                    for i in to_model for key in ("prompt_a", "prompt_b")]
+            res = self.engine.judge(reqs)
+            for j, i in enumerate(to_model):
+                ra, rb = res[2 * j], res[2 * j + 1]
+                out[i] = (ra.p_yes, rb.p_yes, None) if ra.ok and rb.ok else (None, None, (ra.error or rb.error)[:200])
+        return out
+
+
+class WriteStage:
+    """Writes a batch's examples shard (mined/ or mined_heldout/), then its mining_status shard (the marker)."""
+
+    def __init__(self, cfg: MineConfig, index_uri: str):
+        self.out, self.weight = storage.resolve(cfg.output), cfg.positive_weight
+        self.store = PageStore(index_uri)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from docrerank.schema import examples_schema
+
+        rows = _rows(batch)
+        summary = []
+        for r in rows:
+            qs = json.loads(r["state"])
+            kept = [q for q in qs if q["status"] in ("complete", "short")]
+            pages = self.store.get([p for q in kept for p in [q["page_id"], *q["negatives"]]],
+                                   ("image", "image_format", "text"))
+            examples = [e for q in kept for e in group_rows(q, pages, self.weight)]
+            if examples:
+                storage.write_table_atomic(self.out.join(SPLITS[r["split"]], r["name"]),
+                                           pa.Table.from_pylist(examples, schema=examples_schema()))
+            status = [status_row(q, r["split"]) for q in qs]
+            storage.write_table_atomic(self.out.join("mining_status", r["name"]),
+                                       pa.Table.from_pylist(status, schema=status_schema()))
+            self.store.cache.clear()
+            summary.append({"name": r["name"], "status": json.dumps(Counter(q["status"] for q in qs))})
+        return _cols(summary)
