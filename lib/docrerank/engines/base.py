@@ -1,8 +1,10 @@
-"""The engine interface: requests, results, the typed engine config, errors, JSON parsing and repair.
+"""The engine interface: requests, results, errors, JSON parsing and repair, the backend registry.
 
 Every backend implements ``generate(requests) -> list[GenerateResult]`` and
 ``judge(requests) -> list[JudgeResult]``. A request that fails gets a result with ``error`` set
 (``"<kind>: <detail>"``, kinds in ``ERROR_KINDS``); a batch never fails because one request did.
+The typed engine config (``EngineConfig`` and its option classes) lives in ``docrerank.engines.config``
+and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
-from pydantic import Field, field_validator
-
-from docrerank.config import Config
+# Re-exported for existing imports (``from docrerank.engines.base import EngineConfig``); defined in config.py.
+from docrerank.engines.config import (  # noqa: F401
+    EngineConfig,
+    HFOptions,
+    HTTPOptions,
+    RayStageConfig,
+    VLLMOptions,
+)
 from docrerank.engines.messages import Message, assistant, from_dicts, user
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -401,127 +408,6 @@ class TextEngine:
             else:
                 res.errors[j] = f"{res.errors[j]} (after one repair attempt: {fixed.error})"
             res.error = _overall_error(res.errors)
-
-
-# -------------------------------------------------------------------------------------------- configs
-class HFOptions(Config):
-    """Options of the transformers backend."""
-
-    device: str = "auto"
-    """torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ..."""
-    attn_implementation: Optional[str] = None
-    """Attention kernel passed to from_pretrained ("sdpa", "eager", "flash_attention_2"); None = default."""
-    prefix_reuse: bool = True
-    """Judge: encode a prefix shared by several requests (page image + instruction) once and run only the
-    continuations against its KV cache."""
-    min_prefix_tokens: int = Field(default=16, ge=1)
-    """Shared prefixes shorter than this are not worth a separate pass; such requests take the plain path."""
-    local_files_only: bool = False
-    """Load only from a local path or the HF cache (never download)."""
-    image_cache_size: int = Field(default=64, ge=0)
-    """Preprocessed images kept in memory (pages are judged many times in a row)."""
-
-
-class VLLMOptions(Config):
-    """Options of the vLLM backend (``vllm.LLM`` in-process)."""
-
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """GPUs per engine (tensor parallelism)."""
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    """Fraction of GPU memory vLLM may take."""
-    enable_prefix_caching: bool = True
-    """Reuse KV blocks of shared prompt prefixes (the page image) across requests."""
-    max_num_seqs: Optional[int] = Field(default=None, ge=1)
-    """Sequences scheduled at once; None = vLLM default."""
-    judge_top_logprobs: int = Field(default=20, ge=2)
-    """Top logprobs requested for a judgement (the two answer words are read from them)."""
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for ``vllm.LLM`` (they win over the derived ones)."""
-
-
-class HTTPOptions(Config):
-    """Options of the OpenAI-compatible HTTP backend."""
-
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """Endpoint base URL (``{base_url}/chat/completions`` is called)."""
-    api_key_env: Optional[str] = "OPENAI_API_KEY"
-    """Environment variable holding the API key (the key itself is never stored, logged or written)."""
-    max_concurrency: int = Field(default=8, ge=1)
-    """Requests in flight at once."""
-    timeout_s: float = Field(default=60.0, gt=0)
-    """Per-attempt timeout in seconds."""
-    max_retries: int = Field(default=3, ge=0)
-    """Retries after the first attempt on 429, 5xx, timeouts and connection errors."""
-    backoff_s: float = Field(default=0.5, ge=0)
-    """First retry delay; doubles each retry (with jitter), capped at backoff_max_s; Retry-After wins."""
-    backoff_max_s: float = Field(default=8.0, ge=0)
-    """Longest delay between retries."""
-    json_mode: Literal["json_schema", "json_object", "none"] = "json_schema"
-    """How a JSON schema is sent: response_format json_schema (constrained), json_object, or prompt only."""
-    judge_mode: Literal["auto", "logprobs", "answer"] = "auto"
-    """Judge from top_logprobs ("logprobs"), from a one-token answer ("answer"), or logprobs with a fallback
-    to the answer when the endpoint returns none ("auto")."""
-    top_logprobs: int = Field(default=20, ge=1, le=20)
-    """top_logprobs requested for a judgement."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Extra fields merged into every request body (e.g. vLLM's ``top_k``)."""
-
-
-class RayStageConfig(Config):
-    """How the Ray Data stage runs an engine (``map_batches`` arguments)."""
-
-    concurrency: int = Field(default=1, ge=1)
-    """Engine actors (each loads the model once)."""
-    num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs per actor (use vllm.tensor_parallel_size for multi-GPU engines)."""
-    num_cpus: float = Field(default=1.0, gt=0)
-    """CPUs per actor."""
-    batch_size: int = Field(default=64, ge=1)
-    """Rows per batch handed to an actor; keep all requests of a page in one batch for prefix reuse."""
-
-
-class EngineConfig(Config):
-    """Which model answers, through which backend, and how."""
-
-    backend: str = "hf"
-    """Backend name: "hf", "vllm", "http", or one added with ``register_backend``."""
-    model: str
-    """Local path or Hugging Face name (hf, vllm), or the served model name (http)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; "auto" = bfloat16 on GPU, float32 on CPU."""
-    max_model_len: Optional[int] = Field(default=None, ge=16)
-    """Longest prompt + output in tokens; longer requests fail with prompt_too_long. None = model limit."""
-    min_pixels: Optional[int] = Field(default=None, ge=1)
-    """Smallest image area after resizing (pixels); None = the model's preprocessor default."""
-    max_pixels: int = Field(default=802_816, ge=784)
-    """Largest image area after resizing (pixels); 802,816 = about 1024 image tokens for Qwen2-VL."""
-    batch_size: int = Field(default=8, ge=1)
-    """Sequences per forward pass (hf); continuations per pass on a shared prefix."""
-    json_repair: bool = True
-    """Give invalid JSON one repair attempt before rejecting it."""
-    reject_refusals: bool = True
-    """Treat outputs that open like a refusal as errors."""
-    trust_remote_code: bool = False
-    """Allow model code from the checkpoint (hf, vllm)."""
-    seed: int = 0
-    """Default seed for sampling when a request has none."""
-    hf: HFOptions = Field(default_factory=HFOptions)
-    """transformers backend options."""
-    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
-    """vLLM backend options."""
-    http: HTTPOptions = Field(default_factory=HTTPOptions)
-    """HTTP backend options."""
-    ray: RayStageConfig = Field(default_factory=RayStageConfig)
-    """Ray Data stage options."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Options of backends added with register_backend (read by those backends only)."""
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, v: str) -> str:
-        if v not in _BACKENDS:
-            raise ValueError(f"unknown backend {v!r}, expected one of {sorted(_BACKENDS)}")
-        return v
 
 
 # ------------------------------------------------------------------------------------------ registry
