@@ -11,7 +11,6 @@ metrics.json, report.md and ndcg5.png, and prints the table. No Ray needed; runs
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 
 
@@ -20,22 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.eval.config import EvalConfig
 
     cfg, _ = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
-    from docrerank import runtime, storage
+    from docrerank import runtime
     from docrerank.eval.report import format_table
     from docrerank.eval.run import run_evaluation
 
     runtime.setup_logging()
-    out = storage.resolve(cfg.output)
-    meta = runtime.run_metadata("evaluate", cfg)
-    runtime.write_run_metadata(out, meta)
-    try:
-        results = run_evaluation(cfg)
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
-        print(f"evaluate failed: {e}", file=sys.stderr)
+    results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg),
+                              summarise=lambda r: {"average": r["average"], "files": r.get("files")},
+                              errors=(ValueError, RuntimeError, FileNotFoundError, ImportError))
+    if results is None:
         return 1
-    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                summary={"average": results["average"], "files": results.get("files")})
-    runtime.write_run_metadata(out, meta)
     print(format_table(results))
     print(f"report: {results['files']['report']}")
     return 0

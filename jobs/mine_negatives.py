@@ -11,7 +11,6 @@ mining_stats.json and _meta/. Rerunning with the same output resumes; resume=fal
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 
 
@@ -20,22 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.mine import MineConfig
 
     cfg, ns = parse_job_args(MineConfig, argv, prog="python -m jobs.mine_negatives", description=__doc__)
-    from docrerank import runtime, storage
+    from docrerank import runtime
     from docrerank.mine_run import run_mine, summary_rows
 
     runtime.setup_logging()
-    out = storage.resolve(cfg.output)
-    meta = runtime.run_metadata("mine_negatives", cfg)
-    runtime.write_run_metadata(out, meta)
-    runtime.init_ray(ns.address)
-    runtime.configure_ray_data()
-    try:
-        stats = run_mine(cfg)
-    except (ValueError, RuntimeError) as e:
-        print(f"mine_negatives failed: {e}", file=sys.stderr)
+
+    def work():
+        runtime.init_ray(ns.address)
+        runtime.configure_ray_data()
+        return run_mine(cfg)
+
+    stats = runtime.run_job("mine_negatives", cfg, work)
+    if stats is None:
         return 1
-    meta.update(finished=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), summary=stats)
-    runtime.write_run_metadata(out, meta)
     print(f"\nmined negatives for {cfg.output} ({cfg.retriever} top {cfg.top_n}, k={cfg.k}, filter "
           f"{cfg.filter.engine if isinstance(cfg.filter.engine, str) else cfg.filter.engine.model})")
     print(runtime.format_table(["mine_negatives", "value"], summary_rows(stats)))

@@ -10,7 +10,6 @@ groups, examples and negatives by kind per source), tensorboard/ and _meta/.
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 
 
@@ -19,30 +18,26 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.train.config import TrainConfig
 
     cfg, ns = parse_job_args(TrainConfig, argv, prog="python -m jobs.train_reranker", description=__doc__)
-    from docrerank import runtime, storage
+    from docrerank import runtime
 
     runtime.setup_logging()
-    out = storage.resolve(cfg.output)
-    meta = runtime.run_metadata("train_reranker", cfg)
-    runtime.write_run_metadata(out, meta)
-    try:
+
+    def work():
         if cfg.scaling.use_ray:
             from docrerank.train.ray_train import run_training
 
             runtime.init_ray(ns.address)
             runtime.configure_ray_data(progress=False)
-            summary = run_training(cfg)
-        else:
-            from docrerank.train.step import train_local
+            return run_training(cfg)
+        from docrerank.train.step import train_local
 
-            res = train_local(cfg)
-            summary = {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
-                       "metrics": res.metrics, "mix": res.mix}
-    except (ValueError, RuntimeError) as e:
-        print(f"train_reranker failed: {e}", file=sys.stderr)
+        res = train_local(cfg)
+        return {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
+                "metrics": res.metrics, "mix": res.mix}
+
+    summary = runtime.run_job("train_reranker", cfg, work)
+    if summary is None:
         return 1
-    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), summary=summary)
-    runtime.write_run_metadata(out, meta)
     metrics = summary.get("metrics") or {}
     rows = [[k, summary.get(k)] for k in ("steps", "groups", "device", "workers", "checkpoint", "model")]
     rows += [[k, round(v, 4) if isinstance(v, float) else v] for k, v in metrics.items()

@@ -156,3 +156,5 @@ def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray
     assert by[("b", "p3")]["rank"] == 1 and by[("b", "p3")]["label"] == 1
     again = run_rerank(cfg)
     assert (again["tasks_run"], again["tasks_reused"], again["rows_out"]) == (0, 2, 6)
+    fresh = run_rerank(cfg.model_copy(update={"resume": False}))
+    assert (fresh["tasks_run"], fresh["rows_out"]) == (2, 6)

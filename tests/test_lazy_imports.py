@@ -20,6 +20,19 @@ LIGHT_MODULES = [
     "docrerank.testing",
     "docrerank.testing.tiny_models",
     "docrerank.testing.openai_server",
+    "docrerank.reranker",
+    "docrerank.rerank_job",
+    "docrerank.eval.beir",
+    "docrerank.eval.retrievers",
+    "docrerank.eval.metrics",
+    "docrerank.eval.report",
+    "docrerank.eval.config",
+    "docrerank.eval.run",
+    "docrerank.mine",
+    "docrerank.mine_stages",
+    "docrerank.mine_run",
+    "docrerank.embed",
+    "docrerank.analysis",
 ]
 
 

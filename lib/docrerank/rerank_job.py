@@ -143,7 +143,7 @@ class ScoreActor:
                 "errors": sum(e is not None for e in errors), "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def run_rerank(cfg: RerankConfig, fresh: bool = False) -> dict:
+def run_rerank(cfg: RerankConfig) -> dict:
     """Score every input row group not scored yet; returns the summary (rows in = rows out is checked)."""
     import pyarrow.parquet as pq
     import ray
@@ -154,7 +154,7 @@ def run_rerank(cfg: RerankConfig, fresh: bool = False) -> dict:
     out = storage.resolve(cfg.output).join("scores")
     storage.makedirs(out)
     done_files = {f.rsplit("/", 1)[-1] for f in storage.list_files(out, suffixes=(".parquet",))}
-    todo = tasks if fresh else [t for t in tasks if t["out"] not in done_files]
+    todo = tasks if not cfg.resume else [t for t in tasks if t["out"] not in done_files]
     gpus = int(ray.cluster_resources().get("GPU", 0))
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
     actors = cfg.num_actors or (max(1, gpus) if device == "cuda" else 1)

@@ -162,7 +162,7 @@ class Reranker:
 
     @classmethod
     def _load_text(cls, model_dir, card, device, dtype, batch_size, max_seq_len, name):
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from docrerank.train.backbones import resolve_dtype
 
@@ -178,9 +178,13 @@ class Reranker:
                 raise ValueError(f"{model_dir}: a text reranker needs 1 or 2 labels, this classifier has {labels}")
             mode = "cross" if labels == 2 else "cross1"
         else:
+            from docrerank.embed import Embedder
+
             log.info("%s has no classification head: scoring by embedding cosine (bi-encoder)", model_dir)
-            model = AutoModel.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True)
-            mode = "biencoder"
+            embedder = Embedder.load(str(model_dir), device=device, max_seq_len=max_seq_len)
+            rr = cls((tok, embedder), "text", device, batch_size, name, "biencoder")
+            rr.max_seq_len = embedder.max_seq_len
+            return rr
         rr = cls((tok, _inference(model, device)), "text", device, batch_size, name, mode)
         rr.max_seq_len = max_seq_len or card.get("max_seq_len") or 256
         return rr
@@ -314,14 +318,7 @@ class Reranker:
         model = base_of(scorer.model)
         pixel_values, grid = page_pixels
         n_img = scorer.image_tokens(grid)
-        seqs = []
-        for q in queries:
-            ids = scorer.prompt_ids(q)
-            k = ids.index(scorer.image_token_id)
-            ids = ids[:k] + [scorer.image_token_id] * n_img + ids[k + 1:]
-            if len(ids) > scorer.cfg.seq_len:
-                raise ValueError(f"query {q[:60]!r}: {len(ids)} tokens > max_seq_len={scorer.cfg.seq_len}")
-            seqs.append(ids)
+        seqs = [scorer.example_ids(q, n_img) for q in queries]
         plen = min(hf_prefix.common_prefix_len(seqs), min(len(x) for x in seqs) - 1)
         self.forwards += 1 + (len(queries) + bs - 1) // bs
         with torch.inference_mode():
@@ -368,10 +365,8 @@ class Reranker:
 
         tok, model = self.model
         texts = [p.text or "" for p in pages]
-        if self.mode == "biencoder":
-            q = _embed(tok, model, queries, self.max_seq_len, self.device)
-            d = _embed(tok, model, texts, self.max_seq_len, self.device)
-            return (q * d).sum(-1).float().cpu().numpy()
+        if self.mode == "biencoder":  # model: an Embedder (unit rows: cosine = dot product)
+            return (model.embed(queries, len(queries)) * model.embed(texts, len(texts))).sum(-1)
         enc = tok(queries, texts, truncation="only_second", max_length=self.max_seq_len, padding=True,
                   return_tensors="pt")
         logits = model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
@@ -398,13 +393,3 @@ def _pixel_count(page: Page) -> int:
         return 0
     return img.size[0] * img.size[1]
 
-
-def _embed(tok, model, texts: list[str], max_len: int, device: str):
-    """Mean-pooled, L2-normalised token embeddings (sentence-transformers' all-MiniLM recipe)."""
-    import torch
-
-    enc = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt").to(device)
-    h = model(**enc).last_hidden_state.float()
-    mask = enc["attention_mask"].unsqueeze(-1).float()
-    pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)

@@ -121,6 +121,24 @@ def write_run_metadata(out: storage.Location, meta: dict) -> None:
     write_json(out.join("_meta", f"{meta['job']}-{stamp}.json"), meta)
 
 
+def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError, RuntimeError)):
+    """Run ``work()`` as the job ``job`` writing into ``config.output``: run metadata in ``_meta/`` before, and
+    after with the summary (``summarise(result)``, default the result); a failure of one of ``errors`` prints
+    ``<job> failed: <why>`` to stderr and returns None. Returns ``work()``'s result."""
+    out = storage.resolve(config.output)
+    meta = run_metadata(job, config)
+    write_run_metadata(out, meta)
+    try:
+        result = work()
+    except errors as e:
+        print(f"{job} failed: {e}", file=sys.stderr)
+        return None
+    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                summary=summarise(result) if summarise else result)
+    write_run_metadata(out, meta)
+    return result
+
+
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
     """A plain fixed-width table (first column left-aligned, others right-aligned)."""
     cells = [header] + [[("" if c is None else str(c)) for c in r] for r in rows]

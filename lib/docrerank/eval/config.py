@@ -171,3 +171,6 @@ class RerankConfig(Config):
 
     cpus_per_actor: float = Field(1.0, gt=0)
     """CPUs reserved per actor."""
+
+    resume: bool = True
+    """Skip the input row groups whose scores are already written; false scores everything again."""

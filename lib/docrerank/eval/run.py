@@ -88,7 +88,6 @@ def run_evaluation(cfg: EvalConfig, progress=print) -> dict:
     from docrerank.eval.metrics import evaluate, paired_test
     from docrerank.eval.report import write_report
     from docrerank.eval.retrievers import read_trec_run, retrieve, write_trec_run
-    from docrerank.reranker import Reranker
 
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
@@ -103,8 +102,12 @@ def run_evaluation(cfg: EvalConfig, progress=print) -> dict:
                                "setup": {"device": device, **({"first-stage model": cfg.first_stage.model}
                                                                  if cfg.first_stage.model else {}),
                                          **{f"reranker {n}": r.path for n, r in zip(names, cfg.rerankers)}}}
+    from docrerank.reranker import Reranker, find_model_dir, read_card
+
+    # page images are read only when something looks at them (a vlm reranker, a ColPali first stage)
+    need_images = cfg.first_stage.kind == "colpali" or any(
+        read_card(find_model_dir(r.path))["backbone"] == "vlm" for r in cfg.rerankers)
     for spec in cfg.datasets:
-        need_images = bool(cfg.rerankers) or cfg.first_stage.kind == "colpali"
         bench = load_dataset(spec, load_images=need_images)
         if cfg.max_queries:
             keep = sorted(bench.queries)[:cfg.max_queries]

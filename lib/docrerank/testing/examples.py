@@ -72,6 +72,27 @@ def render_pages(pdf: Path, dpi: float) -> list[tuple[str, bytes, str]]:
         doc.close()
 
 
+def sample_questions(corpus: Path, companies: Optional[Sequence[int | str]] = None,
+                     years: Optional[Sequence[int]] = None) -> list[dict]:
+    """The sample corpus's given questions (made under ``corpus`` when missing), each with its report's
+    ``company``, restricted to ``companies`` (indices or names) and ``years`` (fiscal years) when given."""
+    from docrerank.sample_corpus import make_corpus
+
+    if not (corpus / "questions.jsonl").is_file():
+        make_corpus(corpus)
+    names = _companies()
+    keep = None if companies is None else {names[c] if isinstance(c, int) else c for c in companies}
+    facts = [json.loads(line) for line in (corpus / "facts.jsonl").read_text().splitlines()]
+    company_of = {f["doc"]: f["company"] for f in facts}
+    year_of = {f["doc"]: f["year"] for f in facts if f["page_number"] == 1}
+    out = []
+    for line in (corpus / "questions.jsonl").read_text().splitlines():
+        q = json.loads(line)
+        if (keep is None or company_of[q["doc"]] in keep) and (years is None or year_of[q["doc"]] in years):
+            out.append(dict(q, company=company_of[q["doc"]]))
+    return out
+
+
 def make_examples(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Sequence[int | str]] = None,
                   years: Optional[Sequence[int]] = None, dpi: float = 24.0, groups_per_file: int = 16,
                   positive_weight: float = 3.0, seed: int = 0) -> Path:
@@ -81,29 +102,17 @@ def make_examples(out_dir: str | Path, corpus: str | Path, *, companies: Optiona
     import pyarrow as pa
 
     from docrerank import storage
-    from docrerank.sample_corpus import make_corpus
     from docrerank.schema import examples_schema
 
     corpus = Path(corpus)
-    if not (corpus / "questions.jsonl").is_file():
-        make_corpus(corpus)
-    names = _companies()
-    keep = None if companies is None else {names[c] if isinstance(c, int) else c for c in companies}
-    facts = [json.loads(line) for line in (corpus / "facts.jsonl").read_text().splitlines()]
-    company_of = {f["doc"]: f["company"] for f in facts}
-    year_of = {f["doc"]: f["year"] for f in facts if f["page_number"] == 1}
-    questions = [json.loads(line) for line in (corpus / "questions.jsonl").read_text().splitlines()]
     pages: dict[str, list] = {}
     groups: list[list[dict]] = []
-    for q in questions:
-        company = company_of[q["doc"]]
-        if (keep is not None and company not in keep) or (years is not None and year_of[q["doc"]] not in years):
-            continue
+    for q in sample_questions(corpus, companies, years):
         if q["doc"] not in pages:
             pages[q["doc"]] = render_pages(corpus / "pdfs" / q["doc"], dpi)
         page_id, image, text = pages[q["doc"]][q["page_number"] - 1]
         rng = random.Random(f"{seed}/{page_id}/{q['question']}")
-        negs = negatives_for(q["question"], company, text, rng)
+        negs = negatives_for(q["question"], q["company"], text, rng)
         if len(negs) < 3:
             raise ValueError(f"{q['doc']} page {q['page_number']}: only {len(negs)} negatives for {q['question']!r}")
         gid = hashlib.sha256(f"{page_id}\n{q['question']}".encode()).hexdigest()[:16]
@@ -112,7 +121,7 @@ def make_examples(out_dir: str | Path, corpus: str | Path, *, companies: Optiona
         rows += [dict(base, query=n, label=0, kind="generated", weight=1.0, attribute=a) for a, n in negs]
         groups.append(rows)
     if not groups:
-        raise ValueError(f"make_examples: no questions for companies {sorted(keep or [])} and years {years}")
+        raise ValueError(f"make_examples: no questions for companies {companies} and years {years}")
     out = storage.resolve(str(out_dir))
     for i in range(0, len(groups), groups_per_file):
         rows = [r for g in groups[i:i + groups_per_file] for r in g]
@@ -153,21 +162,11 @@ def make_beir(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Se
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from docrerank.sample_corpus import make_corpus
-
     corpus = Path(corpus)
-    if not (corpus / "questions.jsonl").is_file():
-        make_corpus(corpus)
-    names = _companies()
-    keep = None if companies is None else {names[c] if isinstance(c, int) else c for c in companies}
-    facts = [json.loads(line) for line in (corpus / "facts.jsonl").read_text().splitlines()]
-    company_of = {f["doc"]: f["company"] for f in facts}
-    year_of = {f["doc"]: f["year"] for f in facts if f["page_number"] == 1}
-    questions = [json.loads(line) for line in (corpus / "questions.jsonl").read_text().splitlines()]
-    docs = sorted({q["doc"] for q in questions if (keep is None or company_of[q["doc"]] in keep)
-                   and (years is None or year_of[q["doc"]] in years)})
+    questions = sample_questions(corpus, companies, years)
+    docs = sorted({q["doc"] for q in questions})
     if not docs:
-        raise ValueError(f"make_beir: no documents for companies {sorted(keep or [])} and years {years}")
+        raise ValueError(f"make_beir: no documents for companies {companies} and years {years}")
     rows, ids = [], {}
     for doc in docs:
         for n, (_, image, text) in enumerate(render_pages(corpus / "pdfs" / doc, dpi), start=1):

@@ -112,6 +112,21 @@ class VLMScorer(nn.Module):
     def image_tokens(self, grid_thw) -> int:
         return int(grid_thw.prod()) // self.merge_size**2
 
+    def example_ids(self, query: str, n_image_tokens: int, where: str = "") -> list[int]:
+        """Token ids of one example with its image placeholder expanded to ``n_image_tokens``; ValueError when
+        that exceeds ``max_seq_len``."""
+        ids = self.prompt_ids(query)
+        if ids.count(self.image_token_id) != 1:
+            raise ValueError(f"chat template gave {ids.count(self.image_token_id)} image placeholders, expected 1")
+        k = ids.index(self.image_token_id)
+        ids = ids[:k] + [self.image_token_id] * n_image_tokens + ids[k + 1:]
+        if len(ids) > self.cfg.seq_len:
+            raise ValueError(
+                f"{where}{len(ids)} tokens after expanding {n_image_tokens} image tokens > "
+                f"model.max_seq_len={self.cfg.seq_len} (query {query[:60]!r}); lower model.max_pixels "
+                f"(now {self.cfg.max_pixels}) or raise model.max_seq_len")
+        return ids
+
     def _pixels(self, image, page_id: str):
         """Pixel patches and grid of one page image (encoded bytes or a PIL image)."""
         from PIL import Image
@@ -127,20 +142,8 @@ class VLMScorer(nn.Module):
         example exceeds ``max_seq_len``. ``pixels``: the pages' ``(pixel_values, grid_thw)`` when already
         computed (inference caches them)."""
         pages = pixels or [self._pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
-        seqs = []
-        for i, (q, p) in enumerate(zip(batch.queries, batch.page_of)):
-            ids = self.prompt_ids(q)
-            if ids.count(self.image_token_id) != 1:
-                raise ValueError(f"chat template gave {ids.count(self.image_token_id)} image placeholders, expected 1")
-            n_img = self.image_tokens(pages[p][1])
-            k = ids.index(self.image_token_id)
-            ids = ids[:k] + [self.image_token_id] * n_img + ids[k + 1:]
-            if len(ids) > self.cfg.seq_len:
-                raise ValueError(
-                    f"example {i} (page {batch.page_ids[p]}, query {q[:60]!r}): {len(ids)} tokens after expanding "
-                    f"{n_img} image tokens > model.max_seq_len={self.cfg.seq_len}; lower model.max_pixels "
-                    f"(now {self.cfg.max_pixels}) or raise model.max_seq_len")
-            seqs.append(ids)
+        seqs = [self.example_ids(q, self.image_tokens(pages[p][1]), f"example {i} (page {batch.page_ids[p]}): ")
+                for i, (q, p) in enumerate(zip(batch.queries, batch.page_of))]
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
