@@ -95,7 +95,12 @@ def find_model_dir(path: str) -> Path:
             return cand
     if p.exists():
         raise ValueError(f"reranker path {path!r}: no config.json in it, its merged/ or model/merged/")
-    return Path(resolve_model_path("text", path))
+    try:
+        return Path(resolve_model_path("text", path))
+    except ValueError:
+        raise ValueError(f"reranker path {path!r}: not a directory (a training output or a model) and not a "
+                         "checkpoint in the local Hugging Face cache; train one with jobs.train_reranker or "
+                         "give a local path") from None
 
 
 def read_card(model_dir: Path) -> dict:

@@ -179,7 +179,8 @@ def scan_source(uri: str, chunk_groups: int, group_filter: GroupFilter | None = 
     chunks = [c for f in files for c in scan_file(loc.fs, f, storage.uri_of(loc, f), chunk_groups, group_filter)]
     label = f"data source {name!r} ({uri})" if name and name != uri else f"data source {uri!r}"
     if not files:
-        raise ValueError(f"{label}: no examples Parquet files found")
+        raise ValueError(f"{label}: no examples Parquet files found; write them first (jobs.build_dataset writes "
+                         "<output>/examples/, jobs.mine_negatives <output>/mined/)")
     if not chunks:
         why = f"no group matches the filter {group_filter.describe()}" if group_filter else "no groups"
         raise ValueError(f"{label}: {why} in {len(files)} file(s)")
