@@ -47,8 +47,15 @@ def trainable_state(scorer: torch.nn.Module) -> Optional[dict]:
 
 def load_trained(cfg: TrainConfig, state: dict, device: str = "cpu") -> torch.nn.Module:
     """A fresh scorer (weights dtype as trained on ``device``, kept on the CPU) with the trained ``state``."""
+    from transformers.utils import logging as hf_logging
+
     model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": False})
-    scorer = build_scorer(model_cfg, cfg.lora, device=device, seed=cfg.seed)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the base model's "newly initialized head" report: the state replaces it
+    try:
+        scorer = build_scorer(model_cfg, cfg.lora, device=device, seed=cfg.seed)
+    finally:
+        hf_logging.set_verbosity(level)
     result = scorer.load_state_dict(state, strict=False)
     missing = [n for n, p in scorer.named_parameters() if p.requires_grad and n not in state]
     if result.unexpected_keys or missing:
