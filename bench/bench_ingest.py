@@ -23,7 +23,7 @@ from common import write_result  # noqa: E402
 
 
 def build_corpus(dst: Path, pdfs: Path | None, copies: int) -> list[Path]:
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.ingest.sample_corpus import make_corpus
 
     sources = list(make_corpus(dst / "_sample").joinpath("pdfs").glob("*.pdf"))
     if pdfs and pdfs.is_dir():
@@ -42,7 +42,7 @@ def plain_loop(files: list[Path], dpi: float, max_pixels: int) -> int:
     """What a user would write: open, render each page at the same clamped scale, PNG, text."""
     import pymupdf
 
-    from docrerank.ingest import render_scale
+    from docrerank.ingest.render import render_scale
 
     pymupdf.TOOLS.mupdf_display_errors(False)
     n = 0
@@ -62,10 +62,10 @@ def plain_loop(files: list[Path], dpi: float, max_pixels: int) -> int:
 def run_job(corpus: Path, out: Path, cpus: int) -> tuple[int, float]:
     import ray
 
-    from docrerank.config import load_config
-    from docrerank.configs import IngestConfig
-    from docrerank.ingest_run import run_ingest
-    from docrerank.runtime import configure_ray_data
+    from docrerank.core.config import load_config
+    from docrerank.ingest.config import IngestConfig
+    from docrerank.ingest.run import run_ingest
+    from docrerank.core.runtime import configure_ray_data
 
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     configure_ray_data(progress=False)

@@ -31,7 +31,7 @@ VARIANTS = ("hf_plain", "ours_plain", "ours_zero2")
 
 def make_inputs(work: Path, model: str | None) -> tuple[str, str]:
     """A model path (a tiny Qwen2-VL unless given) and an examples directory from the sample corpus."""
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.ingest.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 

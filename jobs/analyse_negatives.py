@@ -30,14 +30,14 @@ def split_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.analysis import AnalyseConfig
-    from docrerank.config import parse_job_args
+    from docrerank.analysis.config import AnalyseConfig
+    from docrerank.core.config import parse_job_args
 
     argv = split_flags(sys.argv[1:] if argv is None else argv)
     cfg, _ = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
-    from docrerank import runtime, storage
-    from docrerank.analysis import analyse_examples, format_analysis, write_outputs
-    from docrerank.embed import Embedder
+    from docrerank.core import runtime, storage
+    from docrerank.analysis.negatives import analyse_examples, format_analysis, write_outputs
+    from docrerank.models.embed import Embedder
 
     runtime.setup_logging()
     device = cfg.device
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder.load(cfg.embedder, device=device)
         scorer = None
         if cfg.reranker:
-            from docrerank.reranker import Reranker
+            from docrerank.rerank.reranker import Reranker
 
             scorer = Reranker.load(cfg.reranker, device=device).score
         result = analyse_examples(cfg.examples, embedder, scorer, cfg.max_groups, cfg.seed, cfg.batch_size)

@@ -9,13 +9,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
-    from docrerank.configs import BuildConfig
+    from docrerank.core.config import parse_job_args
+    from docrerank.build.config import BuildConfig
 
     cfg, ns = parse_job_args(BuildConfig, argv, prog="python -m jobs.build_dataset", description=__doc__)
-    from docrerank import runtime
-    from docrerank.build_report import attribute_table, funnel_table
-    from docrerank.build_run import run_build
+    from docrerank.core import runtime
+    from docrerank.build.card import attribute_table, funnel_table
+    from docrerank.build.run import run_build
 
     runtime.setup_logging()
     runtime.init_ray(ns.address)

@@ -15,11 +15,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
+    from docrerank.core.config import parse_job_args
     from docrerank.eval.config import EvalConfig
 
     cfg, _ = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
-    from docrerank import runtime
+    from docrerank.core import runtime
     from docrerank.eval.report import format_table
     from docrerank.eval.run import run_evaluation
 

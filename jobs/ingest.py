@@ -9,12 +9,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
-    from docrerank.configs import IngestConfig
+    from docrerank.core.config import parse_job_args
+    from docrerank.ingest.config import IngestConfig
 
     cfg, ns = parse_job_args(IngestConfig, argv, prog="python -m jobs.ingest", description=__doc__)
-    from docrerank import runtime
-    from docrerank.ingest_run import run_ingest
+    from docrerank.core import runtime
+    from docrerank.ingest.run import run_ingest
 
     runtime.setup_logging()
     runtime.init_ray(ns.address)

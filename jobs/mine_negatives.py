@@ -15,12 +15,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
-    from docrerank.mine import MineConfig
+    from docrerank.core.config import parse_job_args
+    from docrerank.mine.config import MineConfig
 
     cfg, ns = parse_job_args(MineConfig, argv, prog="python -m jobs.mine_negatives", description=__doc__)
-    from docrerank import runtime
-    from docrerank.mine_run import run_mine, summary_rows
+    from docrerank.core import runtime
+    from docrerank.mine.run import run_mine, summary_rows
 
     runtime.setup_logging()
 

@@ -13,12 +13,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
-    from docrerank.eval.config import RerankConfig
+    from docrerank.core.config import parse_job_args
+    from docrerank.rerank.config import RerankConfig
 
     cfg, ns = parse_job_args(RerankConfig, argv, prog="python -m jobs.rerank", description=__doc__)
-    from docrerank import runtime
-    from docrerank.rerank_job import run_rerank
+    from docrerank.core import runtime
+    from docrerank.rerank.job import run_rerank
 
     runtime.setup_logging()
 

@@ -14,11 +14,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.config import parse_job_args
+    from docrerank.core.config import parse_job_args
     from docrerank.train.config import TrainConfig
 
     cfg, ns = parse_job_args(TrainConfig, argv, prog="python -m jobs.train_reranker", description=__doc__)
-    from docrerank import runtime
+    from docrerank.core import runtime
 
     runtime.setup_logging()
 

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# Fault injection for the isolation tests: only files named like this are affected (see docrerank.faults).
+# Fault injection for the isolation tests: only files named like this are affected (see docrerank.core.faults).
 os.environ["DOCRERANK_FAULT_INJECT"] = "crash:__crash_me__:2,hang:__hang_me__:1"
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from docrerank.analysis import (
+from docrerank.analysis.negatives import (
     SECTION,
     analyse_examples,
     analyse_groups,
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def embedder():
-    from docrerank.embed import Embedder
+    from docrerank.models.embed import Embedder
 
     return Embedder.load()
 
@@ -51,7 +51,7 @@ def row(gid, query, page_id, text, label, kind, attribute=None):
 def write_examples(path: Path, groups: list[list[dict]]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from docrerank.schema import examples_schema
+    from docrerank.core.schema import examples_schema
 
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist([r for g in groups for r in g], schema=examples_schema()),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from docrerank.build_run import run_build
-from docrerank.config import load_config
-from docrerank.configs import BuildConfig
+from docrerank.build.run import run_build
+from docrerank.core.config import load_config
+from docrerank.build.config import BuildConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_local_default_outputs(built):
 
 def test_negatives_are_hard_and_not_answerable(built):
     """Negatives look like their positive (same template, one attribute changed) yet the page lacks them."""
-    from docrerank.stages.text import char_similarity
+    from docrerank.lexical.text import char_similarity
 
     out, _ = built
     ex = _table(out, "examples", ["group_id", "query", "label", "text"]).to_pylist()

@@ -7,9 +7,9 @@ import json
 import pyarrow.dataset as pads
 import pytest
 
-from docrerank.build_run import run_build
-from docrerank.config import load_config
-from docrerank.configs import BuildConfig
+from docrerank.build.run import run_build
+from docrerank.core.config import load_config
+from docrerank.build.config import BuildConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from docrerank.config import ConfigError, apply_overrides, describe, load_config, parse_job_args
-from docrerank.configs import IngestConfig
+from docrerank.core.config import ConfigError, apply_overrides, describe, load_config, parse_job_args
+from docrerank.ingest.config import IngestConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,11 +52,12 @@ def test_cli_exits_2_with_the_key(capsys):
 
 
 def _classes():
-    from docrerank.analysis import AnalyseConfig
-    from docrerank.configs import BuildConfig
+    from docrerank.analysis.config import AnalyseConfig
+    from docrerank.build.config import BuildConfig
 
-    from docrerank.eval.config import EvalConfig, RerankConfig
-    from docrerank.mine import MineConfig
+    from docrerank.eval.config import EvalConfig
+    from docrerank.rerank.config import RerankConfig
+    from docrerank.mine.config import MineConfig
 
     out = {"ingest": IngestConfig, "build": BuildConfig, "analyse": AnalyseConfig, "eval": EvalConfig,
            "rerank": RerankConfig, "mine": MineConfig}

@@ -226,7 +226,7 @@ def test_register_backend_model_free_engine():
 
 
 def test_engine_config_from_yaml_and_overrides(tmp_path):
-    from docrerank.config import ConfigError, load_config
+    from docrerank.core.config import ConfigError, load_config
 
     path = tmp_path / "engine.yaml"
     path.write_text("backend: http\nmodel: served-model\nhttp:\n  base_url: http://10.0.0.1:8000/v1\n")

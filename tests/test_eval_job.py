@@ -121,7 +121,7 @@ def test_evaluate_with_a_given_run_file_matches_the_builtin_bm25(beir_dir, tmp_p
 
 
 def test_eval_config_errors_name_the_key():
-    from docrerank.config import ConfigError, load_config
+    from docrerank.core.config import ConfigError, load_config
     from docrerank.eval.config import EvalConfig
 
     with pytest.raises(ConfigError, match="run_file"):
@@ -131,8 +131,8 @@ def test_eval_config_errors_name_the_key():
 
 
 def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray_local, tmp_path):
-    from docrerank.eval.config import RerankConfig
-    from docrerank.rerank_job import run_rerank
+    from docrerank.rerank.config import RerankConfig
+    from docrerank.rerank.job import run_rerank
 
     pages = pa.table({"page_id": ["p1", "p2", "p3"], "image": [None, None, None],
                       "text": ["Acme revenue was 5 billion in 2021.", "Acme employs 12,000 people.",

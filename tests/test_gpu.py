@@ -37,7 +37,7 @@ def vlm(tmp_path_factory):
 def test_gpu_bf16_scores_agree_with_cpu_fp32_and_batching(vlm):
     from scipy.stats import spearmanr
 
-    from docrerank.reranker import Reranker
+    from docrerank.rerank.reranker import Reranker
 
     pages = _pages()
     queries = [f"what was the revenue on page {i}" for i in range(len(pages))] * 2

@@ -9,9 +9,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from conftest import make_pdf
-from docrerank.config import load_config
-from docrerank.configs import IngestConfig
-from docrerank.ingest_run import run_ingest
+from docrerank.core.config import load_config
+from docrerank.ingest.config import IngestConfig
+from docrerank.ingest.run import run_ingest
 
 
 def _cfg(inp, out, *extra):

@@ -7,9 +7,9 @@ import zlib
 import pytest
 
 from conftest import make_pdf
-from docrerank.ingest import (IngestError, Passwords, RenderSettings, check_page_size, doc_id_of, page_id_of,
+from docrerank.ingest.render import (IngestError, Passwords, RenderSettings, check_page_size, doc_id_of, page_id_of,
                               probe_document, render_document_pages, render_scale)
-from docrerank.ingest_run import list_inputs, plan_tasks
+from docrerank.ingest.run import list_inputs, plan_tasks
 
 S = RenderSettings()
 
@@ -131,7 +131,7 @@ def test_list_inputs_dir_glob_and_list_file(tmp_path):
 
 def test_sample_corpus_is_byte_identical_everywhere(tmp_path):
     """Stable bytes -> stable page ids -> reproducible builds across machines and reruns."""
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.ingest.sample_corpus import make_corpus
 
     a, b = make_corpus(tmp_path / "a", num_companies=1), make_corpus(tmp_path / "b", num_companies=1)
     files = sorted(p.name for p in (a / "pdfs").glob("*.pdf"))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from docrerank.isolate import ChildCrashed, ChildTimeout, IsolatedWorker, RemoteError
+from docrerank.core.isolate import ChildCrashed, ChildTimeout, IsolatedWorker, RemoteError
 
 
 @pytest.fixture

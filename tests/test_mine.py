@@ -8,10 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-from docrerank.build_output import is_heldout
-from docrerank.config import load_config
-from docrerank.mine import MineConfig, seeded_order, select_negatives
-from docrerank.mine_run import run_mine
+from docrerank.build.write import is_heldout
+from docrerank.core.config import load_config
+from docrerank.mine.config import MineConfig
+from docrerank.mine.logic import seeded_order, select_negatives
+from docrerank.mine.run import run_mine
 
 REPO = Path(__file__).resolve().parent.parent
 FRACTION = 0.3  # 2 of the 9 reports of 3 companies are held out at seed 0
@@ -24,7 +25,7 @@ def _page_row(page_id, image, text):
 
 
 def _query_row(page_id, text, verdict="kept"):
-    from docrerank.build_stages import new_query
+    from docrerank.build.stages import new_query
 
     return dict(new_query(page_id, text, "positive", "given"), verdict=verdict)
 
@@ -34,8 +35,8 @@ def build(tmp_path_factory):
     """pages/, queries/ and _meta/ like the build writes them: 36 sample pages with their given questions, plus a
     planted copy of one positive page's text under another document (a false negative to catch), a page without
     text, and queries that cannot be mined (no text, unknown page, no word BM25 knows)."""
-    from docrerank import schema, storage
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.core import schema, storage
+    from docrerank.ingest.sample_corpus import make_corpus
     from docrerank.testing.examples import render_pages
 
     root = tmp_path_factory.mktemp("mine")
@@ -211,7 +212,7 @@ def test_sampling_is_seeded_per_query_and_replaces_false_negatives():
 
 
 def test_config_errors_name_the_key():
-    from docrerank.config import ConfigError
+    from docrerank.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="colpali.model"):
         load_config(MineConfig, None, ["input=a", "output=b", "retriever=colpali"])

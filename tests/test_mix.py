@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from docrerank.config import ConfigError, load_config
+from docrerank.core.config import ConfigError, load_config
 from docrerank.train.collate import (
     GroupFilter,
     mix_counts,
@@ -49,7 +49,7 @@ def write_examples(path: Path, groups: list[list[dict]], per_file: int = 7, drop
     """Examples Parquet files of ``per_file`` groups each (row groups of 5 rows, so groups straddle them)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from docrerank.schema import examples_schema
+    from docrerank.core.schema import examples_schema
 
     path.mkdir(parents=True, exist_ok=True)
     schema = examples_schema()

@@ -4,18 +4,18 @@ import json
 
 import pytest
 
-from docrerank.stages.dedup import dedup
-from docrerank.stages.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
-from docrerank.stages.select import select
-from docrerank.stages.text import char_similarity, key_tokens, tokens
-from docrerank.stages.textjudge import judge_text
+from docrerank.lexical.dedup import dedup
+from docrerank.lexical.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
+from docrerank.lexical.select import select
+from docrerank.lexical.text import char_similarity, key_tokens, tokens
+from docrerank.lexical.textjudge import judge_text
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     import pymupdf
 
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.ingest.sample_corpus import make_corpus
 
     d = make_corpus(tmp_path_factory.mktemp("sc"), num_companies=3)
     pages = {}
@@ -120,9 +120,9 @@ def test_select_strategies():
 
 def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
     """The build's negatives stage (no Ray): attributes mode, rules engine, a user attribute next to the finance ones."""
-    from docrerank.build_stages import NegativesStage, new_query
-    from docrerank.config import load_config
-    from docrerank.configs import BuildConfig
+    from docrerank.build.stages import NegativesStage, new_query
+    from docrerank.core.config import load_config
+    from docrerank.build.config import BuildConfig
 
     cfg = load_config(BuildConfig, None, [
         "output=x", "pages=y", "positives_file=z", "negatives.attributes=[year]",
@@ -147,9 +147,9 @@ def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
     instead of being rejected as 'text_layer_answerable' (the unknown score 0.5 used to pass the threshold)."""
     from collections import Counter
 
-    from docrerank import build_stages
-    from docrerank.config import load_config
-    from docrerank.configs import BuildConfig
+    from docrerank.build import stages as build_stages
+    from docrerank.core.config import load_config
+    from docrerank.build.config import BuildConfig
     from docrerank.engines.base import JudgeResult
 
     class FakeJudge:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docrerank.config import ConfigError, load_config
+from docrerank.core.config import ConfigError, load_config
 from docrerank.train import deepspeed_config as dsc
 from docrerank.train.config import TrainConfig
 

@@ -30,7 +30,7 @@ MAX_PIXELS = 56 * 56 * 4
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from docrerank.sample_corpus import make_corpus
+    from docrerank.ingest.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 

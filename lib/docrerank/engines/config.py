@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from docrerank.config import Config
+from docrerank.core.config import Config
 
 
 class HFOptions(Config):

@@ -122,7 +122,7 @@ class HFEngine(TextEngine):
         return sorted(ids)
 
     def _image_processor(self):
-        from docrerank.qwen_vl import image_processor
+        from docrerank.models.qwen_vl import image_processor
 
         pre = _read_json_file(self.cfg.model, "preprocessor_config.json", self.cfg.hf.local_files_only) or {}
         return image_processor(pre, self.cfg.min_pixels, self.cfg.max_pixels)

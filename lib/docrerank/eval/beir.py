@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from docrerank import storage
+from docrerank.core import storage
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import io
 import re
 
-from docrerank import storage
-from docrerank.runtime import format_table as _plain_table
+from docrerank.core import storage
+from docrerank.core.runtime import format_table as _plain_table
 
 AVERAGE = "average"
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from docrerank import storage
+from docrerank.core import storage
 from docrerank.eval.metrics import order
 
 log = logging.getLogger(__name__)

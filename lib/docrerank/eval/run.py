@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from docrerank import storage
-from docrerank.eval.config import DatasetSpec, EvalConfig, RerankerSpec
+from docrerank.core import storage
+from docrerank.eval.config import DatasetSpec, EvalConfig
+from docrerank.rerank.config import RerankerSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run_evaluation(cfg: EvalConfig, progress=print) -> dict:
                                "setup": {"device": device, **({"first-stage model": cfg.first_stage.model}
                                                                  if cfg.first_stage.model else {}),
                                          **{f"reranker {n}": r.path for n, r in zip(names, cfg.rerankers)}}}
-    from docrerank.reranker import Reranker, find_model_dir, read_card
+    from docrerank.rerank.reranker import Reranker, find_model_dir, read_card
 
     # page images are read only when something looks at them (a vlm reranker, a ColPali first stage)
     need_images = cfg.first_stage.kind == "colpali" or any(

@@ -199,7 +199,7 @@ def read_json(path: str, name: str) -> dict:
 
 def load_image_processor(path: str, cfg: ModelConfig):
     """The PIL Qwen2-VL image processor with the checkpoint's settings and the configured pixel bounds."""
-    from docrerank.qwen_vl import image_processor
+    from docrerank.models.qwen_vl import image_processor
 
     return image_processor(read_json(path, "preprocessor_config.json"), cfg.min_pixels, cfg.max_pixels)
 

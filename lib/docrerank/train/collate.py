@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
-from docrerank import storage
+from docrerank.core import storage
 
 EXAMPLE_COLUMNS = ["group_id", "query", "page_id", "image", "image_format", "text", "label", "kind", "weight"]
 
@@ -337,7 +337,7 @@ def record_mix(tasks: list[dict[str, Any]], output: str, limit: int | None = Non
     """``realised_mix`` of a run's plan, logged and written to ``<output>/mix.json``; returns it."""
     import logging
 
-    from docrerank import runtime
+    from docrerank.core import runtime
 
     mix = realised_mix(tasks, limit)
     logging.getLogger("docrerank.train").info("realised mix (%d of %d planned groups):\n%s",
@@ -348,7 +348,7 @@ def record_mix(tasks: list[dict[str, Any]], output: str, limit: int | None = Non
 
 def format_mix(mix: dict[str, Any]) -> str:
     """The realised mix as a table: one row per source and a total row."""
-    from docrerank.runtime import format_table
+    from docrerank.core.runtime import format_table
 
     kinds = sorted(mix["total"]["negatives"])
     rows = [[name, r["groups"], r["distinct_groups"], f"{100 * r['share']:.1f}%", r["examples"],

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from docrerank.config import Config
+from docrerank.core.config import Config
 
 MONOQWEN_PROMPT = (
     "Assert the relevance of the previous image document to the following query, answer True or False. "

@@ -19,8 +19,8 @@ from typing import Optional
 
 import torch
 
-from docrerank import storage
-from docrerank.runtime import redact
+from docrerank.core import storage
+from docrerank.core.runtime import redact
 from docrerank.train.backbones import build_scorer
 from docrerank.train.config import TrainConfig
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docrerank import storage
+from docrerank.core import storage
 from docrerank.train.config import TrainConfig
 
 log = logging.getLogger("docrerank.train")

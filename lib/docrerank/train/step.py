@@ -377,7 +377,7 @@ def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
     """Train in this process, without Ray (one worker; DeepSpeed or plain torch): the same plan, step and export.
     Metrics go to ``<output>/metrics.jsonl`` (local outputs), the realised mix to ``<output>/mix.json``; no
     checkpoints are written."""
-    from docrerank import storage
+    from docrerank.core import storage
     from docrerank.train.backbones import build_scorer
     from docrerank.train.collate import (
         iter_plan,

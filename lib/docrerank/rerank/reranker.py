@@ -1,6 +1,6 @@
 """The Reranker API: load a reranker, score (query, page) pairs, rank pages. Plain torch, no Ray.
 
-    from docrerank.reranker import Reranker
+    from docrerank.rerank.reranker import Reranker
 
     rr = Reranker.load("out/train_local")              # a training output, its model/merged, or a base model
     scores = rr.score(["q1", "q2"], [page_a, page_b])  # float32, one per pair
@@ -183,7 +183,7 @@ class Reranker:
                 raise ValueError(f"{model_dir}: a text reranker needs 1 or 2 labels, this classifier has {labels}")
             mode = "cross" if labels == 2 else "cross1"
         else:
-            from docrerank.embed import Embedder
+            from docrerank.models.embed import Embedder
 
             log.info("%s has no classification head: scoring by embedding cosine (bi-encoder)", model_dir)
             embedder = Embedder.load(str(model_dir), device=device, max_seq_len=max_seq_len)

@@ -1,7 +1,7 @@
 """PDF and image files -> page rows, with no Ray: render, text layer, stable ids, reasons for failures.
 
 Everything here is a pure function of bytes and settings, so it runs the same in a test, in an isolated
-child process (:mod:`docrerank.isolate`) and on a cluster worker.
+child process (:mod:`docrerank.core.isolate`) and on a cluster worker.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def render_document_pages(
 
 def child_probe(source_uri: str, passwords: dict, settings: dict) -> dict:
     """Read and probe one file: ``{"doc": row}`` or ``{"quarantine": row}``."""
-    from docrerank import storage
+    from docrerank.core import storage
 
     pw, st = Passwords(**passwords), RenderSettings(**settings)
     try:
@@ -294,10 +294,10 @@ def child_probe(source_uri: str, passwords: dict, settings: dict) -> dict:
 
 def child_render(doc_row: dict, page_numbers: list[int], passwords: dict, settings: dict) -> tuple[list[dict], list[dict]]:
     """Read one file and render some of its pages: (page rows, quarantine rows)."""
-    from docrerank import storage
+    from docrerank.core import storage
 
     uri = doc_row["source_uri"]
-    from docrerank import faults
+    from docrerank.core import faults
 
     faults.at_page(uri, page_numbers)
     try:

@@ -17,9 +17,10 @@ import logging
 import time
 from collections import Counter
 
-from docrerank import storage
-from docrerank.mine import NOT_SEARCHED, SPLITS, ColPaliOptions, MineConfig, status_schema
-from docrerank.mine_stages import PageStore
+from docrerank.core import storage
+from docrerank.mine.logic import NOT_SEARCHED, SPLITS, status_schema
+from docrerank.mine.config import ColPaliOptions, MineConfig
+from docrerank.mine.stages import PageStore
 
 log = logging.getLogger("docrerank.mine")
 
@@ -83,7 +84,7 @@ def _colpali_index(ids: list[str], index_uri: str, dest: str, opts: dict) -> Non
 
 def load_positives(cfg: MineConfig) -> list[dict]:
     """Input positives ``{query_id, page_id, text}`` (unique by query id, sorted by it)."""
-    from docrerank.build_stages import query_id
+    from docrerank.build.stages import query_id
 
     if cfg.queries:
         loc = storage.resolve(cfg.queries)
@@ -150,7 +151,7 @@ def prepare_index(cfg: MineConfig, out: storage.Location, pages_loc: storage.Loc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from docrerank.build_output import is_heldout
+    from docrerank.build.write import is_heldout
 
     files = storage.list_files(pages_loc, suffixes=(".parquet",))
     if not files:
@@ -236,9 +237,9 @@ def run_mine(cfg: MineConfig) -> dict:
     """Mine negatives into ``cfg.output`` on the current Ray cluster; return the stats (also mining_stats.json)."""
     import ray.data
 
-    from docrerank import runtime
-    from docrerank.build_output import is_heldout
-    from docrerank.build_run import ChainStage
+    from docrerank.core import runtime
+    from docrerank.build.write import is_heldout
+    from docrerank.build.run import ChainStage
 
     t0 = time.perf_counter()
     out = storage.resolve(cfg.output)
@@ -266,8 +267,8 @@ def run_mine(cfg: MineConfig) -> dict:
     statuses: Counter = Counter()
     if items:
         kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
-        mine = ("docrerank.mine_stages:MineStage", kw)
-        rest = [("docrerank.mine_stages:FilterStage", kw), ("docrerank.mine_stages:WriteStage", kw)]
+        mine = ("docrerank.mine.stages:MineStage", kw)
+        rest = [("docrerank.mine.stages:FilterStage", kw), ("docrerank.mine.stages:WriteStage", kw)]
         gpu = cfg.colpali.num_gpus if cfg.retriever == "colpali" else 0
         workers = min(len(items), cfg.num_workers or (1 if gpu else runtime.cluster_cpus()))
         groups = [([mine] + rest, None)]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docrerank import storage
+from docrerank.core import storage
 
 log = logging.getLogger("docrerank")
 

@@ -1,6 +1,6 @@
 """Run fragile native code (PDF parsers) in a child process that may crash, hang or blow its memory.
 
-A worker keeps one long-lived child (``python -m docrerank.isolate``) and sends it calls over pipes as
+A worker keeps one long-lived child (``python -m docrerank.core.isolate``) and sends it calls over pipes as
 length-prefixed pickles. The child has an address-space limit, so a decompression bomb fails with an
 error instead of taking the machine down; a segfault or a hang costs only the call in flight: the parent
 sees :class:`ChildCrashed` or :class:`ChildTimeout` and starts a fresh child for the next call.
@@ -91,7 +91,7 @@ class IsolatedWorker:
         env["PYTHONPATH"] = os.pathsep.join([lib_dir, *filter(None, [env.get("PYTHONPATH")])])
         env["DOCRERANK_CHILD_MEMORY_MB"] = str(self.memory_limit_mb)
         return subprocess.Popen(
-            [sys.executable, "-m", "docrerank.isolate"],
+            [sys.executable, "-m", "docrerank.core.isolate"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

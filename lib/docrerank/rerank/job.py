@@ -16,8 +16,8 @@ import logging
 import time
 from typing import Any, Optional
 
-from docrerank import storage
-from docrerank.eval.config import RerankConfig
+from docrerank.core import storage
+from docrerank.rerank.config import RerankConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ScoreActor:
     """Loads the reranker once; scores one task (a row group) per call and writes its output file."""
 
     def __init__(self, cfg_json: str, device: str):
-        from docrerank.reranker import Reranker
+        from docrerank.rerank.reranker import Reranker
 
         self.cfg = RerankConfig.model_validate_json(cfg_json)
         r = self.cfg.reranker
@@ -148,7 +148,7 @@ def run_rerank(cfg: RerankConfig) -> dict:
     import pyarrow.parquet as pq
     import ray
 
-    from docrerank.runtime import cluster_cpus
+    from docrerank.core.runtime import cluster_cpus
 
     tasks = plan_tasks(cfg)
     out = storage.resolve(cfg.output).join("scores")

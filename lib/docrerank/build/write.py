@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 
-from docrerank import storage
+from docrerank.core import storage
 from docrerank.engines.ray_stage import batch_rows as _batch_rows
 
 
@@ -73,7 +73,7 @@ class WriteStage:
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
-        from docrerank import schema
+        from docrerank.core import schema
 
         rows = batch_rows(batch)
         tables = defaultdict(list)
@@ -94,7 +94,7 @@ class WriteStage:
                           "image": r["image"], "image_format": r["image_format"], "text": r["text"]} for r in rows]
             out = {"pages": pa.Table.from_pylist(page_rows, schema=schema.pages_schema()), **out}
         name = "part-" + hashlib.sha1("\n".join(sorted(r["page_id"] for r in rows)).encode()).hexdigest()[:20] + ".parquet"
-        from docrerank.build_run import _write_shards
+        from docrerank.build.run import _write_shards
 
         _write_shards(self.out, name, out)
         return {"page_id": [r["page_id"] for r in rows], "status": [s["status"] for s in tables["page_status"]]}
@@ -102,7 +102,7 @@ class WriteStage:
 
 def funnel_stats(out: storage.Location) -> dict:
     """The build's funnel, from the output itself (so it holds across resumed runs)."""
-    from docrerank.schema import page_status_schema, queries_schema
+    from docrerank.core.schema import page_status_schema, queries_schema
 
     q = storage.read_parquet_dir(out.join("queries"), columns=["role", "origin", "attribute", "verdict", "reason"],
                                  schema=queries_schema()).to_pylist()

@@ -14,14 +14,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from docrerank.configs import BuildConfig
+from docrerank.build.config import BuildConfig
 from docrerank.engines.ray_stage import batch_rows as _batch_rows
 from docrerank.prompts import load_prompt
-from docrerank.stages.dedup import dedup
-from docrerank.stages.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
-from docrerank.stages.select import select
-from docrerank.stages.text import char_similarity
-from docrerank.stages.textjudge import judge_text
+from docrerank.lexical.dedup import dedup
+from docrerank.lexical.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
+from docrerank.lexical.select import select
+from docrerank.lexical.text import char_similarity
+from docrerank.lexical.textjudge import judge_text
 
 
 def batch_rows(batch) -> list[dict]:
@@ -60,7 +60,7 @@ class _Stage:
     name = "stage"
 
     def __call__(self, batch: dict) -> dict:
-        from docrerank import faults
+        from docrerank.core import faults
 
         faults.at_stage(self.name)
         rows = batch_rows(batch)
@@ -324,7 +324,7 @@ class RephraseStage(_Stage):
 
     def process(self, pages, m):
         from docrerank.engines import GenerateRequest, SamplingParams, user
-        from docrerank.stages.text import content_tokens
+        from docrerank.lexical.text import content_tokens
 
         jobs = []
         for p in pages:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from docrerank import storage
-from docrerank.runtime import format_table
+from docrerank.core import storage
+from docrerank.core.runtime import format_table
 
 
 def _examples(out: storage.Location, n: int = 4) -> list[dict]:
@@ -48,7 +48,7 @@ def attribute_table(stats: dict) -> str:
 
 def write_card(out: storage.Location, cfg, stats: dict) -> None:
     """Write ``card.md``."""
-    from docrerank.runtime import redact
+    from docrerank.core.runtime import redact
 
     conf = redact(cfg.model_dump(mode="json"))
     engines = {k: (conf[k]["engine"] if isinstance(conf[k]["engine"], str) else

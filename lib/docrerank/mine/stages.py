@@ -1,7 +1,7 @@
 """The mining job's Ray Data stages: retrieve (``MineStage``), filter (``FilterStage``), write (``WriteStage``).
 
 One dataset row = one batch of queries (``name`` of its shard, ``split``, ``state``: JSON list of queries); the
-stages run in ``build_run.ChainStage`` actors (``run_mine`` names them by ``docrerank.mine_stages:<class>``).
+stages run in ``build_run.ChainStage`` actors (``run_mine`` names them by ``docrerank.mine.stages:<class>``).
 Also the pieces they load once per actor: ``PageStore`` (pages by id) and ``Searcher`` (a split's index).
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from docrerank import storage
-from docrerank.mine import (
+from docrerank.core import storage
+from docrerank.mine.logic import (
     SPLITS,
-    MineConfig,
     candidates_of,
     finish_status,
     group_rows,
@@ -23,6 +22,7 @@ from docrerank.mine import (
     status_row,
     status_schema,
 )
+from docrerank.mine.config import MineConfig
 
 # --- pages and indexes ---------------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class Searcher:
 
 
 def _rows(batch) -> list[dict]:
-    from docrerank.build_output import batch_rows
+    from docrerank.build.write import batch_rows
 
     return batch_rows(batch)
 
@@ -187,7 +187,7 @@ class FilterStage:
 
     def judge(self, jobs: list[tuple[dict, str]]) -> list[tuple[float | None, float | None, str | None]]:
         """(p_a, p_b, error) per (query, page): the text judge, or the VLM's two verify prompts."""
-        from docrerank.stages.textjudge import judge_text
+        from docrerank.lexical.textjudge import judge_text
 
         pages = self.store.get([p for _, p in jobs], ("text",) if self.engine is None else ("text", "image"))
         out: list = [None] * len(jobs)
@@ -228,7 +228,7 @@ class WriteStage:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from docrerank.schema import examples_schema
+        from docrerank.core.schema import examples_schema
 
         rows = _rows(batch)
         summary = []

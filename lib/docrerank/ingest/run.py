@@ -18,9 +18,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from docrerank import storage
-from docrerank.configs import IngestConfig
-from docrerank.ingest import Passwords, RenderSettings, quarantine_row
+from docrerank.core import storage
+from docrerank.ingest.config import IngestConfig
+from docrerank.ingest.render import Passwords, RenderSettings, quarantine_row
 
 log = logging.getLogger("docrerank.ingest")
 
@@ -119,7 +119,7 @@ def remove_orphan_quarantine(out: storage.Location) -> int:
 
 
 def load_state(out: storage.Location) -> OutputState:
-    from docrerank.schema import documents_schema, pages_schema, quarantine_schema
+    from docrerank.core.schema import documents_schema, pages_schema, quarantine_schema
 
     st = OutputState()
     for r in storage.read_parquet_dir(out.join("documents"), schema=documents_schema()).to_pylist():
@@ -174,7 +174,7 @@ def plan_tasks(docs: list[dict], skip: dict[str, set[int]], pages_per_task: int)
 
 class _IsolatedActor:
     def __init__(self, passwords: dict, settings: dict, memory_mb: int, timeout_s: float):
-        from docrerank.isolate import IsolatedWorker
+        from docrerank.core.isolate import IsolatedWorker
 
         self.passwords, self.settings, self.timeout_s = passwords, settings, timeout_s
         self.worker = IsolatedWorker(memory_limit_mb=memory_mb)
@@ -184,12 +184,12 @@ class ProbeActor(_IsolatedActor):
     """Reads and opens documents in an isolated child; emits documents rows or quarantine rows as JSON."""
 
     def __call__(self, batch: dict) -> dict:
-        from docrerank.isolate import ChildCrashed, ChildTimeout, RemoteError
+        from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
 
         out = []
         for uri in batch["source_uri"]:
             try:
-                res = self.worker.call("docrerank.ingest:child_probe", uri, self.passwords, self.settings, timeout=self.timeout_s)
+                res = self.worker.call("docrerank.ingest.render:child_probe", uri, self.passwords, self.settings, timeout=self.timeout_s)
             except ChildCrashed as e:
                 res = {"quarantine": quarantine_row(uri, None, None, "probe", "worker_crash", str(e))}
             except ChildTimeout as e:
@@ -209,10 +209,10 @@ class RenderActor(_IsolatedActor):
         self.out = storage.resolve(output)
 
     def _call(self, doc: dict, pages: list[int]) -> tuple[list[dict], list[dict]]:
-        from docrerank.isolate import ChildCrashed, ChildTimeout, RemoteError
+        from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
 
         try:
-            return self.worker.call("docrerank.ingest:child_render", doc, pages, self.passwords, self.settings, timeout=self.timeout_s)
+            return self.worker.call("docrerank.ingest.render:child_render", doc, pages, self.passwords, self.settings, timeout=self.timeout_s)
         except (ChildCrashed, ChildTimeout, RemoteError) as e:
             if len(pages) > 1:  # find the page that did it: the others still render
                 rows, bad = [], []
@@ -232,7 +232,7 @@ class RenderActor(_IsolatedActor):
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
-        from docrerank.schema import pages_schema, quarantine_schema
+        from docrerank.core.schema import pages_schema, quarantine_schema
 
         summaries = []
         for task_id, items_json in zip(batch["task_id"], batch["items"]):
@@ -321,9 +321,9 @@ def run_ingest(cfg: IngestConfig) -> dict:
     """
     import pyarrow as pa
 
-    from docrerank import runtime
-    from docrerank.ingest_books import balance, summary_table
-    from docrerank.schema import documents_schema, quarantine_schema
+    from docrerank.core import runtime
+    from docrerank.ingest.books import balance, summary_table
+    from docrerank.core.schema import documents_schema, quarantine_schema
 
     t0 = time.perf_counter()
     out = storage.resolve(cfg.output)
@@ -331,7 +331,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
         raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
     storage.makedirs(out)
     runtime.write_run_metadata(out, runtime.run_metadata("ingest", cfg))
-    from docrerank.sample_corpus import resolve_input
+    from docrerank.ingest.sample_corpus import resolve_input
 
     inputs = list_inputs(resolve_input(cfg.input, cfg.output), cfg.suffixes)
     log.info("ingest: %d input files from %s", len(inputs), cfg.input)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from docrerank.stages.text import content_tokens, key_tokens, tokens
+from docrerank.lexical.text import content_tokens, key_tokens, tokens
 
 UNKNOWN = 0.5
 MISSING_ANCHOR = 0.25

@@ -1,0 +1,1 @@
+"""How hard and how diverse negatives are: generated vs document-mined."""

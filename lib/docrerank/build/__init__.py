@@ -1,0 +1,1 @@
+"""The dataset build: positives, two-prompt verification, negatives, selection, outputs."""

@@ -1,0 +1,130 @@
+"""Ray Data glue shared by the jobs: batches as rows, stages chained by class in one actor, light Parquet reads, and
+the resume rule "a batch's marker shard is written last".
+
+    ds = ds.map_batches(ChainStage, fn_constructor_kwargs={"stages": [(PositivesStage, {...}), (VerifyStage, {...})]},
+                        batch_format=batch_format_of([PositivesStage, VerifyStage]), compute=...)
+
+Stages are referenced by class (Ray pickles a class by its module and name), never by ``"module:Class"`` strings.
+Each stage class may declare ``batch_format`` ("numpy" by default, "pyarrow" for stages that take Arrow tables);
+the first stage of a chain decides the format its actor receives. Nothing here imports Ray at module import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from docrerank.core import storage
+
+# Logical CPUs of a read task: reading is mostly I/O, and model-free actors leave a sliver of their core to it, so a
+# pool as large as the machine never starves the read (a deadlock Ray Data cannot resolve on one small node).
+READ_CPUS = 0.1
+
+StageSpec = tuple[type, dict]
+
+
+def to_python(value: Any) -> Any:
+    """Numpy arrays / scalars from a Ray batch -> plain lists, dicts and Python scalars (recursively)."""
+    if hasattr(value, "tolist") and not isinstance(value, (bytes, str)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    return value
+
+
+def batch_rows(batch: Any) -> list[dict]:
+    """Rows of a Ray batch, whether a pyarrow Table or a dict of columns (numpy arrays or lists)."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
+    cols = list(batch)
+    n = len(batch[cols[0]]) if cols else 0
+    return [{c: to_python(batch[c][i]) for c in cols} for i in range(n)]
+
+
+def rows_to_columns(rows: list[dict], empty: Any = None) -> dict:
+    """A dict of columns from row dicts (``empty`` when there are no rows)."""
+    if not rows:
+        return {} if empty is None else empty
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def batch_format_of(stages: Sequence[StageSpec | type]) -> str:
+    """The batch format a chain of stages takes: its first stage's ``batch_format`` ("numpy" by default)."""
+    first = stages[0][0] if isinstance(stages[0], tuple) else stages[0]
+    return getattr(first, "batch_format", "numpy")
+
+
+class ChainStage:
+    """Runs several stages in one actor, in order (one actor pool per model; model-free stages ride along).
+
+    ``stages``: ``(StageClass, constructor kwargs)`` pairs; each class is built once per actor and called on every
+    batch with the previous stage's output.
+    """
+
+    def __init__(self, stages: Sequence[StageSpec]):
+        for cls, kwargs in stages:
+            if not isinstance(cls, type) or not isinstance(kwargs, dict):
+                raise TypeError(f"ChainStage: expected (class, kwargs) pairs, got ({cls!r}, {type(kwargs).__name__})")
+        self.stages = [cls(**kwargs) for cls, kwargs in stages]
+
+    def __call__(self, batch: Any) -> Any:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
+def _read_files(batch: dict, columns: list[str] | None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri in batch["uri"]:
+        loc = storage.resolve(str(uri))
+        tables.append(pq.read_table(loc.path, columns=columns, filesystem=loc.fs))
+    return pa.concat_tables(tables)
+
+
+def read_parquet_files(loc: storage.Location, columns: list[str] | None = None):
+    """A dataset of every Parquet file under ``loc``, read by tasks of ``READ_CPUS`` logical CPUs.
+
+    (``ray.data.read_parquet`` lists files in a task that takes a whole CPU; on a small node that CPU may be held by
+    the stage actors, and the read never starts.)"""
+    files = [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=(".parquet",))]
+    if not files:
+        raise ValueError(f"no Parquet files under {loc.uri}")
+    return read_parquet_files_list(files, columns)
+
+
+def read_parquet_files_list(files: list[str], columns: list[str] | None = None):
+    """A dataset of the given Parquet files (one light read task per file)."""
+    import ray.data
+
+    ds = ray.data.from_items([{"uri": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(_read_files, batch_size=1, fn_kwargs={"columns": columns}, num_cpus=READ_CPUS)
+
+
+def write_shards(out: storage.Location, name: str, tables: dict, marker: str) -> None:
+    """Write shard ``name`` of each table (``{directory: pyarrow.Table}``), the ``marker`` table last: a batch whose
+    marker shard exists is complete."""
+    for key in [k for k in tables if k != marker] + ([marker] if marker in tables else []):
+        storage.write_table_atomic(out.join(key, name), tables[key])
+
+
+def done_shard_names(out: storage.Location, marker: str) -> set[str]:
+    """File names of the marker shards under ``out/marker``: the batches that finished."""
+    return {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join(marker), suffixes=(".parquet",))}
+
+
+def remove_orphans(out: storage.Location, tables: Sequence[str], marker: str) -> int:
+    """Delete shards of ``tables`` whose batch has no marker shard (an interrupted run); returns how many."""
+    done = done_shard_names(out, marker)
+    n = 0
+    for table in tables:
+        if table == marker:
+            continue
+        for f in storage.list_files(out.join(table), suffixes=(".parquet",)):
+            if f.rsplit("/", 1)[-1] not in done:
+                out.fs.delete_file(f)
+                n += 1
+    return n

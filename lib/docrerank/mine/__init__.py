@@ -1,0 +1,1 @@
+"""Document-mined negatives: retriever top-N, positive excluded, seeded sample, false-negative filter."""

@@ -1,0 +1,1 @@
+"""Model resolution (path, device, dtype), the one Qwen-VL input path, and sentence embeddings."""

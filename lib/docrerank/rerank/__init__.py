@@ -1,0 +1,1 @@
+"""The Reranker API (load, score, rank) and the batch reranking job."""

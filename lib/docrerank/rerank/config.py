@@ -1,0 +1,74 @@
+"""``jobs.rerank``'s typed config and the reranker spec shared with evaluation."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from docrerank.core.config import Config
+
+
+class RerankerSpec(Config):
+    """A reranker to evaluate: a training output, a merged model, or a base checkpoint (zero-shot)."""
+
+    path: str
+    """``jobs.train_reranker``'s output directory (its model/merged is used), a merged model directory, or a base
+    checkpoint (Qwen2-VL-family: zero-shot MonoQwen prompt; text encoder without a head: embedding cosine)."""
+
+    name: Optional[str] = None
+    """Column name in the report; default: the path's last component."""
+
+    batch_size: Optional[int] = Field(None, ge=1)
+    """Pairs per forward pass; default: 8 (vlm) or 64 (text)."""
+
+    max_pixels: Optional[int] = Field(None, ge=56 * 56)
+    """vlm: pixel cap of a page; default: what the model was trained with (reranker.json), else 1024 tokens."""
+
+    max_seq_len: Optional[int] = Field(None, ge=16)
+    """Token budget of one pair; default: the trained value (reranker.json)."""
+
+
+class RerankConfig(Config):
+    """Score (query, candidate page) pairs from Parquet with a reranker: a resumable Ray Data job."""
+
+    input: str
+    """Parquet file or directory of pairs: a query column, a page id column and the page inline (image and/or
+    text columns), or page ids looked up in ``pages``."""
+
+    output: str
+    """Directory for scores/ (one Parquet part per input row group) and _meta/."""
+
+    reranker: RerankerSpec
+    """The model."""
+
+    pages: Optional[str] = None
+    """A pages table (e.g. a build's pages/) to look page ids up in when the input has no inline pages."""
+
+    query_column: str = "query"
+    """Column with the query text."""
+
+    query_id_column: Optional[str] = None
+    """Column identifying a query (ranks are per query id and input row group); default: ``query_id`` when present,
+    else a hash of the query text."""
+
+    page_id_column: str = "page_id"
+    """Column with the page id."""
+
+    keep_columns: list[str] = Field(default_factory=list)
+    """Extra input columns copied to the output (e.g. label, group_id)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: one GPU per actor when the cluster has GPUs, else CPU actors."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on GPU, float32 on CPU."""
+
+    num_actors: Optional[int] = Field(None, ge=1)
+    """Scoring actors; default: the cluster's GPUs (GPU) or one (CPU)."""
+
+    cpus_per_actor: float = Field(1.0, gt=0)
+    """CPUs reserved per actor."""
+
+    resume: bool = True
+    """Skip the input row groups whose scores are already written; false scores everything again."""
