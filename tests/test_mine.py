@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-from docrerank.build.write import is_heldout
+from docrerank.core.schema import is_heldout
 from docrerank.core.config import load_config
 from docrerank.mine.config import MineConfig
 from docrerank.mine.logic import seeded_order, select_negatives

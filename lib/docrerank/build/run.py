@@ -128,7 +128,7 @@ def query_pages_source(batch: dict) -> dict:
     """
 
     from docrerank.engines.messages import sniff_mime
-    from docrerank.ingest.render import page_id_of
+    from docrerank.core.schema import page_id_of
 
     imgs = list(batch["image"])
     queries = batch.get("positive_queries", batch.get("queries", batch.get("query")))

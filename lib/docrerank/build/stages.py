@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 from docrerank.build.config import BuildConfig
+from docrerank.core.schema import query_id, seed_of
 from docrerank.engines.ray_stage import batch_rows as _batch_rows
 from docrerank.prompts import load_prompt
 from docrerank.lexical.dedup import dedup
@@ -29,14 +30,6 @@ def batch_rows(batch) -> list[dict]:
     return batch.to_pylist() if hasattr(batch, "to_pylist") else _batch_rows(batch)
 
 PENDING = None
-
-
-def query_id(page_id: str, role: str, text: str) -> str:
-    return hashlib.sha256(f"{page_id}|{role}|{text}".encode()).hexdigest()[:24]
-
-
-def seed_of(*keys: Any) -> int:
-    return int(hashlib.sha256("|".join(map(str, keys)).encode()).hexdigest()[:8], 16)
 
 
 def new_query(page_id: str, text: str, role: str, origin: str, *, parent_id=None, attribute=None, answer=None,

@@ -7,20 +7,13 @@ import json
 from collections import Counter, defaultdict
 
 from docrerank.core import storage
+from docrerank.core.schema import is_heldout
 from docrerank.engines.ray_stage import batch_rows as _batch_rows
 
 
 def batch_rows(batch) -> list[dict]:
     """Rows of a Ray batch, whether a pyarrow Table or a dict of columns."""
     return batch.to_pylist() if hasattr(batch, "to_pylist") else _batch_rows(batch)
-
-
-def is_heldout(page_id: str, fraction: float, seed: int) -> bool:
-    """Whether the page's document is in the held-out split (a seeded hash of the document id)."""
-    if fraction <= 0:
-        return False
-    doc = page_id.rsplit("-p", 1)[0]
-    return int(hashlib.sha256(f"{seed}|{doc}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
 
 
 def page_tables(page: dict, state: dict, positive_weight: str, k: int) -> dict:

@@ -1,8 +1,57 @@
-"""Column names and Arrow schemas of every table, in one place (see docs/design.md, "Tables")."""
+"""Every table's Arrow schema and every id, in one place (see docs/design.md, "Tables").
+
+Ids are content hashes, so reruns and resumed runs give the same ids:
+``doc_id_of`` (a document's bytes), ``page_id_of`` (document + page number), ``query_id`` (page + role + text),
+``mined_group_id`` (a query's mined group); ``is_heldout`` is the seeded document split; ``seed_of`` derives a
+32-bit seed from any keys.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
+from typing import Any
+
+
+# ------------------------------------------------------------------------------------------------- ids
+def doc_id_of(data: bytes) -> str:
+    """Content hash of a document: the first 32 hex digits of its SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def page_id_of(doc_id: str, page_number: int) -> str:
+    """Stable page id: the document hash and the 1-based page number."""
+    return f"{doc_id}-p{page_number:05d}"
+
+
+def doc_of_page(page_id: str) -> str:
+    """The document id of a page id."""
+    return page_id.rsplit("-p", 1)[0]
+
+
+def query_id(page_id: str, role: str, text: str) -> str:
+    """Stable id of a candidate query: its page, role (positive|negative) and text."""
+    return hashlib.sha256(f"{page_id}|{role}|{text}".encode()).hexdigest()[:24]
+
+
+def mined_group_id(query_id: str) -> str:
+    """Stable id of a query's document-mined group."""
+    return hashlib.sha256(f"{query_id}|mined".encode()).hexdigest()[:24]
+
+
+def seed_of(*keys: Any) -> int:
+    """A 32-bit seed derived from ``keys`` (sampling seeds per page, per query, ...)."""
+    return int(hashlib.sha256("|".join(map(str, keys)).encode()).hexdigest()[:8], 16)
+
+
+def is_heldout(page_id: str, fraction: float, seed: int) -> bool:
+    """Whether the page's document is in the held-out split (a seeded hash of the document id)."""
+    if fraction <= 0:
+        return False
+    return int(hashlib.sha256(f"{seed}|{doc_of_page(page_id)}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
+
+
+# ---------------------------------------------------------------------------------------------- tables
 
 
 @cache

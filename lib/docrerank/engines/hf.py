@@ -8,10 +8,8 @@ forward pass; requests that share a page prefix go through ``hf_prefix`` (prefix
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from docrerank.engines import hf_prefix
@@ -27,6 +25,7 @@ from docrerank.engines.base import (
     p_yes_from_logprobs,
 )
 from docrerank.engines.messages import ImagePart, images_of, to_template_dicts
+from docrerank.models.hub import load_tokenizer, read_checkpoint_json, resolve_device, resolve_dtype
 
 VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -41,44 +40,12 @@ class Encoded:
     key: tuple = ()
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when available, else "cpu"; anything else is returned as is."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str):
-    """torch dtype for a config value; "auto" = bfloat16 on GPU, float32 on CPU."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
-
-
-def _read_json_file(model: str, name: str, local_only: bool) -> Optional[dict]:
-    path = Path(model) / name
-    if not path.is_file():
-        if Path(model).is_dir():
-            return None
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(model, name, local_files_only=local_only))
-        except Exception:  # noqa: BLE001 - the file is optional
-            return None
-    return json.loads(path.read_text())
-
-
 class HFEngine(TextEngine):
     """Engine on a transformers model; see the module docstring."""
 
     def __init__(self, cfg: EngineConfig):
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         super().__init__()
         self.cfg = cfg
@@ -93,12 +60,7 @@ class HFEngine(TextEngine):
         if cfg.hf.attn_implementation:
             kwargs["attn_implementation"] = cfg.hf.attn_implementation
         self.model = model_cls.from_pretrained(cfg.model, **kwargs).to(self.device).eval()
-        self.tok = AutoTokenizer.from_pretrained(cfg.model, **load)
-        if self.tok.chat_template is None:
-            tmpl = _read_json_file(cfg.model, "chat_template.json", cfg.hf.local_files_only)
-            if not tmpl:
-                raise ValueError(f"model {cfg.model!r}: no chat template in the tokenizer or chat_template.json")
-            self.tok.chat_template = tmpl["chat_template"]
+        self.tok = load_tokenizer(cfg.model, require_chat_template=True, **load)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.eos_ids = self._eos_ids()
         self.image_token_id = getattr(mcfg, "image_token_id", None) if self.is_vl else None
@@ -124,7 +86,7 @@ class HFEngine(TextEngine):
     def _image_processor(self):
         from docrerank.models.qwen_vl import image_processor
 
-        pre = _read_json_file(self.cfg.model, "preprocessor_config.json", self.cfg.hf.local_files_only) or {}
+        pre = read_checkpoint_json(self.cfg.model, "preprocessor_config.json", self.cfg.hf.local_files_only) or {}
         return image_processor(pre, self.cfg.min_pixels, self.cfg.max_pixels)
 
     # ------------------------------------------------------------------------------------ encoding

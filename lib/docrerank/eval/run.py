@@ -84,15 +84,14 @@ def _fingerprint(spec: RerankerSpec, cfg: EvalConfig, dataset: str) -> dict:
 
 def run_evaluation(cfg: EvalConfig, progress=print) -> dict:
     """Evaluate every reranker on every dataset; write run files, metrics.json and the report; return results."""
-    import torch
-
     from docrerank.eval.metrics import evaluate, paired_test
+    from docrerank.models.hub import resolve_device
     from docrerank.eval.report import write_report
     from docrerank.eval.retrievers import read_trec_run, retrieve, write_trec_run
 
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     first_name = cfg.first_stage.label
     names = [reranker_name(r) for r in cfg.rerankers]
     if len(set(names)) != len(names):

@@ -7,9 +7,10 @@ child process (:mod:`docrerank.core.isolate`) and on a cluster worker.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 from dataclasses import dataclass, field
+
+from docrerank.core.schema import doc_id_of, page_id_of
 
 # Why an input produced no page row. Every quarantine row carries one of these in ``error``.
 REASONS = {
@@ -65,16 +66,6 @@ class Passwords:
         name = source_uri.rsplit("/", 1)[-1]
         hits = [pw for pat, pw in self.by_name.items() if fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(source_uri, pat)]
         return list(dict.fromkeys([*hits, *self.default]))
-
-
-def doc_id_of(data: bytes) -> str:
-    """Content hash of a document: the first 32 hex digits of its SHA-256."""
-    return hashlib.sha256(data).hexdigest()[:32]
-
-
-def page_id_of(doc_id: str, page_number: int) -> str:
-    """Stable page id: the document hash and the 1-based page number."""
-    return f"{doc_id}-p{page_number:05d}"
 
 
 def render_scale(width_pt: float, height_pt: float, dpi: float, max_pixels: int) -> float:

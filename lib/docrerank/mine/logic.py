@@ -19,14 +19,11 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
+from docrerank.core.schema import mined_group_id
+
 
 SPLITS = {"train": "mined", "heldout": "mined_heldout"}
 NOT_SEARCHED = ("heldout_not_mined", "no_query_text", "page_not_found")
-
-
-def group_id(query_id: str) -> str:
-    """Stable id of a query's mined group."""
-    return hashlib.sha256(f"{query_id}|mined".encode()).hexdigest()[:24]
 
 
 def seeded_order(candidates: list[str], seed: int, query_id: str) -> list[str]:
@@ -116,7 +113,7 @@ def status_schema():
 
 def group_rows(q: dict, pages: dict[str, dict], positive_weight: str) -> list[dict]:
     """Example rows (``examples_schema()``) of a mined query's group: its positive, then its negatives."""
-    gid, w = group_id(q["query_id"]), float(len(q["negatives"])) if positive_weight == "k" else 1.0
+    gid, w = mined_group_id(q["query_id"]), float(len(q["negatives"])) if positive_weight == "k" else 1.0
     rows = []
     for p, label in [(q["page_id"], 1)] + [(n, 0) for n in q["negatives"]]:
         pg = pages[p]

@@ -84,7 +84,7 @@ def _colpali_index(ids: list[str], index_uri: str, dest: str, opts: dict) -> Non
 
 def load_positives(cfg: MineConfig) -> list[dict]:
     """Input positives ``{query_id, page_id, text}`` (unique by query id, sorted by it)."""
-    from docrerank.build.stages import query_id
+    from docrerank.core.schema import query_id
 
     if cfg.queries:
         loc = storage.resolve(cfg.queries)
@@ -151,7 +151,7 @@ def prepare_index(cfg: MineConfig, out: storage.Location, pages_loc: storage.Loc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from docrerank.build.write import is_heldout
+    from docrerank.core.schema import is_heldout
 
     files = storage.list_files(pages_loc, suffixes=(".parquet",))
     if not files:
@@ -238,7 +238,7 @@ def run_mine(cfg: MineConfig) -> dict:
     import ray.data
 
     from docrerank.core import runtime
-    from docrerank.build.write import is_heldout
+    from docrerank.core.schema import is_heldout
     from docrerank.build.run import ChainStage
 
     t0 = time.perf_counter()

@@ -32,11 +32,11 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from docrerank.train.backbones import resolve_model_path
+        from docrerank.models.hub import resolve_model_path
 
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device: expected 'cpu' or 'cuda[:N]', got {device!r}")
-        local = resolve_model_path("text", path or DEFAULT_EMBEDDER)
+        local = resolve_model_path(path or DEFAULT_EMBEDDER)
         if max_seq_len is None:
             st_cfg = Path(local) / "sentence_bert_config.json"
             max_seq_len = int(json.loads(st_cfg.read_text()).get("max_seq_length", 256)) if st_cfg.is_file() else 256

@@ -87,7 +87,7 @@ def as_page(page: Any, index: int = 0) -> Page:
 def find_model_dir(path: str) -> Path:
     """The model directory of ``path``: a training output (``<output>/model/merged``), its ``model`` directory,
     a merged model, or any checkpoint directory; ``pkg:`` and hub ids resolve as in training."""
-    from docrerank.train.backbones import resolve_model_path
+    from docrerank.models.hub import resolve_model_path
 
     p = Path(path)
     for cand in (p / "model" / "merged", p / "merged", p):
@@ -96,7 +96,7 @@ def find_model_dir(path: str) -> Path:
     if p.exists():
         raise ValueError(f"reranker path {path!r}: no config.json in it, its merged/ or model/merged/")
     try:
-        return Path(resolve_model_path("text", path))
+        return Path(resolve_model_path(path))
     except ValueError:
         raise ValueError(f"reranker path {path!r}: not a directory (a training output or a model) and not a "
                          "checkpoint in the local Hugging Face cache; train one with jobs.train_reranker or "
@@ -141,9 +141,9 @@ class Reranker:
         ``max_pixels`` / ``max_seq_len`` default to what the model was trained with (``reranker.json``), else
         1024 visual tokens / 2048 tokens (vlm) and 256 tokens (text).
         """
-        import torch
+        from docrerank.models.hub import resolve_device
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        device = resolve_device(device)
         model_dir = find_model_dir(path)
         card = read_card(model_dir)
         backbone = card["backbone"]
@@ -169,7 +169,7 @@ class Reranker:
     def _load_text(cls, model_dir, card, device, dtype, batch_size, max_seq_len, name):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from docrerank.train.backbones import resolve_dtype
+        from docrerank.models.hub import resolve_dtype
 
         torch_dtype = resolve_dtype(dtype, device)
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)

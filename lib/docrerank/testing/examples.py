@@ -57,7 +57,7 @@ def render_pages(pdf: Path, dpi: float) -> list[tuple[str, bytes, str]]:
     """(page_id, PNG bytes, text) of every page, page ids as the ingest job makes them."""
     import pymupdf
 
-    from docrerank.ingest.render import doc_id_of, page_id_of
+    from docrerank.core.schema import doc_id_of, page_id_of
 
     data = pdf.read_bytes()
     doc_id = doc_id_of(data)

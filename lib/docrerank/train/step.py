@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
+from docrerank.models.hub import resolve_device
 from docrerank.train import deepspeed_config as dsc
 from docrerank.train.collate import Batch, Group, collate_groups, iter_group_batches
 from docrerank.train.config import LossConfig, TrainConfig
@@ -47,13 +48,6 @@ def prepare(scorer, batch: Batch) -> Prepared:
     inputs = scorer.encode(batch)
     return Prepared(inputs=inputs, labels=batch.labels, weights=batch.weights, group_index=batch.group_index,
                     tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs))
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def ensure_process_group(device: str) -> None:
