@@ -38,6 +38,7 @@ def built(ray_local, tmp_path_factory):
 
 def test_local_default_outputs(built):
     out, stats = built
+    assert "weight" not in _table(out, "examples").column_names  # the loss weighs positives (loss.positive_weight)
     ex = _table(out, "examples").to_pylist() + _table(out, "examples_heldout").to_pylist()
     held_docs = {r["page_id"].split("-p")[0] for r in _table(out, "examples_heldout", ["page_id"]).to_pylist()}
     train_docs = {r["page_id"].split("-p")[0] for r in _table(out, "examples", ["page_id"]).to_pylist()}
@@ -51,7 +52,7 @@ def test_local_default_outputs(built):
         pos = [r for r in rows if r["label"] == 1]
         negs = [r for r in rows if r["label"] == 0]
         assert len(pos) == 1 and len(negs) == 3 and len({r["page_id"] for r in rows}) == 1
-        assert pos[0]["weight"] == 3.0 and all(r["weight"] == 1.0 and r["kind"] == "generated" for r in negs)
+        assert pos[0]["kind"] == "positive" and all(r["kind"] == "generated" for r in negs)
         assert all(n["query"] != pos[0]["query"] and n["attribute"] for n in negs)
         assert rows[0]["image"][:4] == b"\x89PNG"
     q = _table(out, "queries").to_pylist()

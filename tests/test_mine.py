@@ -25,9 +25,9 @@ def _page_row(page_id, image, text):
 
 
 def _query_row(page_id, text, verdict="kept"):
-    from docrerank.build.stages import new_query
+    from docrerank.core.schema import QueryRow
 
-    return dict(new_query(page_id, text, "positive", "given"), verdict=verdict)
+    return QueryRow.new(page_id, text, "positive", "given", verdict=verdict).as_row()
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,8 @@ def test_groups_have_the_right_shape_and_never_hold_the_positive(mined, build):
         assert groups, name
         for rows in groups.values():
             pos, negs = rows[0], rows[1:]
-            assert pos["label"] == 1 and pos["kind"] == "positive" and pos["weight"] == len(negs)
-            assert 1 <= len(negs) <= 3 and all(r["label"] == 0 and r["kind"] == "mined" and r["weight"] == 1 for r in negs)
+            assert pos["label"] == 1 and pos["kind"] == "positive" and "weight" not in pos
+            assert 1 <= len(negs) <= 3 and all(r["label"] == 0 and r["kind"] == "mined" for r in negs)
             assert {r["query"] for r in rows} == {pos["query"]} and pos["query"]
             assert len({r["page_id"] for r in rows}) == len(rows)  # the positive is never among its negatives
             assert all(r["image"] and r["text"] for r in rows)

@@ -118,28 +118,37 @@ def test_select_strategies():
         select(pos, negs, 2, "best", "s", char_similarity)
 
 
+def _page(page_id, text, queries, image=b"png"):
+    from docrerank.build.stages import Page
+    from docrerank.core.schema import PageState
+
+    return Page(page_id, image, "png", text, PageState(queries=list(queries)))
+
+
 def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
     """The build's negatives stage (no Ray): attributes mode, rules engine, a user attribute next to the finance ones."""
-    from docrerank.build.stages import NegativesStage, new_query
-    from docrerank.core.config import load_config
+    from collections import Counter
+
     from docrerank.build.config import BuildConfig
+    from docrerank.build.stages import NegativesStage
+    from docrerank.core.config import load_config
+    from docrerank.core.schema import QueryRow
 
     cfg = load_config(BuildConfig, None, [
         "output=x", "pages=y", "positives_file=z", "negatives.attributes=[year]",
         "negatives.user_attributes=[{name: product, description: the product line, examples: [X200, Z900, A100]}]"])
     stage = NegativesStage(cfg, vocabulary={})
-    pos = new_query("p1", "What was the battery life of the X200 in 2021?", "positive", "given")
-    pos["verdict"] = "kept"
-    page = {"page_id": "p1", "text": "X200 battery life 2021: 12 hours", "state": {"queries": [pos], "metrics": {}}}
-    from collections import Counter
-
+    pos = QueryRow.new("p1", "What was the battery life of the X200 in 2021?", "positive", "given", verdict="kept")
+    page = _page("p1", "X200 battery life 2021: 12 hours", [pos])
     stage.process([page], Counter())
-    negs = [q for q in page["state"]["queries"] if q["role"] == "negative"]
-    attrs = {q["attribute"] for q in negs}
-    assert attrs == {"year", "product"}
-    assert all(q["parent_id"] == pos["query_id"] and q["origin"] == "rules" for q in negs)
-    assert {q["text"] for q in negs if q["attribute"] == "product"} == {
+    negs = page.state.of("negative")
+    assert {q.attribute for q in negs} == {"year", "product"}
+    assert all(q.parent_id == pos.query_id and q.origin == "rules" for q in negs)
+    assert {q.text for q in negs if q.attribute == "product"} == {
         "What was the battery life of the Z900 in 2021?", "What was the battery life of the A100 in 2021?"}
+    # the LLM's attribute list: descriptions from the prompt file, the user's own from the config
+    assert stage.attribute_text() == ("- year: the year or period\n"
+                                      "- product: the product line (e.g. X200, Z900, A100)")
 
 
 def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
@@ -148,8 +157,9 @@ def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
     from collections import Counter
 
     from docrerank.build import stages as build_stages
-    from docrerank.core.config import load_config
     from docrerank.build.config import BuildConfig
+    from docrerank.core.config import load_config
+    from docrerank.core.schema import QueryRow
     from docrerank.engines.base import JudgeResult
 
     class FakeJudge:
@@ -163,12 +173,86 @@ def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
     cfg = load_config(BuildConfig, None, ["output=x", "pages=y", "positives_file=z",
                                           'verify.engine={"backend": "http", "model": "m"}'])
     stage = build_stages.VerifyStage(cfg, "negative")
-    pages = []
-    for pid, text in (("scan", ""), ("digital", "Revenue 2021: $5.2 billion. Revenue 2020: $4.9 billion.")):
-        neg = build_stages.new_query(pid, "What was the revenue in 2020?", "negative", "rules")
-        pages.append({"page_id": pid, "text": text, "image": b"png", "state": {"queries": [neg], "metrics": {}}})
+    pages = [_page(pid, text, [QueryRow.new(pid, "What was the revenue in 2020?", "negative", "rules")])
+             for pid, text in (("scan", ""), ("digital", "Revenue 2021: $5.2 billion. Revenue 2020: $4.9 billion."))]
     m = Counter()
     stage.process(pages, m)
-    scan, digital = (p["state"]["queries"][0] for p in pages)
-    assert digital["reason"] == "text_layer_answerable" and m["prefiltered"] == 1
-    assert FakeJudge.calls == 2 and scan["p_answerable_a"] == pytest.approx(0.1)  # both prompts, by the model
+    scan, digital = (p.state.queries[0] for p in pages)
+    assert digital.reason == "text_layer_answerable" and m["prefiltered"] == 1
+    assert FakeJudge.calls == 2 and scan.p_answerable_a == pytest.approx(0.1)  # both prompts, by the model
+    assert scan.verdict == "verified" and m["requests"] == 2
+
+
+def test_page_state_round_trips_through_arrow_and_ray_blocks():
+    """The typed state between build stages: a struct column that survives Arrow, Parquet-free pickling (as Ray
+    blocks travel) and the queries table's own schema."""
+    import pickle
+
+    import pyarrow as pa
+
+    from docrerank.build.stages import PAGE_COLUMNS, pages_of, with_states
+    from docrerank.core.schema import (GivenPositive, PageState, QueryRow, QUERY_FIELDS, page_state_type,
+                                       queries_schema, states_from_arrow, states_to_arrow)
+
+    assert QUERY_FIELDS == tuple(queries_schema().names)  # a QueryRow is a queries-table row
+    pos = QueryRow.new("p1", "What was the revenue in 2021?", "positive", "given", answer="5", verdict="kept",
+                       p_answerable_a=0.75, p_answerable_b=0.5)
+    neg = QueryRow.new("p1", "What was the revenue in 2019?", "negative", "rules", parent_id=pos.query_id,
+                       attribute="year")
+    states = [PageState([pos, neg], {"positives": {"seconds": 0.25, "requests": 2.0}, "select": {"seconds": 0.5}},
+                        [GivenPositive("What was the revenue in 2021?", "5")], ["negatives: timeout: slow"]),
+              PageState()]
+    arr = pickle.loads(pickle.dumps(states_to_arrow(states)))
+    assert arr.type == page_state_type()
+    back = states_from_arrow(arr)
+    assert back == states and list(back[0].metrics) == ["positives", "select"]
+    assert back[0].negatives_of(pos, "kept") == [] and back[0].of("negative") == [neg]
+    assert pa.Table.from_pylist([q.as_row() for q in back[0].queries], schema=queries_schema()).num_rows == 2
+    t = pa.table({"page_id": ["p1", "p2"], "image": [b"a", b"b"], "image_format": ["png"] * 2, "text": ["x", None],
+                  "state": arr})
+    pages = pages_of(t)
+    assert [p.page_id for p in pages] == ["p1", "p2"] and pages[1].text is None
+    pages[1].state.errors.append("e")
+    t2 = with_states(t, pages)
+    assert t2.column_names == [*PAGE_COLUMNS, "state"] and states_from_arrow(t2.column("state"))[1].errors == ["e"]
+    with pytest.raises(ValueError, match="role"):
+        QueryRow.new("p1", "q", "neutral", "given")
+
+
+def test_verify_rules_and_the_text_judge():
+    """engines.verify: the decision rules of the build and the miner, the text judge, the text prefilter."""
+    from docrerank.engines.base import JudgeResult
+    from docrerank.engines.verify import (VerifyItem, answerable, is_verified_negative, is_verified_positive,
+                                          verify)
+    from docrerank.prompts import load_prompt
+
+    assert is_verified_positive(0.5, 0.9, 0.5) and not is_verified_positive(0.49, 0.9, 0.5)
+    assert is_verified_negative(0.1, 0.49, 0.5) and not is_verified_negative(0.1, 0.5, 0.5)
+    assert answerable(0.1, 0.6, 0.5, "either") and not answerable(0.1, 0.6, 0.5, "both")
+    with pytest.raises(ValueError, match="rule"):
+        answerable(0.1, 0.6, 0.5, "most")
+    page = "Revenue 2021: $5.2 billion. Revenue 2020: $4.9 billion."
+    items = [VerifyItem("What was the revenue in 2020?", page, b"png", parent="What was the revenue in 2021?"),
+             VerifyItem("What was the revenue in 2019?", page, b"png", parent="What was the revenue in 2021?"),
+             VerifyItem("What was the revenue in 2019?", "", b"png")]
+    text = verify(items, "text")
+    assert [j.by for j in text] == ["text"] * 3 and text[0].p_a == judge_text(items[0].query, page, items[0].parent)[0]
+    assert text[2].p_a == text[2].p_b == 0.5  # no text layer: undecided
+
+    class Engine:
+        def __init__(self, fail=False):
+            self.reqs, self.fail = [], fail
+
+        def judge(self, reqs):
+            self.reqs += reqs
+            return [JudgeResult(error="timeout: slow") if self.fail else JudgeResult(p_yes=0.2) for _ in reqs]
+
+    eng = Engine()
+    got = verify(items, eng, load_prompt("verify"), threshold=0.5, prefilter="text")
+    assert [j.by for j in got] == ["prefilter", "model", "model"]  # 2020 is on the page; no text says nothing
+    assert len(eng.reqs) == 4  # two prompts for each of the two items the text layer could not settle
+    assert got[1].p_a == got[1].p_b == 0.2 and len(got[1].results) == 2
+    bad = verify(items[2:], Engine(fail=True), load_prompt("verify"))
+    assert bad[0].error == "timeout: slow" and bad[0].p_a is None and not bad[0].ok
+    with pytest.raises(ValueError, match="prompt_a"):
+        verify(items, eng, {"name": "x"})

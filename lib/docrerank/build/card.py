@@ -79,7 +79,7 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
     lines += [
         "", "## Files", "",
         "- `examples/`: groups of 1 positive + k negatives on the same page (`group_id`, `query`, `page_id`, "
-        "`image`, `label`, `kind`, `weight`); a group is never split across shards",
+        "`image`, `label`, `kind`, `attribute`); a group is never split across shards",
         "- `export/`: the published ColHNQue layout (`image`, `positive_queries`, `negative_queries`, `answer`)",
         "- `queries/`: every candidate with both verifier scores, verdict and reason",
         "- `page_status/`, `stats.json`: per-page outcome and the funnel; `_meta/`: resolved config and commit", "",

@@ -78,7 +78,7 @@ class NegativesConfig(Config):
     general_prompt: str = "negatives_general"
     """Prompt template of general mode."""
     attributes_prompt: str = "negatives_attributes"
-    """Prompt template of attributes mode."""
+    """Prompt template of attributes mode; its ``attributes`` mapping describes each attribute to the LLM."""
 
 
 class SelectConfig(Config):
@@ -91,9 +91,6 @@ class SelectConfig(Config):
     min_negatives: int = Field(1, ge=0)
     """Positives with fewer verified negatives than this are dropped (counted); between this and k they are
     kept with what they have."""
-    positive_weight: Literal["k", "one"] = "k"
-    """Example weight of the positive: ``k`` (one positive weighs as much as its k negatives, the paper's 3:1)
-    or ``one``."""
 
 
 class RephraseConfig(Config):
@@ -105,6 +102,10 @@ class RephraseConfig(Config):
     """Share of kept positives to rephrase (chosen by a seeded hash of the query)."""
     prompt: str = "rephrase"
     """Prompt template."""
+    temperature: float = Field(0.7, ge=0)
+    """Sampling temperature of the rephrasing LLM."""
+    max_tokens: int = Field(128, ge=16)
+    """Output budget of one rephrase request."""
 
 
 class BuildConfig(Config):

@@ -1,77 +1,57 @@
 """The dataset build's stages as Ray Data UDF classes: ``__init__`` loads the engine, ``__call__`` does a batch.
 
-A batch is a set of pages (columns ``page_id``, ``image``, ``image_format``, ``text``, ``state``), where
-``state`` is JSON: ``{"queries": [rows of the queries table], "metrics": {stage: {...}}, "given": [...]}``.
-Every stage appends or updates query rows and adds its own metrics (seconds, requests, tokens, errors).
-A failed model call becomes a rejected row or a counted error, never an exception that kills the batch.
+A batch is a pyarrow table of pages (``page_id``, ``image``, ``image_format``, ``text``) with a ``state`` struct
+column: each page's typed ``PageState`` (``core.schema``), decoded into ``Page``s on the way in and encoded on the
+way out, so it travels in Ray blocks between actor pools. Every stage appends or updates ``QueryRow``s and adds
+its own metrics (seconds, requests, tokens, errors). A failed model call becomes a rejected row or a counted
+error, never an exception that kills the batch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Optional
 
 from docrerank.build.config import BuildConfig
-from docrerank.core.schema import query_id, seed_of
-from docrerank.engines.ray_stage import batch_rows as _batch_rows
-from docrerank.prompts import load_prompt
+from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
+from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, verify
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
 from docrerank.lexical.select import select
 from docrerank.lexical.text import char_similarity
-from docrerank.lexical.textjudge import judge_text
+from docrerank.prompts import load_prompt
+
+PAGE_COLUMNS = ["page_id", "image", "image_format", "text"]
 
 
-def batch_rows(batch) -> list[dict]:
-    """Rows of a Ray batch, whether a pyarrow Table or a dict of columns."""
-    return batch.to_pylist() if hasattr(batch, "to_pylist") else _batch_rows(batch)
+@dataclass
+class Page:
+    """A page on its way through the build: its columns and its state."""
 
-PENDING = None
+    page_id: str
+    image: Optional[bytes]
+    image_format: Optional[str]
+    text: Optional[str]
+    state: PageState
 
 
-def new_query(page_id: str, text: str, role: str, origin: str, *, parent_id=None, attribute=None, answer=None,
-              model: str = "", prompt_version: str = "") -> dict:
-    """A queries-table row with verdict pending."""
-    return {
-        "query_id": query_id(page_id, role, text), "page_id": page_id, "text": text, "role": role,
-        "origin": origin, "parent_id": parent_id, "attribute": attribute, "answer": answer,
-        "p_answerable_a": None, "p_answerable_b": None, "verdict": PENDING, "reason": None,
-        "model": model, "prompt_version": prompt_version,
-    }
+def pages_of(batch) -> list[Page]:
+    """The pages of a pipeline batch (a pyarrow table with ``PAGE_COLUMNS`` and ``state``)."""
+    cols = [batch.column(c).to_pylist() for c in PAGE_COLUMNS]
+    states = states_from_arrow(batch.column("state"))
+    return [Page(*(c[i] for c in cols), state=s) for i, s in enumerate(states)]
+
+
+def with_states(batch, pages: list[Page]):
+    """The batch with its ``state`` column replaced by the pages' states."""
+    return batch.set_column(batch.schema.get_field_index("state"), "state", states_to_arrow([p.state for p in pages]))
 
 
 def engine_name(engine) -> str:
+    """How a row records the engine that wrote it: a model-free engine's name or ``backend:model``."""
     return engine if isinstance(engine, str) else f"{engine.backend}:{engine.model}"
-
-
-class _Stage:
-    """Shared batch plumbing: rows in, state parsed, ``process(pages)`` per batch, metrics, rows out."""
-
-    name = "stage"
-
-    def __call__(self, batch: dict) -> dict:
-        from docrerank.core import faults
-
-        faults.at_stage(self.name)
-        rows = batch_rows(batch)
-        pages = [dict(r, state=json.loads(r["state"])) for r in rows]
-        t0 = time.perf_counter()
-        m = Counter()
-        self.process(pages, m)
-        dt = (time.perf_counter() - t0) / max(1, len(pages))
-        for p in pages:
-            st = p["state"]["metrics"].setdefault(self.name, {})
-            st["seconds"] = st.get("seconds", 0.0) + dt
-            for k, v in m.items():  # batch totals are spread evenly over its pages
-                st[k] = st.get(k, 0) + v / len(pages)
-            p["state"] = json.dumps(p["state"])
-        return {k: [p[k] for p in pages] for k in rows[0]} if rows else batch
-
-    def process(self, pages: list[dict], m: Counter) -> None:
-        raise NotImplementedError
 
 
 def _build(engine_cfg):
@@ -80,7 +60,7 @@ def _build(engine_cfg):
     return build_engine(engine_cfg)
 
 
-def _count_result(m: Counter, res, kind: str) -> None:
+def _count_result(m: Counter, res) -> None:
     m["requests"] += 1
     m["prompt_tokens"] += getattr(res, "prompt_tokens", 0) or 0
     m["completion_tokens"] += getattr(res, "completion_tokens", 0) or 0
@@ -88,7 +68,34 @@ def _count_result(m: Counter, res, kind: str) -> None:
         m[f"error:{res.error.split(':', 1)[0]}"] += 1
 
 
-class PositivesStage(_Stage):
+class BuildStage:
+    """Shared batch plumbing: pages in, ``process(pages, metrics)``, metrics spread over the pages, pages out."""
+
+    name = "stage"
+    batch_format = "pyarrow"
+
+    def __call__(self, batch):
+        from docrerank.core import faults
+
+        faults.at_stage(self.name)
+        pages = pages_of(batch)
+        t0 = time.perf_counter()
+        m: Counter = Counter()
+        self.process(pages, m)
+        dt = (time.perf_counter() - t0) / max(1, len(pages))
+        for p in pages:
+            st = p.state.metrics.setdefault(self.name, {})
+            st["seconds"] = st.get("seconds", 0.0) + dt
+            for k, v in m.items():  # batch totals are spread evenly over its pages
+                st[k] = st.get(k, 0) + v / len(pages)
+        return with_states(batch, pages)
+
+    def process(self, pages: list[Page], m: Counter) -> None:
+        """Update the pages' states in place; count into ``m``."""
+        raise NotImplementedError
+
+
+class PositivesStage(BuildStage):
     """Stage 1: given positives, or a VLM writes candidate questions (JSON) from the page image."""
 
     name = "positives"
@@ -104,105 +111,88 @@ class PositivesStage(_Stage):
 
         todo = []
         for p in pages:
-            given = p["state"].get("given") or []
-            for g in given:
-                p["state"]["queries"].append(new_query(p["page_id"], g["question"], "positive", "given",
-                                                       answer=g.get("answer"), model="given"))
-            if not given and self.engine is not None:
+            for g in p.state.given:
+                p.state.queries.append(QueryRow.new(p.page_id, g.question, "positive", "given", answer=g.answer,
+                                                    model="given"))
+            if not p.state.given and self.engine is not None:
                 todo.append(p)
         if not todo:
             return
         reqs = [GenerateRequest(
-            [user(p["image"], self.prompt["user"].format(n=self.cfg.num_candidates))],
+            [user(p.image, self.prompt["user"].format(n=self.cfg.num_candidates))],
             SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
-                           seed=seed_of(self.seed, p["page_id"], "positives")),
-            json_schema=self.prompt.get("schema"), id=p["page_id"]) for p in todo]
+                           seed=seed_of(self.seed, p.page_id, "positives")),
+            json_schema=self.prompt.get("schema"), id=p.page_id) for p in todo]
         for p, res in zip(todo, self.engine.generate(reqs)):
-            _count_result(m, res, "generate")
+            _count_result(m, res)
             if not res.ok:
-                p["state"].setdefault("errors", []).append(f"positives: {res.error}")
+                p.state.errors.append(f"positives: {res.error}")
                 continue
             for parsed in res.parsed or []:
                 for item in (parsed or {}).get("questions", [])[: self.cfg.num_candidates]:
                     text = str(item.get("question", "")).strip()
                     if text:
-                        p["state"]["queries"].append(new_query(
-                            p["page_id"], text, "positive", "generated", answer=str(item.get("answer", "")),
+                        p.state.queries.append(QueryRow.new(
+                            p.page_id, text, "positive", "generated", answer=str(item.get("answer", "")),
                             model=engine_name(self.cfg.engine), prompt_version=self.prompt["version"]))
 
 
-class VerifyStage(_Stage):
-    """Stages 2 and 4: both prompts judge every pending query of one role; verdicts by the paper's rule."""
+class VerifyStage(BuildStage):
+    """Stages 2 and 4: both prompts judge every pending query of one role (``engines.verify``); positives are
+    verified when both find the page answers them, negatives when neither does."""
 
     def __init__(self, cfg: BuildConfig, role: str):
-        assert role in ("positive", "negative")
+        if role not in ("positive", "negative"):
+            raise ValueError(f"VerifyStage role: got {role!r}, expected 'positive' or 'negative'")
         self.role, self.cfg, self.name = role, cfg.verify, f"verify_{role}s"
-        self.engine = None if self.cfg.engine == "text" else _build(self.cfg.engine)
+        self.judge = "text" if self.cfg.engine == "text" else _build(self.cfg.engine)
         self.prompt = load_prompt(self.cfg.prompt)
 
-    def _judge_text(self, page, q, parents):
-        parent = parents.get(q["parent_id"]) if self.role == "negative" else None
-        return judge_text(q["text"], page["text"] or "", parent)
-
     def process(self, pages, m):
-        from docrerank.engines import JudgeRequest, user
-
-        thr, jobs = self.cfg.threshold, []
+        todo, items = [], []
         for p in pages:
-            qs = p["state"]["queries"]
-            parents = {q["query_id"]: q["text"] for q in qs if q["role"] == "positive"}
-            for q in qs:
-                if q["role"] != self.role or q["verdict"] is not PENDING:
-                    continue
-                if self.engine is None:
-                    q["p_answerable_a"], q["p_answerable_b"] = self._judge_text(p, q, parents)
-                    m["text_judged"] += 1
-                    continue
-                if self.role == "negative" and self.cfg.prefilter == "text" and (p["text"] or "").strip():
-                    # (a page without a text layer tells nothing: the model judges it)
-                    a, b = self._judge_text(p, q, parents)
-                    if a >= thr and b >= thr:
-                        q["verdict"], q["reason"] = "rejected", "text_layer_answerable"
-                        m["prefiltered"] += 1
-                        continue
-                jobs.append((p, q))
-        if jobs:
-            reqs = []
-            for p, q in jobs:  # image first, query last: one shared prefix per (page, prompt)
-                for key in ("prompt_a", "prompt_b"):
-                    reqs.append(JudgeRequest([user(p["image"], self.prompt[key].format(query=q["text"]))],
-                                             yes=self.prompt["answer_yes"], no=self.prompt["answer_no"], id=q["query_id"]))
-            res = self.engine.judge(reqs)
-            for i, (p, q) in enumerate(jobs):
-                ra, rb = res[2 * i], res[2 * i + 1]
-                _count_result(m, ra, "judge")
-                _count_result(m, rb, "judge")
-                if not (ra.ok and rb.ok):
-                    q["verdict"], q["reason"] = "rejected", f"judge_error: {(ra.error or rb.error)[:200]}"
-                    continue
-                q["p_answerable_a"], q["p_answerable_b"] = ra.p_yes, rb.p_yes
-        for p in pages:
-            self._verdicts(p["state"]["queries"], thr)
-
-    def _verdicts(self, qs, thr):
-        for q in qs:
-            if q["role"] != self.role or q["verdict"] is not PENDING or q["p_answerable_a"] is None:
-                continue
-            a, b = q["p_answerable_a"], q["p_answerable_b"]
-            if self.role == "positive":
-                ok = a >= thr and b >= thr
-                q["verdict"], q["reason"] = ("verified", None) if ok else ("rejected", "not_answerable")
+            parents = {q.query_id: q.text for q in p.state.of("positive")}
+            for q in p.state.of(self.role):
+                if q.pending:
+                    parent = parents.get(q.parent_id) if self.role == "negative" else None
+                    todo.append(q)
+                    items.append(VerifyItem(q.text, p.text or "", p.image, parent, id=q.query_id))
+        # the text layer settles only negatives: a positive it finds answerable still needs the model's word
+        prefilter = self.cfg.prefilter if self.role == "negative" and self.judge != "text" else "none"
+        judgements = verify(items, self.judge, self.prompt, threshold=self.cfg.threshold, prefilter=prefilter)
+        for by, key in (("text", "text_judged"), ("prefilter", "prefiltered")):
+            if n := sum(j.by == by for j in judgements):  # (a metric appears once it happened)
+                m[key] += n
+        for q, j in zip(todo, judgements):
+            for res in j.results:
+                _count_result(m, res)
+            if j.by == "prefilter":
+                q.judged("rejected", "text_layer_answerable")
+            elif not j.ok:
+                q.judged("rejected", f"judge_error: {j.error}")
             else:
-                ok = a < thr and b < thr
-                q["verdict"], q["reason"] = ("verified", None) if ok else ("rejected", "answerable")
+                q.p_answerable_a, q.p_answerable_b = j.p_a, j.p_b
+        for p in pages:
+            self._verdicts(p.state)
+
+    def _verdicts(self, state: PageState) -> None:
+        thr = self.cfg.threshold
+        for q in state.of(self.role):
+            if not q.pending or q.p_answerable_a is None:
+                continue
+            a, b = q.p_answerable_a, q.p_answerable_b
+            if self.role == "positive":
+                q.judged(*(("verified", None) if is_verified_positive(a, b, thr) else ("rejected", "not_answerable")))
+            else:
+                q.judged(*(("verified", None) if is_verified_negative(a, b, thr) else ("rejected", "answerable")))
         if self.role == "positive":  # keep the most confidently answerable, up to max_positives
-            ver = [q for q in qs if q["role"] == "positive" and q["verdict"] == "verified"]
-            ver.sort(key=lambda q: -min(q["p_answerable_a"], q["p_answerable_b"]))
+            ver = state.of("positive", "verified")
+            ver.sort(key=lambda q: -min(q.p_answerable_a, q.p_answerable_b))
             for i, q in enumerate(ver):
-                q["verdict"], q["reason"] = ("kept", None) if i < self.cfg.max_positives else ("rejected", "over_limit")
+                q.judged(*(("kept", None) if i < self.cfg.max_positives else ("rejected", "over_limit")))
 
 
-class NegativesStage(_Stage):
+class NegativesStage(BuildStage):
     """Stage 3: rewrite every kept positive into candidate negatives (LLM or rules), then deduplicate."""
 
     name = "negatives"
@@ -217,39 +207,41 @@ class NegativesStage(_Stage):
         self.engine = None if self.cfg.engine == "rules" else _build(self.cfg.engine)
         name = self.cfg.general_prompt if self.cfg.mode == "general" else self.cfg.attributes_prompt
         self.prompt = load_prompt(name)
+        self.descriptions = self.prompt.get("attributes") or {}
+        if not isinstance(self.descriptions, dict):
+            raise ValueError(f"prompt {name!r}: 'attributes' should map attribute -> description, got "
+                             f"{type(self.descriptions).__name__}")
 
-    def _attr_text(self) -> str:
-        desc = {"year": "the year or period", "company": "the company or organisation",
-                "numeric_value": "a number such as a price, amount or percentage",
-                "financial_metric": "the financial metric (revenue, sales, income, acquisitions, ...)",
-                "subject_metric": "the subject metric (dividends, stocks, options, employees, ...)",
-                "business_segment": "the business segment (cloud, software, manufacturing, ...)"}
+    def attribute_text(self) -> str:
+        """The prompt's list of attributes: descriptions from the prompt file's ``attributes``, the user's own."""
+        desc = dict(self.descriptions)
         for a in self.user_attrs:
             desc[a.name] = f"{a.description} (e.g. {', '.join(a.examples[:4])})"
         return "\n".join(f"- {a}: {desc.get(a, a)}" for a in self.attributes)
 
-    def _rules(self, page, pos) -> list[tuple[str, str]]:
+    def _rules(self, page: Page, pos: QueryRow) -> list[tuple[str, str]]:
         attrs = self.attributes if self.cfg.mode == "attributes" else list(FINANCE_ATTRIBUTES) + [a.name for a in self.user_attrs]
-        out = rewrite(pos["text"], page["text"] or "", self.vocab, attrs, self.cfg.num_candidates,
-                      seed=f"{self.seed}|{pos['query_id']}", user_attributes=self.user_attrs)
+        out = rewrite(pos.text, page.text or "", self.vocab, attrs, self.cfg.num_candidates,
+                      seed=f"{self.seed}|{pos.query_id}", user_attributes=self.user_attrs)
         return [(r.text, r.attribute) for r in out]
 
-    def _llm(self, jobs, m) -> list[list[tuple[str, str]]]:
+    def _llm(self, jobs: list[tuple[Page, QueryRow]], m: Counter) -> list[list[tuple[str, str]]]:
         from docrerank.engines import GenerateRequest, SamplingParams, user
 
         reqs = []
+        attributes = self.attribute_text()
         for page, pos in jobs:
-            text = self.prompt["user"].format(positive=pos["text"], m=self.cfg.num_candidates,
-                                              attributes=self._attr_text(), attribute_names=", ".join(self.attributes))
+            text = self.prompt["user"].format(positive=pos.text, m=self.cfg.num_candidates, attributes=attributes,
+                                              attribute_names=", ".join(self.attributes))
             msgs = ([{"role": "system", "content": self.prompt["system"]}] if self.prompt.get("system") else []) + [user(text)]
             reqs.append(GenerateRequest(msgs, SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
-                                                             seed=seed_of(self.seed, pos["query_id"])),
-                                        json_schema=self.prompt.get("schema"), id=pos["query_id"]))
+                                                             seed=seed_of(self.seed, pos.query_id)),
+                                        json_schema=self.prompt.get("schema"), id=pos.query_id))
         out = []
         for (page, pos), res in zip(jobs, self.engine.generate(reqs)):
-            _count_result(m, res, "generate")
+            _count_result(m, res)
             if not res.ok:
-                page["state"].setdefault("errors", []).append(f"negatives: {res.error}")
+                page.state.errors.append(f"negatives: {res.error}")
                 out.append([])
                 continue
             items = [it for parsed in res.parsed or [] for it in (parsed or {}).get("questions", [])]
@@ -264,7 +256,7 @@ class NegativesStage(_Stage):
         return out
 
     def process(self, pages, m):
-        jobs = [(p, q) for p in pages for q in p["state"]["queries"] if q["role"] == "positive" and q["verdict"] == "kept"]
+        jobs = [(p, q) for p in pages for q in p.state.of("positive", "kept")]
         if not jobs:
             return
         cands = self._llm(jobs, m) if self.engine is not None else [self._rules(p, q) for p, q in jobs]
@@ -273,15 +265,15 @@ class NegativesStage(_Stage):
         version = "rules-v1" if self.engine is None else self.prompt["version"]
         for (page, pos), cs in zip(jobs, cands):
             m["candidates"] += len(cs)
-            for (text, attr), (_, why) in zip(cs, dedup([t for t, _ in cs], pos["text"], self.cfg.near_duplicate_threshold)):
-                q = new_query(page["page_id"], text, "negative", origin, parent_id=pos["query_id"], attribute=attr,
-                              model=model, prompt_version=version)
+            for (text, attr), (_, why) in zip(cs, dedup([t for t, _ in cs], pos.text, self.cfg.near_duplicate_threshold)):
+                q = QueryRow.new(page.page_id, text, "negative", origin, parent_id=pos.query_id, attribute=attr,
+                                 model=model, prompt_version=version)
                 if why:
-                    q["verdict"], q["reason"] = "rejected", why
-                page["state"]["queries"].append(q)
+                    q.judged("rejected", why)
+                page.state.queries.append(q)
 
 
-class SelectStage(_Stage):
+class SelectStage(BuildStage):
     """Stage 5: k verified negatives per kept positive; positives with too few are dropped (counted)."""
 
     name = "select"
@@ -291,21 +283,20 @@ class SelectStage(_Stage):
 
     def process(self, pages, m):
         for p in pages:
-            qs = p["state"]["queries"]
-            for pos in [q for q in qs if q["role"] == "positive" and q["verdict"] == "kept"]:
-                negs = [q for q in qs if q["parent_id"] == pos["query_id"] and q["verdict"] == "verified"]
+            for pos in p.state.of("positive", "kept"):
+                negs = [q for q in p.state.queries if q.parent_id == pos.query_id and q.verdict == "verified"]
                 if len(negs) < self.cfg.min_negatives:
-                    pos["verdict"], pos["reason"] = "rejected", f"too_few_negatives ({len(negs)})"
+                    pos.judged("rejected", f"too_few_negatives ({len(negs)})")
                     for q in negs:
-                        q["verdict"], q["reason"] = "rejected", "positive_dropped"
+                        q.judged("rejected", "positive_dropped")
                     continue
-                chosen = set(select(pos["text"], [q["text"] for q in negs], self.cfg.k, self.cfg.strategy,
-                                    f"{self.seed}|{pos['query_id']}", char_similarity))
+                chosen = set(select(pos.text, [q.text for q in negs], self.cfg.k, self.cfg.strategy,
+                                    f"{self.seed}|{pos.query_id}", char_similarity))
                 for i, q in enumerate(negs):
-                    q["verdict"], q["reason"] = ("kept", "selected") if i in chosen else ("rejected", "not_selected")
+                    q.judged(*(("kept", "selected") if i in chosen else ("rejected", "not_selected")))
 
 
-class RephraseStage(_Stage):
+class RephraseStage(BuildStage):
     """Stage 6: rephrase a seeded fraction of kept positives (the rephrased text replaces the original)."""
 
     name = "rephrase"
@@ -319,31 +310,28 @@ class RephraseStage(_Stage):
         from docrerank.engines import GenerateRequest, SamplingParams, user
         from docrerank.lexical.text import content_tokens
 
-        jobs = []
-        for p in pages:
-            for q in p["state"]["queries"]:
-                if q["role"] == "positive" and q["verdict"] == "kept" and \
-                        seed_of(self.seed, q["query_id"], "rephrase") / 2**32 < self.cfg.fraction:
-                    jobs.append((p, q))
+        jobs = [(p, q) for p in pages for q in p.state.of("positive", "kept")
+                if seed_of(self.seed, q.query_id, "rephrase") / 2**32 < self.cfg.fraction]
         if not jobs:
             return
         reqs = []
         for p, q in jobs:
-            page_words = set(content_tokens(p["text"] or ""))
-            avoid = ", ".join(sorted(w for w in set(content_tokens(q["text"])) if w in page_words and not w[:1].isdigit())[:15])
-            reqs.append(GenerateRequest([user(self.prompt["user"].format(query=q["text"], avoid=avoid or "-"))],
-                                        SamplingParams(temperature=0.7, max_tokens=128, seed=seed_of(self.seed, q["query_id"])),
-                                        json_schema=self.prompt.get("schema"), id=q["query_id"]))
+            page_words = set(content_tokens(p.text or ""))
+            avoid = ", ".join(sorted(w for w in set(content_tokens(q.text)) if w in page_words and not w[:1].isdigit())[:15])
+            reqs.append(GenerateRequest([user(self.prompt["user"].format(query=q.text, avoid=avoid or "-"))],
+                                        SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+                                                       seed=seed_of(self.seed, q.query_id)),
+                                        json_schema=self.prompt.get("schema"), id=q.query_id))
         for (p, q), res in zip(jobs, self.engine.generate(reqs)):
-            _count_result(m, res, "generate")
+            _count_result(m, res)
             text = str(((res.parsed or [None])[0] or {}).get("question", "")).strip() if res.ok else ""
-            if not text or dedup([text], q["text"])[0][1]:
+            if not text or dedup([text], q.text)[0][1]:
                 continue  # keep the original when rephrasing failed or changed nothing
-            r = new_query(p["page_id"], text, "positive", "rephrased", parent_id=q["query_id"], answer=q["answer"],
-                          model=engine_name(self.cfg.engine), prompt_version=self.prompt["version"])
-            r["verdict"], r["reason"] = "kept", "rephrased"
-            q["verdict"], q["reason"] = "rejected", "replaced_by_rephrase"
-            for n in p["state"]["queries"]:  # its negatives now belong to the rephrased positive
-                if n["parent_id"] == q["query_id"] and n["role"] == "negative":
-                    n["parent_id"] = r["query_id"]
-            p["state"]["queries"].append(r)
+            r = QueryRow.new(p.page_id, text, "positive", "rephrased", parent_id=q.query_id, answer=q.answer,
+                             model=engine_name(self.cfg.engine), prompt_version=self.prompt["version"])
+            r.judged("kept", "rephrased")
+            q.judged("rejected", "replaced_by_rephrase")
+            for n in p.state.of("negative"):  # its negatives now belong to the rephrased positive
+                if n.parent_id == q.query_id:
+                    n.parent_id = r.query_id
+            p.state.queries.append(r)

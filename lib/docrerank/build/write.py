@@ -1,4 +1,9 @@
-"""The dataset build's outputs: the write stage (queries, examples, export, page status) and the stats."""
+"""The dataset build's outputs: the write stage (queries, examples, export, page status), resume and the stats.
+
+Each batch of pages becomes one shard of every table, named by its pages and written atomically, ``page_status``
+last (``core.raydata.write_shards``): a page with a status row is finished, and shards of batches without one
+(an interrupted run) are removed before a rerun (``core.raydata.remove_orphans``).
+"""
 
 from __future__ import annotations
 
@@ -6,72 +11,76 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 
+from docrerank.build.stages import Page, pages_of
 from docrerank.core import storage
+from docrerank.core.raydata import write_shards
 from docrerank.core.schema import is_heldout
-from docrerank.engines.ray_stage import batch_rows as _batch_rows
+
+OUTPUT_TABLES = ("queries", "examples", "examples_heldout", "export", "page_status")
+MARKER = "page_status"
 
 
-def batch_rows(batch) -> list[dict]:
-    """Rows of a Ray batch, whether a pyarrow Table or a dict of columns."""
-    return batch.to_pylist() if hasattr(batch, "to_pylist") else _batch_rows(batch)
+def done_pages(out: storage.Location) -> set[str]:
+    """Ids of the pages an earlier run finished (they have a page_status row)."""
+    from docrerank.core.schema import page_status_schema
+
+    t = storage.read_parquet_dir(out.join(MARKER), columns=["page_id"], schema=page_status_schema())
+    return set(t.column("page_id").to_pylist())
 
 
-def page_tables(page: dict, state: dict, positive_weight: str, k: int) -> dict:
+def page_tables(page: Page, k: int) -> dict:
     """Rows of every output table for one finished page."""
-    qs = state["queries"]
-    for q in qs:  # anything still pending or verified-but-unselected ends rejected, with the reason
-        if q["verdict"] in (None, "verified"):
-            q["verdict"], q["reason"] = "rejected", q["reason"] or "not_reached"
-    kept_pos = [q for q in qs if q["role"] == "positive" and q["verdict"] == "kept"]
+    st = page.state
+    for q in st.queries:  # anything still pending or verified-but-unselected ends rejected, with the reason
+        if q.verdict in (None, "verified"):
+            q.judged("rejected", q.reason or "not_reached")
+    kept_pos = st.of("positive", "kept")
     examples, export = [], {"positive_queries": [], "negative_queries": [], "answer": []}
     n_negs = 0
     for pos in kept_pos:
-        parent_ids = {pos["query_id"], pos.get("parent_id")}
-        negs = [q for q in qs if q["role"] == "negative" and q["verdict"] == "kept" and q["parent_id"] in parent_ids]
+        negs = st.negatives_of(pos, "kept")
         n_negs += len(negs)
-        base = {"group_id": pos["query_id"], "page_id": page["page_id"], "image": page["image"],
-                "image_format": page["image_format"], "text": page["text"]}
-        w = float(len(negs)) if positive_weight == "k" else 1.0
-        examples.append(dict(base, query=pos["text"], label=1, kind="positive", weight=w, attribute=None))
-        examples += [dict(base, query=n["text"], label=0, kind="generated", weight=1.0, attribute=n["attribute"]) for n in negs]
-        export["positive_queries"].append(pos["text"])
-        export["negative_queries"].append([n["text"] for n in negs])
-        export["answer"].append(pos.get("answer") or "")
+        base = {"group_id": pos.query_id, "page_id": page.page_id, "image": page.image,
+                "image_format": page.image_format, "text": page.text}
+        examples.append(dict(base, query=pos.text, label=1, kind="positive", attribute=None))
+        examples += [dict(base, query=n.text, label=0, kind="generated", attribute=n.attribute) for n in negs]
+        export["positive_queries"].append(pos.text)
+        export["negative_queries"].append([n.text for n in negs])
+        export["answer"].append(pos.answer or "")
     if not kept_pos:
         status = "no_positive"
-    elif all(sum(1 for q in qs if q["verdict"] == "kept" and q["role"] == "negative" and q["parent_id"] in
-                 {p["query_id"], p.get("parent_id")}) >= k for p in kept_pos):
+    elif all(len(st.negatives_of(p, "kept")) >= k for p in kept_pos):
         status = "complete"
     else:
         status = "incomplete"
     return {
-        "queries": qs,
+        "queries": [q.as_row() for q in st.queries],
         "examples": examples,
-        "export": [dict(export, image=page["image"])] if kept_pos else [],
-        "page_status": [{"page_id": page["page_id"], "status": status, "positives_kept": len(kept_pos),
-                         "negatives_kept": n_negs, "metrics": json.dumps(state["metrics"]),
-                         "errors": json.dumps(state.get("errors", []))}],
+        "export": [dict(export, image=page.image)] if kept_pos else [],
+        "page_status": [{"page_id": page.page_id, "status": status, "positives_kept": len(kept_pos),
+                         "negatives_kept": n_negs, "metrics": json.dumps(st.metrics), "errors": json.dumps(st.errors)}],
     }
 
 
 class WriteStage:
-    """Writes one shard of every output table per batch; emits one summary row per page."""
+    """Last stage: writes one shard of every output table per batch; emits one summary row per page."""
 
-    def __init__(self, output: str, positive_weight: str, k: int, write_pages: bool, holdout_fraction: float = 0.0,
-                 seed: int = 0):
+    batch_format = "pyarrow"
+
+    def __init__(self, output: str, k: int, write_pages: bool, holdout_fraction: float = 0.0, seed: int = 0):
         self.out = storage.resolve(output)
-        self.positive_weight, self.k, self.write_pages = positive_weight, k, write_pages
+        self.k, self.write_pages = k, write_pages
         self.holdout_fraction, self.seed = holdout_fraction, seed
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch) -> dict:
         import pyarrow as pa
 
         from docrerank.core import schema
 
-        rows = batch_rows(batch)
+        pages = pages_of(batch)
         tables = defaultdict(list)
-        for r in rows:
-            for key, vals in page_tables(r, json.loads(r["state"]), self.positive_weight, self.k).items():
+        for p in pages:
+            for key, vals in page_tables(p, self.k).items():
                 tables[key] += vals
         schemas = {"queries": schema.queries_schema(), "examples": schema.examples_schema(),
                    "export": schema.export_schema(), "page_status": schema.page_status_schema()}
@@ -82,15 +91,13 @@ class WriteStage:
             schemas["examples_heldout"] = schema.examples_schema()
         out = {k: pa.Table.from_pylist(tables[k], schema=s) for k, s in schemas.items()}
         if self.write_pages:
-            page_rows = [{"page_id": r["page_id"], "doc_id": r["page_id"].split("-")[0], "source_uri": None,
+            page_rows = [{"page_id": p.page_id, "doc_id": p.page_id.split("-")[0], "source_uri": None,
                           "page_number": 1, "num_pages": 1, "width": None, "height": None, "dpi": None,
-                          "image": r["image"], "image_format": r["image_format"], "text": r["text"]} for r in rows]
+                          "image": p.image, "image_format": p.image_format, "text": p.text} for p in pages]
             out = {"pages": pa.Table.from_pylist(page_rows, schema=schema.pages_schema()), **out}
-        name = "part-" + hashlib.sha1("\n".join(sorted(r["page_id"] for r in rows)).encode()).hexdigest()[:20] + ".parquet"
-        from docrerank.build.run import _write_shards
-
-        _write_shards(self.out, name, out)
-        return {"page_id": [r["page_id"] for r in rows], "status": [s["status"] for s in tables["page_status"]]}
+        name = "part-" + hashlib.sha1("\n".join(sorted(p.page_id for p in pages)).encode()).hexdigest()[:20] + ".parquet"
+        write_shards(self.out, name, out, marker=MARKER)
+        return {"page_id": [p.page_id for p in pages], "status": [s["status"] for s in tables["page_status"]]}
 
 
 def funnel_stats(out: storage.Location) -> dict:

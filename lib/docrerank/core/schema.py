@@ -4,13 +4,18 @@ Ids are content hashes, so reruns and resumed runs give the same ids:
 ``doc_id_of`` (a document's bytes), ``page_id_of`` (document + page number), ``query_id`` (page + role + text),
 ``mined_group_id`` (a query's mined group); ``is_heldout`` is the seeded document split; ``seed_of`` derives a
 32-bit seed from any keys.
+
+The dataset build's stages pass each page's ``PageState`` (its ``QueryRow``s, per-stage metrics, given positives
+and errors) as one struct column (``page_state_type()``), converted with ``states_to_arrow`` /
+``states_from_arrow`` at every stage boundary, so it travels in Ray blocks between actor pools.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field, fields
 from functools import cache
-from typing import Any
+from typing import Any, Optional
 
 
 # ------------------------------------------------------------------------------------------------- ids
@@ -139,7 +144,7 @@ def examples_schema():
     """Training examples: groups of one positive and k negatives, never split across batches.
 
     Generated groups share one page and hold 1 + k queries; mined groups share one query and hold 1 + k
-    pages. ``weight`` carries the positive:negative weighting (e.g. 3:1 so both sides weigh the same).
+    pages. The positive:negative weighting is the training loss's (``loss.positive_weight``), not the data's.
     """
     import pyarrow as pa
 
@@ -153,7 +158,6 @@ def examples_schema():
             ("text", pa.string()),  # the page's text layer (for the text backbone)
             ("label", pa.int8()),  # 1 positive, 0 negative
             ("kind", pa.string()),  # positive | generated | mined
-            ("weight", pa.float32()),
             ("attribute", pa.string()),  # for generated negatives: what changed
         ]
     )
@@ -191,3 +195,125 @@ def page_status_schema():
             ("errors", pa.string()),  # JSON list of engine errors met on this page
         ]
     )
+
+
+# ------------------------------------------------------------------------------------ build pipeline state
+@dataclass
+class QueryRow:
+    """One row of the queries table (``queries_schema()``): a candidate query and, once judged, its verdict."""
+
+    query_id: str
+    page_id: str
+    text: str
+    role: str  # positive | negative
+    origin: str  # given | generated | rephrased | rules | mined
+    parent_id: Optional[str] = None
+    attribute: Optional[str] = None
+    answer: Optional[str] = None
+    p_answerable_a: Optional[float] = None
+    p_answerable_b: Optional[float] = None
+    verdict: Optional[str] = None  # None while pending; verified (between stages) | kept | rejected
+    reason: Optional[str] = None
+    model: str = ""
+    prompt_version: str = ""
+
+    @classmethod
+    def new(cls, page_id: str, text: str, role: str, origin: str, **kw: Any) -> "QueryRow":
+        """A pending candidate, its id derived from page, role and text."""
+        if role not in ("positive", "negative"):
+            raise ValueError(f"query role: got {role!r}, expected 'positive' or 'negative'")
+        return cls(query_id(page_id, role, text), page_id, text, role, origin, **kw)
+
+    @property
+    def pending(self) -> bool:
+        """Not judged yet."""
+        return self.verdict is None
+
+    def judged(self, verdict: str, reason: Optional[str] = None) -> None:
+        """Set the verdict and its reason."""
+        self.verdict, self.reason = verdict, reason
+
+    def as_row(self) -> dict:
+        """The queries-table row."""
+        return {f: getattr(self, f) for f in QUERY_FIELDS}
+
+
+QUERY_FIELDS = tuple(f.name for f in fields(QueryRow))
+
+
+@dataclass
+class GivenPositive:
+    """A question supplied with the input for a page (a positives file, a query-page set, the sample corpus)."""
+
+    question: str
+    answer: Optional[str] = None
+
+
+@dataclass
+class PageState:
+    """What the build's stages know about one page: its candidate queries, per-stage metrics (``{stage: {name:
+    value}}``: seconds, requests, tokens, ``error:<kind>``, ...), the given positives and engine errors."""
+
+    queries: list[QueryRow] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    given: list[GivenPositive] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def of(self, role: str, verdict: Optional[str] = None) -> list[QueryRow]:
+        """Queries of ``role`` with ``verdict`` (any verdict when None)."""
+        return [q for q in self.queries if q.role == role and (verdict is None or q.verdict == verdict)]
+
+    def negatives_of(self, positive: QueryRow, verdict: str) -> list[QueryRow]:
+        """Negatives with ``verdict`` rewritten from ``positive`` (or from the positive it rephrases)."""
+        parents = {positive.query_id, positive.parent_id}
+        return [q for q in self.queries if q.role == "negative" and q.verdict == verdict and q.parent_id in parents]
+
+    def to_arrow(self) -> dict:
+        """A Python value of ``page_state_type()``."""
+        return {"queries": [q.as_row() for q in self.queries],
+                "metrics": [{"stage": s, "name": k, "value": float(v)} for s, m in self.metrics.items()
+                            for k, v in m.items()],
+                "given": [{"question": g.question, "answer": g.answer} for g in self.given],
+                "errors": list(self.errors)}
+
+    @classmethod
+    def from_arrow(cls, value: dict) -> "PageState":
+        """The state from a Python value of ``page_state_type()`` (``to_arrow``'s inverse)."""
+        metrics: dict[str, dict[str, float]] = {}
+        for m in value.get("metrics") or []:
+            metrics.setdefault(m["stage"], {})[m["name"]] = m["value"]
+        return cls(queries=[QueryRow(**q) for q in value.get("queries") or []], metrics=metrics,
+                   given=[GivenPositive(**g) for g in value.get("given") or []], errors=list(value.get("errors") or []))
+
+
+@cache
+def given_type():
+    """Arrow type of a page's given positives."""
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("question", pa.string()), ("answer", pa.string())]))
+
+
+@cache
+def page_state_type():
+    """Arrow struct of a ``PageState``: the queries as queries-table rows, metrics as (stage, name, value) rows."""
+    import pyarrow as pa
+
+    return pa.struct([
+        ("queries", pa.list_(pa.struct(list(queries_schema())))),
+        ("metrics", pa.list_(pa.struct([("stage", pa.string()), ("name", pa.string()), ("value", pa.float64())]))),
+        ("given", given_type()),
+        ("errors", pa.list_(pa.string())),
+    ])
+
+
+def states_to_arrow(states: list[PageState]):
+    """A ``page_state_type()`` array of the states."""
+    import pyarrow as pa
+
+    return pa.array([s.to_arrow() for s in states], type=page_state_type())
+
+
+def states_from_arrow(column) -> list[PageState]:
+    """The states of a ``page_state_type()`` array or chunked array."""
+    return [PageState.from_arrow(v) for v in column.to_pylist()]

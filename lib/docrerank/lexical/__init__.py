@@ -1,4 +1,2 @@
-"""Stages of the dataset build: pure functions over pages and queries, plus model-free engines.
-
-positives -> verify -> negatives (LLM or rules) -> dedup -> verify -> select -> rephrase; see build_run.py.
-"""
+"""Model-free, pure pieces of the dataset build and the mining filter: text utilities, the ``rules`` negatives
+engine, the ``text`` judge, dedup and select (no models, no Ray)."""

@@ -70,8 +70,6 @@ class MineConfig(Config):
     """Queries left with fewer negatives are skipped (recorded); between this and k they are kept, short."""
     seed: int = 0
     """Seed of the sampling (each query's order comes from the seed and its query id)."""
-    positive_weight: Literal["k", "one"] = "k"
-    """Example weight of the positive: its number of negatives (the build's 3:1) or 1."""
     filter: MineFilterConfig = Field(default_factory=MineFilterConfig)
     """False-negative filter."""
     holdout_fraction: float | None = Field(None, ge=0, lt=1)

@@ -5,21 +5,21 @@ the same corpus; the positive page is dropped, the rest are put in a seeded orde
 so results do not depend on batching) and the first ``k`` that the false-negative filter lets through become the
 group's negatives. The filter judges a mined page with the build's two verify prompts (or the text-layer judge);
 a page that answers the query is a false negative: it is removed, counted and replaced by the next candidate.
+The judging itself (two prompts or the text judge, the decision rule) is ``engines.verify``, shared with the build.
 
 Splits: the build holds out documents (``is_heldout``). A training query is mined from training documents only
 and a held-out query from held-out documents only, so no held-out page ever trains the reranker.
-The Ray Data stages are in ``mine_stages``, the driver ``run_mine`` in ``mine_run``.
+The Ray Data stages are in ``mine.stages``, the driver ``run_mine`` in ``mine.run``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
-from typing import Literal
 
 from docrerank.core.schema import mined_group_id
+from docrerank.engines.verify import answerable
 
 
 SPLITS = {"train": "mined", "heldout": "mined_heldout"}
@@ -43,11 +43,6 @@ def candidates_of(run: dict[str, float], positive: str, top_n: int) -> tuple[lis
 
 
 Judge = Callable[[list[tuple[dict, str]]], list[tuple[float | None, float | None, str | None]]]
-
-
-def is_false_negative(a: float, b: float, threshold: float, rule: str) -> bool:
-    """Whether a page judged (a, b) answers the query under ``rule`` (either / both prompts)."""
-    return (a >= threshold or b >= threshold) if rule == "either" else (a >= threshold and b >= threshold)
 
 
 def select_negatives(queries: list[dict], k: int, judge: Judge | None, threshold: float = 0.5,
@@ -78,7 +73,7 @@ def select_negatives(queries: list[dict], k: int, judge: Judge | None, threshold
                 q["judge_errors"] += 1
                 continue
             q["judged"][p] = [round(a, 4), round(b, 4)]
-            (q["false_negatives"] if is_false_negative(a, b, threshold, rule) else q["negatives"]).append(p)
+            (q["false_negatives"] if answerable(a, b, threshold, rule) else q["negatives"]).append(p)
 
 
 def finish_status(q: dict, k: int, min_negatives: int) -> None:
@@ -111,16 +106,15 @@ def status_schema():
     ])
 
 
-def group_rows(q: dict, pages: dict[str, dict], positive_weight: str) -> list[dict]:
+def group_rows(q: dict, pages: dict[str, dict]) -> list[dict]:
     """Example rows (``examples_schema()``) of a mined query's group: its positive, then its negatives."""
-    gid, w = mined_group_id(q["query_id"]), float(len(q["negatives"])) if positive_weight == "k" else 1.0
+    gid = mined_group_id(q["query_id"])
     rows = []
     for p, label in [(q["page_id"], 1)] + [(n, 0) for n in q["negatives"]]:
         pg = pages[p]
         rows.append({"group_id": gid, "query": q["text"], "page_id": p, "image": pg["image"],
                      "image_format": pg["image_format"], "text": pg["text"], "label": label,
-                     "kind": "positive" if label else "mined", "weight": w if label else 1.0,
-                     "attribute": None})
+                     "kind": "positive" if label else "mined", "attribute": None})
     return rows
 
 

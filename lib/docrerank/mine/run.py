@@ -1,5 +1,5 @@
 """The mining job's driver ``run_mine``: load the positives, build the indexes, plan and resume shards, run the
-stages (``mine_stages``) on Ray Data, keep the books.
+stages (``mine.stages``) on Ray Data, keep the books.
 
 Outputs under ``output`` (may be the build's own directory):
   mined/, mined_heldout/  examples (``examples_schema()``): positive row ``kind=positive``, negatives ``kind=mined``
@@ -18,13 +18,14 @@ import time
 from collections import Counter
 
 from docrerank.core import storage
-from docrerank.mine.logic import NOT_SEARCHED, SPLITS, status_schema
 from docrerank.mine.config import ColPaliOptions, MineConfig
-from docrerank.mine.stages import PageStore
+from docrerank.mine.logic import NOT_SEARCHED, SPLITS, status_schema
+from docrerank.mine.stages import FilterStage, MineStage, PageStore, WriteStage
 
 log = logging.getLogger("docrerank.mine")
 
 OWN_DIRS = ("mined", "mined_heldout", "mining_status", "_index")
+MARKER = "mining_status"  # its shard is written last per batch: a batch with one is finished
 
 
 # --- indexes -------------------------------------------------------------------------------------------
@@ -134,16 +135,6 @@ def _sha(items) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:20]
 
 
-def _done_shards(out: storage.Location) -> set[str]:
-    """Names of finished shards; examples shards of unfinished ones (an interrupted run) are deleted."""
-    done = {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join("mining_status"), suffixes=(".parquet",))}
-    for d in SPLITS.values():
-        for f in storage.list_files(out.join(d), suffixes=(".parquet",)):
-            if f.rsplit("/", 1)[-1] not in done:
-                out.fs.delete_file(f)
-    return done
-
-
 def prepare_index(cfg: MineConfig, out: storage.Location, pages_loc: storage.Location, fraction: float,
                   hseed: int) -> tuple[dict, dict]:
     """Page->file map, the split of every page and one index per split (rebuilt only when its corpus changed).
@@ -168,7 +159,7 @@ def prepare_index(cfg: MineConfig, out: storage.Location, pages_loc: storage.Loc
     splits = ["train"] + (["heldout"] if cfg.heldout == "mine" else [])
     corpus = {s: _sha(sorted(p for p in ids if split_of[p] == s)) for s in splits}
     settings = cfg.model_dump(mode="json", include={"retriever", "colpali", "top_n", "k", "min_negatives", "seed",
-                                                    "positive_weight", "filter", "heldout"})
+                                                    "filter", "heldout"})
     fingerprint = {"settings": settings, "holdout": [fraction, hseed], "corpus": corpus}
     for s in splits:
         marker = {"retriever": cfg.retriever, "model": cfg.colpali.model if cfg.retriever == "colpali" else None,
@@ -239,7 +230,7 @@ def run_mine(cfg: MineConfig) -> dict:
 
     from docrerank.core import runtime
     from docrerank.core.schema import is_heldout
-    from docrerank.build.run import ChainStage
+    from docrerank.core.raydata import ChainStage, batch_format_of, done_shard_names, remove_orphans
 
     t0 = time.perf_counter()
     out = storage.resolve(cfg.output)
@@ -252,7 +243,8 @@ def run_mine(cfg: MineConfig) -> dict:
     fraction, hseed = holdout_settings(cfg)
     queries = load_positives(cfg)[: cfg.limit_queries]
     split_of, fingerprint = prepare_index(cfg, out, pages_loc, fraction, hseed)
-    done = _done_shards(out)
+    remove_orphans(out, list(SPLITS.values()), MARKER)  # examples shards of an interrupted run's batches
+    done = done_shard_names(out, MARKER)
     fp_loc = out.join("_index", "fingerprint.json")
     if done and storage.exists(fp_loc) and json.loads(storage.read_bytes(fp_loc)) != fingerprint:
         raise ValueError(f"{out.uri}: its mined shards were made with other settings or another corpus "
@@ -267,23 +259,23 @@ def run_mine(cfg: MineConfig) -> dict:
     statuses: Counter = Counter()
     if items:
         kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
-        mine = ("docrerank.mine.stages:MineStage", kw)
-        rest = [("docrerank.mine.stages:FilterStage", kw), ("docrerank.mine.stages:WriteStage", kw)]
+        mine = (MineStage, kw)
+        rest = [(FilterStage, kw), (WriteStage, kw)]
         gpu = cfg.colpali.num_gpus if cfg.retriever == "colpali" else 0
         workers = min(len(items), cfg.num_workers or (1 if gpu else runtime.cluster_cpus()))
         groups = [([mine] + rest, None)]
         if not isinstance(cfg.filter.engine, str):  # one actor pool per model: the judge gets its own
             groups = [([mine], None), (rest, cfg.filter.engine.ray)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        for specs, eng in groups:
+        for stages, eng in groups:
             if eng is None:
                 compute, res = ray.data.ActorPoolStrategy(min_size=1, max_size=workers), \
                     {"num_cpus": cfg.num_cpus, "num_gpus": gpu or None}
             else:
                 compute, res = ray.data.ActorPoolStrategy(size=eng.concurrency), \
                     {"num_cpus": eng.num_cpus, "num_gpus": eng.num_gpus or None}
-            ds = ds.map_batches(ChainStage, fn_constructor_kwargs={"specs": specs}, batch_size=1, compute=compute,
-                                **{k: v for k, v in res.items() if v is not None})
+            ds = ds.map_batches(ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=1, compute=compute,
+                                batch_format=batch_format_of(stages), **{k: v for k, v in res.items() if v is not None})
         for batch in ds.iter_batches(batch_size=16, batch_format="pyarrow"):
             for s in batch.column("status").to_pylist():
                 statuses.update(json.loads(s))

@@ -1,8 +1,9 @@
 """The mining job's Ray Data stages: retrieve (``MineStage``), filter (``FilterStage``), write (``WriteStage``).
 
 One dataset row = one batch of queries (``name`` of its shard, ``split``, ``state``: JSON list of queries); the
-stages run in ``build_run.ChainStage`` actors (``run_mine`` names them by ``docrerank.mine.stages:<class>``).
-Also the pieces they load once per actor: ``PageStore`` (pages by id) and ``Searcher`` (a split's index).
+stages run chained in ``core.raydata.ChainStage`` actors (``run_mine`` passes them by class). Also the pieces they
+load once per actor: ``PageStore`` (pages by id) and ``Searcher`` (a split's index). The false-negative filter
+judges with ``engines.verify``, the build's two-prompt verification.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import json
 from collections import Counter
 
 from docrerank.core import storage
+from docrerank.core.raydata import batch_rows, rows_to_columns
+from docrerank.engines.verify import VerifyItem, verify
+from docrerank.mine.config import MineConfig
 from docrerank.mine.logic import (
     SPLITS,
     candidates_of,
     finish_status,
     group_rows,
-    is_false_negative,
     seeded_order,
     select_negatives,
     status_row,
     status_schema,
 )
-from docrerank.mine.config import MineConfig
 
 # --- pages and indexes ---------------------------------------------------------------------------------
 
@@ -103,18 +105,10 @@ class Searcher:
 # --- Ray Data stages -----------------------------------------------------------------------------------
 
 
-def _rows(batch) -> list[dict]:
-    from docrerank.build.write import batch_rows
-
-    return batch_rows(batch)
-
-
-def _cols(rows: list[dict]) -> dict:
-    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-
-
 class MineStage:
     """Retrieve the top N of each query in its split's index, drop the positive, put the rest in seeded order."""
+
+    batch_format = "numpy"
 
     def __init__(self, cfg: MineConfig, index_uri: str):
         self.cfg, self.index_uri = cfg, index_uri
@@ -129,12 +123,12 @@ class MineStage:
         return self.searchers[split]
 
     def __call__(self, batch):
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         for r in rows:
             qs = json.loads(r["state"])
             self.mine(r["split"], qs)
             r["state"] = json.dumps(qs)
-        return _cols(rows)
+        return rows_to_columns(rows)
 
     def mine(self, split: str, qs: list[dict]) -> None:
         todo = []
@@ -162,18 +156,20 @@ class MineStage:
 class FilterStage:
     """Pick each query's negatives from its seeded order, judging candidates with the false-negative filter."""
 
+    batch_format = "numpy"
+
     def __init__(self, cfg: MineConfig, index_uri: str):
         self.cfg, self.f = cfg, cfg.filter
         self.store = PageStore(index_uri)
-        self.engine, self.prompt = None, None
+        self.judge_with, self.prompt = self.f.engine, None  # "none", "text", or the engine built here
         if not isinstance(self.f.engine, str):
             from docrerank.engines import build_engine
             from docrerank.prompts import load_prompt
 
-            self.engine, self.prompt = build_engine(self.f.engine), load_prompt(self.f.prompt)
+            self.judge_with, self.prompt = build_engine(self.f.engine), load_prompt(self.f.prompt)
 
     def __call__(self, batch):
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         for r in rows:
             qs = json.loads(r["state"])
             todo = [q for q in qs if q["status"] is None]
@@ -183,46 +179,31 @@ class FilterStage:
                 finish_status(q, self.cfg.k, self.cfg.min_negatives)
             r["state"] = json.dumps(qs)
         self.store.cache.clear()
-        return _cols(rows)
+        return rows_to_columns(rows)
 
     def judge(self, jobs: list[tuple[dict, str]]) -> list[tuple[float | None, float | None, str | None]]:
         """(p_a, p_b, error) per (query, page): the text judge, or the VLM's two verify prompts."""
-        from docrerank.lexical.textjudge import judge_text
-
-        pages = self.store.get([p for _, p in jobs], ("text",) if self.engine is None else ("text", "image"))
-        out: list = [None] * len(jobs)
-        to_model = []
-        for i, (q, p) in enumerate(jobs):
-            page = pages.get(p)
-            if page is None:
-                out[i] = (None, None, "page_not_found")
-                continue
-            text = page.get("text") or ""
-            if self.engine is None or (self.f.prefilter == "text" and text.strip()):
-                a, b = judge_text(q["text"], text)
-                # in front of a model, the text layer only removes what both of its estimates find answerable
-                if self.engine is None or is_false_negative(a, b, self.f.threshold, "both"):
-                    out[i] = (a, b, None)
-                    continue
-            to_model.append(i)
-        if to_model:
-            from docrerank.engines import JudgeRequest, user
-
-            reqs = [JudgeRequest([user(pages[jobs[i][1]]["image"], self.prompt[key].format(query=jobs[i][0]["text"]))],
-                                 yes=self.prompt["answer_yes"], no=self.prompt["answer_no"], id=jobs[i][1])
-                    for i in to_model for key in ("prompt_a", "prompt_b")]
-            res = self.engine.judge(reqs)
-            for j, i in enumerate(to_model):
-                ra, rb = res[2 * j], res[2 * j + 1]
-                out[i] = (ra.p_yes, rb.p_yes, None) if ra.ok and rb.ok else (None, None, (ra.error or rb.error)[:200])
+        model = not isinstance(self.judge_with, str)
+        pages = self.store.get([p for _, p in jobs], ("text", "image") if model else ("text",))
+        found = [i for i, (_, p) in enumerate(jobs) if p in pages]
+        items = [VerifyItem(jobs[i][0]["text"], pages[jobs[i][1]].get("text") or "", pages[jobs[i][1]].get("image"),
+                            id=jobs[i][1]) for i in found]
+        # in front of a model, the text layer only removes what both of its estimates find answerable
+        judged = verify(items, self.judge_with, self.prompt, threshold=self.f.threshold,
+                        prefilter=self.f.prefilter if model else "none")
+        out: list = [(None, None, "page_not_found")] * len(jobs)
+        for i, j in zip(found, judged):
+            out[i] = (j.p_a, j.p_b, j.error)
         return out
 
 
 class WriteStage:
     """Writes a batch's examples shard (mined/ or mined_heldout/), then its mining_status shard (the marker)."""
 
+    batch_format = "numpy"
+
     def __init__(self, cfg: MineConfig, index_uri: str):
-        self.out, self.weight = storage.resolve(cfg.output), cfg.positive_weight
+        self.out = storage.resolve(cfg.output)
         self.store = PageStore(index_uri)
 
     def __call__(self, batch):
@@ -230,14 +211,14 @@ class WriteStage:
 
         from docrerank.core.schema import examples_schema
 
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         summary = []
         for r in rows:
             qs = json.loads(r["state"])
             kept = [q for q in qs if q["status"] in ("complete", "short")]
             pages = self.store.get([p for q in kept for p in [q["page_id"], *q["negatives"]]],
                                    ("image", "image_format", "text"))
-            examples = [e for q in kept for e in group_rows(q, pages, self.weight)]
+            examples = [e for q in kept for e in group_rows(q, pages)]
             if examples:
                 storage.write_table_atomic(self.out.join(SPLITS[r["split"]], r["name"]),
                                            pa.Table.from_pylist(examples, schema=examples_schema()))
@@ -246,4 +227,4 @@ class WriteStage:
                                        pa.Table.from_pylist(status, schema=status_schema()))
             self.store.cache.clear()
             summary.append({"name": r["name"], "status": json.dumps(Counter(q["status"] for q in qs))})
-        return _cols(summary)
+        return rows_to_columns(summary)

@@ -95,7 +95,7 @@ def sample_questions(corpus: Path, companies: Optional[Sequence[int | str]] = No
 
 def make_examples(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Sequence[int | str]] = None,
                   years: Optional[Sequence[int]] = None, dpi: float = 24.0, groups_per_file: int = 16,
-                  positive_weight: float = 3.0, seed: int = 0) -> Path:
+                  seed: int = 0) -> Path:
     """Write examples Parquet shards (``examples_schema()``) for the sample corpus under ``corpus`` (made there
     when missing) to ``out_dir``; ``companies`` (indices or names) and ``years`` (fiscal years of the reports)
     restrict the reports used. Returns ``out_dir``."""
@@ -117,8 +117,8 @@ def make_examples(out_dir: str | Path, corpus: str | Path, *, companies: Optiona
             raise ValueError(f"{q['doc']} page {q['page_number']}: only {len(negs)} negatives for {q['question']!r}")
         gid = hashlib.sha256(f"{page_id}\n{q['question']}".encode()).hexdigest()[:16]
         base = dict(group_id=gid, page_id=page_id, image=image, image_format="png", text=text)
-        rows = [dict(base, query=q["question"], label=1, kind="positive", weight=positive_weight, attribute=None)]
-        rows += [dict(base, query=n, label=0, kind="generated", weight=1.0, attribute=a) for a, n in negs]
+        rows = [dict(base, query=q["question"], label=1, kind="positive", attribute=None)]
+        rows += [dict(base, query=n, label=0, kind="generated", attribute=a) for a, n in negs]
         groups.append(rows)
     if not groups:
         raise ValueError(f"make_examples: no questions for companies {companies} and years {years}")
@@ -141,16 +141,6 @@ def make_split(out_dir: str | Path, corpus: str | Path, val_years: Sequence[int]
     make_examples(Path(out_dir) / "train", corpus, years=[y for y in years if y not in val_years], **kwargs)
     make_examples(Path(out_dir) / "val", corpus, years=list(val_years), **kwargs)
     return Path(out_dir)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m docrerank.testing.examples OUT_DIR   (writes OUT_DIR/train, OUT_DIR/val and the "
-                 "sample corpus in OUT_DIR/sample_corpus)")
-    out = make_split(sys.argv[1], Path(sys.argv[1]) / "sample_corpus")
-    print(f"examples written to {out}/train and {out}/val")
 
 
 def make_beir(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Sequence[int | str]] = None,
@@ -186,3 +176,13 @@ def make_beir(out_dir: str | Path, corpus: str | Path, *, companies: Optional[Se
         (out / name).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(table), out / name / "test-00000-of-00001.parquet")
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m docrerank.testing.examples OUT_DIR   (writes OUT_DIR/train, OUT_DIR/val and the "
+                 "sample corpus in OUT_DIR/sample_corpus)")
+    out = make_split(sys.argv[1], Path(sys.argv[1]) / "sample_corpus")
+    print(f"examples written to {out}/train and {out}/val")

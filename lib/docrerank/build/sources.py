@@ -1,0 +1,122 @@
+"""Where the dataset build's pages and given positives come from, and the first stage that gives each page its state.
+
+``load_given`` reads a positives file, ``query_pages_source`` turns a query-page set into page rows with their
+queries as given positives, ``build_vocabulary`` collects the corpus vocabulary of the ``rules`` engine, and
+``AttachState`` (the first stage of the pipeline) skips finished pages and attaches a ``PageState`` to the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from docrerank.build.stages import PAGE_COLUMNS
+from docrerank.core import storage
+from docrerank.core.schema import GivenPositive, PageState, given_type, page_id_of, states_to_arrow
+
+log = logging.getLogger("docrerank.build")
+
+
+def _given(question, answer) -> GivenPositive:
+    return GivenPositive(str(question), None if answer is None else str(answer))
+
+
+def load_given(path: str, pages_loc: storage.Location) -> dict[str, list[GivenPositive]]:
+    """Given positives by page id, from JSONL/Parquet rows with ``page_id`` or ``doc`` + ``page_number``."""
+    import pyarrow.parquet as pq
+
+    loc = storage.resolve(path)
+    if loc.path.endswith(".parquet") or storage.is_dir(loc):
+        rows = storage.read_parquet_dir(loc).to_pylist() if storage.is_dir(loc) else pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
+    else:
+        rows = [json.loads(line) for line in storage.read_bytes(loc).decode().splitlines() if line.strip()]
+    by_doc = {}
+    if rows and "page_id" not in rows[0]:
+        t = storage.read_parquet_dir(pages_loc, columns=["page_id", "source_uri", "page_number"])
+        for pid, uri, n in zip(*(t.column(c).to_pylist() for c in ("page_id", "source_uri", "page_number"))):
+            by_doc[(uri.rsplit("/", 1)[-1], n)] = pid
+    given: dict[str, list[GivenPositive]] = {}
+    missing = 0
+    for r in rows:
+        if "question" not in r:
+            raise ValueError(f"positives_file {path}: rows need a 'question' field, got keys {sorted(r)}")
+        pid = r.get("page_id") or by_doc.get((str(r.get("doc", "")).rsplit("/", 1)[-1], r.get("page_number")))
+        if pid is None:
+            missing += 1
+            continue
+        given.setdefault(pid, []).append(_given(r["question"], r.get("answer")))
+    if missing:
+        log.warning("positives_file: %d questions name pages that are not in the pages table (ignored)", missing)
+    return given
+
+
+def build_vocabulary(pages_loc: storage.Location, max_pages: int = 20_000) -> dict:
+    """Corpus vocabulary for the rules engine, from the text layer of up to ``max_pages`` pages."""
+    import pyarrow.parquet as pq
+
+    from docrerank.lexical.rules import Vocabulary
+
+    texts = []
+    for f in storage.list_files(pages_loc, suffixes=(".parquet",)):
+        texts += pq.read_table(f, columns=["text"], filesystem=pages_loc.fs).column("text").to_pylist()
+        if len(texts) >= max_pages:
+            break
+    v = Vocabulary.from_texts([t or "" for t in texts[:max_pages]])
+    return {"years": dict(v.years), "entities": {k: sorted(c) for k, c in v.entities.items()}}
+
+
+def query_pages_source(batch: dict):
+    """A query-page set -> page rows (page id from the image bytes) with its queries as given positives.
+
+    Columns: ``image`` (bytes, or a struct with ``bytes`` as HF datasets write it), ``positive_queries`` /
+    ``queries`` (list) or ``query`` (str), optional ``answer`` and ``text`` (a text layer, if the set has one).
+    Returns a pyarrow table of ``PAGE_COLUMNS`` and ``given``.
+    """
+    import pyarrow as pa
+
+    from docrerank.engines.messages import sniff_mime
+
+    imgs = list(batch["image"])
+    queries = batch.get("positive_queries", batch.get("queries", batch.get("query")))
+    answers = batch.get("answer")
+    texts = batch.get("text")
+    out = {k: [] for k in (*PAGE_COLUMNS, "given")}
+    for i, img in enumerate(imgs):
+        img = img["bytes"] if isinstance(img, dict) else bytes(img)
+        qs = queries[i]
+        qs = [qs] if isinstance(qs, str) else [str(q) for q in list(qs)]
+        ans = answers[i] if answers is not None else None
+        ans = [ans] if isinstance(ans, str) else (list(ans) if ans is not None else [])
+        out["page_id"].append(page_id_of(hashlib.sha256(img).hexdigest()[:32], 1))
+        out["image"].append(img)
+        out["image_format"].append(sniff_mime(img).split("/")[-1])
+        out["text"].append(str(texts[i]) if texts is not None and texts[i] is not None else "")
+        out["given"].append([{"question": q, "answer": None if j >= len(ans) or ans[j] is None else str(ans[j])}
+                             for j, q in enumerate(qs) if q])
+    types = {"page_id": pa.string(), "image": pa.binary(), "image_format": pa.string(), "text": pa.string(),
+             "given": given_type()}
+    return pa.table({k: pa.array(v, type=types[k]) for k, v in out.items()})
+
+
+class AttachState:
+    """First stage: source rows -> pipeline rows. Drops finished pages (and pages outside ``limit_ids``), keeps
+    the page columns and adds each page's ``state`` with its given positives (an inline ``given`` column of a
+    query-page set, else ``given`` by page id)."""
+
+    batch_format = "pyarrow"
+
+    def __init__(self, given: dict[str, list[GivenPositive]], done: set, limit_ids: set | None):
+        self.given, self.done, self.limit_ids = given, done, limit_ids
+
+    def __call__(self, t):
+        import pyarrow as pa
+
+        ids = t.column("page_id").to_pylist()
+        keep = [i not in self.done and (self.limit_ids is None or i in self.limit_ids) for i in ids]
+        t = t.filter(pa.array(keep, pa.bool_()))
+        if "given" in t.column_names:
+            given = [[GivenPositive(**g) for g in gs] for gs in t.column("given").to_pylist()]
+        else:
+            given = [list(self.given.get(i, [])) for i in t.column("page_id").to_pylist()]
+        return t.select(PAGE_COLUMNS).append_column("state", states_to_arrow([PageState(given=g) for g in given]))
