@@ -21,6 +21,7 @@ def _examples(out: storage.Location, n: int = 4) -> list[dict]:
 
 
 def funnel_table(stats: dict) -> str:
+    """The build's funnel (pages, positives, negatives, groups) as a text table."""
     p, n = stats["positives"], stats["negatives"]
     rows = [
         ["pages processed", stats["pages"]["processed"]],
@@ -41,6 +42,7 @@ def funnel_table(stats: dict) -> str:
 
 
 def attribute_table(stats: dict) -> str:
+    """Negatives by attribute through the funnel, as a text table."""
     rows = [[a, c.get("candidates", 0), c.get("after_dedup", 0), c.get("verified", 0), c.get("kept", 0)]
             for a, c in stats["by_attribute"].items()]
     return format_table(["attribute", "candidates", "after dedup", "verified", "kept"], rows)

@@ -49,6 +49,7 @@ class Judgement:
 
     @property
     def ok(self) -> bool:
+        """Both prompts answered."""
         return self.error is None
 
 

@@ -115,6 +115,8 @@ class UserAttribute:
 
 @dataclass(frozen=True)
 class Rewrite:
+    """One rewritten query and the attribute it changed."""
+
     text: str
     attribute: str
 
@@ -132,6 +134,7 @@ def _replace_span(text: str, start: int, end: int, new: str) -> str:
 
 
 def swap_year(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> list[Rewrite]:
+    """Rewrites with a year of the query replaced by a nearby one (or a corpus year) the page does not show."""
     out = []
     for m in _YEAR.finditer(q):
         y = int(m.group(0))
@@ -143,6 +146,8 @@ def swap_year(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> list[
 
 
 def swap_company(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> list[Rewrite]:
+    """Rewrites with a company of the query replaced by similar corpus entities (well-known companies pad a small
+    corpus) that the page does not name."""
     spans = [(m.start(), m.end(), m.group(0)) for m in _ENTITY.finditer(q)]
     out = []
     for s, e, phrase in spans:
@@ -174,6 +179,7 @@ def _swap_vocab(q: str, page: str, terms: list[str], attribute: str, rng: random
 
 
 def swap_number(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> list[Rewrite]:
+    """Rewrites with a number of the query scaled (x0.5 to x2) to a value the page does not show; years excluded."""
     out = []
     for m in _NUMBER.finditer(q):
         whole = m.group(2).replace(",", "")
@@ -191,6 +197,7 @@ def swap_number(q: str, page: str, vocab: Vocabulary, rng: random.Random) -> lis
 
 
 def swap_user_attribute(q: str, page: str, attr: UserAttribute, rng: random.Random) -> list[Rewrite]:
+    """Rewrites with a user attribute's value swapped for its other example values."""
     return _swap_vocab(q, page, list(attr.examples), attr.name, rng)
 
 

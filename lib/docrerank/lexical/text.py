@@ -56,15 +56,18 @@ def key_tokens(text: str) -> list[str]:
 
 
 def is_year(tok: str) -> bool:
+    """Whether a token is a year (1900-2099)."""
     return bool(_YEAR.match(tok))
 
 
 def char_ngrams(text: str, n: int = 3) -> Counter:
+    """Counts of the normalised text's character ``n``-grams (padded with a space each side)."""
     t = f" {normalize(text)} "
     return Counter(t[i:i + n] for i in range(max(0, len(t) - n + 1)))
 
 
 def cosine(a: Counter, b: Counter) -> float:
+    """Cosine similarity of two count vectors (0 when either is empty)."""
     if not a or not b:
         return 0.0
     dot = sum(v * b.get(k, 0) for k, v in a.items())
@@ -77,5 +80,6 @@ def char_similarity(a: str, b: str) -> float:
 
 
 def token_jaccard(a: str, b: str) -> float:
+    """Jaccard overlap of two texts' content words (1 when both have none)."""
     sa, sb = set(content_tokens(a)), set(content_tokens(b))
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0

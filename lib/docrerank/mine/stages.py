@@ -39,6 +39,7 @@ class PageStore:
         self.cache: dict[str, dict] = {}
 
     def get(self, ids, columns: tuple[str, ...] = ("text",)) -> dict[str, dict]:
+        """The pages ``ids`` (those that exist) with ``columns``, read once and cached."""
         import pyarrow.parquet as pq
 
         want = [i for i in set(ids) if i in self.file_of and not all(c in self.cache.get(i, {}) for c in columns)]
@@ -90,6 +91,7 @@ class Searcher:
         self.ids, self.emb = data["ids"], data["emb"]
 
     def search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
+        """The top ``k`` pages of each query: ``{query_id: {page_id: score}}``."""
         if self.kind == "bm25":
             return self.bm25.search(queries, k)
         from docrerank.eval.retrievers import top_k
@@ -131,6 +133,7 @@ class MineStage:
         return rows_to_columns(rows)
 
     def mine(self, split: str, qs: list[dict]) -> None:
+        """Set every query's candidates and seeded order (or its skip reason) in place."""
         todo = []
         for q in qs:
             q.update(candidates=[], order=[], retrieved=0, positive_rank=None, negatives=[], false_negatives=[],
