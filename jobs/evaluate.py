@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.eval.run import run_evaluation
 
     runtime.setup_logging()
-    results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg),
+    results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg, progress=print),
                               summarise=lambda r: {"average": r["average"], "files": r.get("files")},
                               errors=(ValueError, RuntimeError, FileNotFoundError, ImportError))
     if results is None:

@@ -122,20 +122,32 @@ def write_run_metadata(out: storage.Location, meta: dict) -> None:
 
 
 def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError, RuntimeError)):
-    """Run ``work()`` as the job ``job`` writing into ``config.output``: run metadata in ``_meta/`` before, and
-    after with the summary (``summarise(result)``, default the result); a failure of one of ``errors`` prints
-    ``<job> failed: <why>`` to stderr and returns None. Returns ``work()``'s result."""
-    out = storage.resolve(config.output)
+    """Run ``work()`` as the job ``job``; return its result, or None when it failed with one of ``errors``.
+
+    Every entry point has the same shape: parse its config, set up logging, call this (Ray is started inside
+    ``work`` where the job needs it), then print its own tables from the result and exit 0 (or 1 on None).
+    Nothing is printed here on success. With a ``config.output`` the run metadata goes to ``<output>/_meta/``
+    before ``work()`` and again after it with ``finished`` and the summary (``summarise(result)``, default the
+    result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
+    ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
+    something other than None (the job's stats, a summary), so that None always means "failed".
+    """
+    output = getattr(config, "output", None)
+    out = storage.resolve(output) if output else None
     meta = run_metadata(job, config)
-    write_run_metadata(out, meta)
+    if out is not None:
+        write_run_metadata(out, meta)
     try:
         result = work()
     except errors as e:
         print(f"{job} failed: {e}", file=sys.stderr)
         return None
-    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                summary=summarise(result) if summarise else result)
-    write_run_metadata(out, meta)
+    if result is None:
+        raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
+    if out is not None:
+        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    summary=summarise(result) if summarise else result)
+        write_run_metadata(out, meta)
     return result
 
 
