@@ -30,6 +30,7 @@ def split_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.analysis.config import AnalyseConfig
     from docrerank.core.config import parse_job_args
 

@@ -20,6 +20,7 @@ SECRET_KEYS = ("password", "passwords", "password_map", "api_key", "token", "sec
 
 
 def setup_logging() -> None:
+    """INFO logs with time and logger name on stderr (stdout is for the job's tables)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -61,12 +62,14 @@ def configure_ray_data(progress: bool = True) -> None:
 
 
 def cluster_cpus() -> int:
+    """CPUs of the Ray cluster joined (at least 1)."""
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def git_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or None outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -107,10 +110,12 @@ def run_metadata(job: str, config) -> dict:
 
 
 def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the values of secret-looking ``key=value`` items replaced by '***'."""
     return [a.split("=", 1)[0] + "=***" if "=" in a and any(s in a.split("=", 1)[0] for s in SECRET_KEYS) else a for a in argv]
 
 
 def write_json(loc: storage.Location, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
     storage.write_bytes_atomic(loc, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 

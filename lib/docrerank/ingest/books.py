@@ -64,6 +64,7 @@ class Books:
 
     @property
     def balanced(self) -> bool:
+        """True when every input and page is accounted for exactly once."""
         return not self.problems
 
     def to_dict(self) -> dict:
