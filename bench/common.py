@@ -12,6 +12,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_name() -> str:
+    """The GPU's name, else the CPU and its core count (recorded with every result)."""
     try:
         import torch
 

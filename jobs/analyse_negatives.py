@@ -7,7 +7,7 @@ generated ones per attribute) on MiniLM embeddings, optionally with a reranker's
 ``--examples`` (repeatable), ``--reranker`` and ``--output`` set the config keys of the same names. Writes
 <output>/negatives_analysis.json; a dataset build output (with card.md) also gets the card section
 "Negatives: hardness and diversity" (replaced on rerun) and a ``negatives_analysis`` key in stats.json.
-Definitions of the measures: docrerank/analysis.py. No Ray.
+Definitions of the measures: docrerank/analysis/negatives.py. No Ray.
 """
 
 from __future__ import annotations
@@ -30,22 +30,21 @@ def split_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.analysis.config import AnalyseConfig
     from docrerank.core.config import parse_job_args
 
     argv = split_flags(sys.argv[1:] if argv is None else argv)
     cfg, _ = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
-    from docrerank.core import runtime, storage
     from docrerank.analysis.negatives import analyse_examples, format_analysis, write_outputs
+    from docrerank.core import runtime
     from docrerank.models.embed import Embedder
+    from docrerank.models.hub import resolve_device
 
     runtime.setup_logging()
-    device = cfg.device
-    if device == "auto":
-        import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
+    def work():
+        device = resolve_device(cfg.device)
         embedder = Embedder.load(cfg.embedder, device=device)
         scorer = None
         if cfg.reranker:
@@ -53,15 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
             scorer = Reranker.load(cfg.reranker, device=device).score
         result = analyse_examples(cfg.examples, embedder, scorer, cfg.max_groups, cfg.seed, cfg.batch_size)
-    except (ValueError, OSError) as e:
-        print(f"analyse_negatives failed: {e}", file=sys.stderr)
+        return result, write_outputs(result, cfg.output) if cfg.output else []
+
+    done = runtime.run_job("analyse_negatives", cfg, work, summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]},
+                           errors=(ValueError, OSError))
+    if done is None:
         return 1
+    result, written = done
     print(format_analysis(result))
-    if cfg.output:
-        meta = runtime.run_metadata("analyse_negatives", cfg)
-        runtime.write_run_metadata(storage.resolve(cfg.output), meta)
-        for uri in write_outputs(result, cfg.output):
-            print(f"wrote {uri}")
+    for uri in written:
+        print(f"wrote {uri}")
     return 0
 
 

@@ -9,22 +9,28 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from docrerank.core.config import parse_job_args
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.build.config import BuildConfig
+    from docrerank.core.config import parse_job_args
 
     cfg, ns = parse_job_args(BuildConfig, argv, prog="python -m jobs.build_dataset", description=__doc__)
-    from docrerank.core import runtime
     from docrerank.build.card import attribute_table, funnel_table
     from docrerank.build.run import run_build
+    from docrerank.core import runtime
+    from docrerank.ingest.books import summary_table
 
     runtime.setup_logging()
-    runtime.init_ray(ns.address)
-    runtime.configure_ray_data()
-    try:
-        stats = run_build(cfg)
-    except (ValueError, RuntimeError) as e:
-        print(f"build_dataset failed: {e}", file=sys.stderr)
+
+    def work():
+        runtime.init_ray(ns.address)
+        runtime.configure_ray_data()
+        return run_build(cfg)
+
+    stats = runtime.run_job("build_dataset", cfg, work)
+    if stats is None:
         return 1
+    if stats.get("ingest"):  # the build ran the ingest first: its books, as jobs.ingest prints them
+        print(f"\ningest summary for {cfg.output}\n{summary_table(stats['ingest'])}")
     print(f"\ndataset build for {cfg.output}\n{funnel_table(stats)}\n\n{attribute_table(stats)}\n")
     print(f"this run: {stats['this_run']['pages']} pages in {stats['this_run']['seconds']}s; "
           f"card: {cfg.output}/card.md, stats: {cfg.output}/stats.json")

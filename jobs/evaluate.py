@@ -15,6 +15,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.core.config import parse_job_args
     from docrerank.eval.config import EvalConfig
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.eval.run import run_evaluation
 
     runtime.setup_logging()
-    results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg),
+    results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg, progress=print),
                               summarise=lambda r: {"average": r["average"], "files": r.get("files")},
                               errors=(ValueError, RuntimeError, FileNotFoundError, ImportError))
     if results is None:

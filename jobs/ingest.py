@@ -9,21 +9,29 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.core.config import parse_job_args
     from docrerank.ingest.config import IngestConfig
 
     cfg, ns = parse_job_args(IngestConfig, argv, prog="python -m jobs.ingest", description=__doc__)
-    from docrerank.core import runtime
+    from docrerank.core import runtime, storage
+    from docrerank.ingest.books import summary_table
     from docrerank.ingest.run import run_ingest
 
     runtime.setup_logging()
-    runtime.init_ray(ns.address)
-    runtime.configure_ray_data()
-    try:
-        run_ingest(cfg)
-    except (ValueError, RuntimeError) as e:
-        print(f"ingest failed: {e}", file=sys.stderr)
+
+    def work():
+        runtime.init_ray(ns.address)
+        runtime.configure_ray_data()
+        return run_ingest(cfg)
+
+    stats = runtime.run_job("ingest", cfg, work)
+    if stats is None:
         return 1
+    run = stats["this_run"]
+    print(f"\ningest summary for {cfg.output}\n{summary_table(stats)}\n")
+    print(f"this run: {run['pages_rendered']} pages rendered in {run['render_seconds']:.1f}s on {run['workers']} "
+          f"workers; stats: {storage.resolve(cfg.output).join('ingest_stats.json').uri}")
     return 0
 
 

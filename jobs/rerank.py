@@ -13,6 +13,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.core.config import parse_job_args
     from docrerank.rerank.config import RerankConfig
 

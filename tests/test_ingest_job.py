@@ -48,10 +48,16 @@ def corpus(tmp_path_factory):
     return d
 
 
-def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path):
+def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsys):
+    from jobs.ingest import main
+
     out = tmp_path / "out"
-    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5", "password_map={'locked_ok.pdf': s3cret}")
-    stats = run_ingest(cfg)
+    assert main([f"input={corpus}", f"output={out}", "num_workers=2", "pages_per_task=8", "task_timeout_s=5",
+                 "password_map={'locked_ok.pdf': s3cret}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"ingest summary for {out}" in printed and "books balance" in printed
+    assert "this run: 48 pages rendered in" in printed and str(out / "ingest_stats.json") in printed
+    stats = json.loads((out / "ingest_stats.json").read_text())
     assert stats["balanced"] and stats["documents"]["input"] == 11
     reasons = _reasons(out)
     assert reasons == {
@@ -75,13 +81,14 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path):
                               "quarantined_by_reason": {"timeout": 1, "worker_crash": 1}}
     meta = json.loads((out / "_meta" / "ingest.json").read_text())
     assert meta["config"]["password_map"] == "***" and "s3cret" not in (out / "_meta" / "ingest.json").read_text()
-    assert meta["docrerank_version"] and "git_commit" in meta
+    assert meta["docrerank_version"] and "git_commit" in meta and meta["summary"]["balanced"]
 
 
 def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path):
     out = tmp_path / "out"
     cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5")
     run_ingest(cfg)
+    assert not (out / "_meta").exists()  # the library records nothing: the job does (runtime.run_job)
     ids = sorted(_table(out, "pages").column("page_id").to_pylist())
     again = run_ingest(cfg)
     assert again["this_run"]["tasks"] == 0 and again["this_run"]["new_inputs"] == 0

@@ -9,7 +9,8 @@ import pytest
 from conftest import make_pdf
 from docrerank.ingest.render import (IngestError, Passwords, RenderSettings, check_page_size, doc_id_of, page_id_of,
                               probe_document, render_document_pages, render_scale)
-from docrerank.ingest.run import list_inputs, plan_tasks
+from docrerank.ingest.inputs import list_inputs
+from docrerank.ingest.run import plan_tasks
 
 S = RenderSettings()
 
@@ -138,3 +139,21 @@ def test_sample_corpus_is_byte_identical_everywhere(tmp_path):
     assert len(files) == 3
     assert all((a / "pdfs" / f).read_bytes() == (b / "pdfs" / f).read_bytes() for f in files)
     assert (a / "questions.jsonl").read_text() == (b / "questions.jsonl").read_text()
+
+
+def test_books_balance_and_the_summary_table():
+    from docrerank.ingest.books import OutputState, balance, summary_table
+
+    st = OutputState(documents={"d1": {"doc_id": "d1", "source_uri": "a.pdf", "num_pages": 3}},
+                     doc_quarantine={"b.pdf": {"error": "empty"}}, page_quarantine={"d1": {2}},
+                     pages_done={"d1": {1, 3}}, page_rows=2)
+    st.page_quarantine_reasons["timeout"] += 1
+    books = balance(["a.pdf", "b.pdf"], st)
+    assert books.balanced and books.documents_complete == 0 and books.pages_written == 2
+    lines = summary_table(books.to_dict()).splitlines()
+    assert lines[2].split() == ["inputs", "2", "3"] and lines[-1].split() == ["books", "balance", "yes"]
+    assert ["empty", "1"] in [ln.split() for ln in lines] and ["timeout", "1"] in [ln.split() for ln in lines]
+    st.pages_done["d1"].add(2)  # a page both written and quarantined, and one input nowhere
+    books = balance(["a.pdf", "b.pdf", "c.pdf"], st)
+    assert not books.balanced and len(books.problems) == 3  # both, c.pdf missing, 3 distinct pages for 2 rows
+    assert summary_table(books.to_dict()).splitlines()[-1].split() == ["books", "balance", "NO"]

@@ -20,6 +20,7 @@ SECRET_KEYS = ("password", "passwords", "password_map", "api_key", "token", "sec
 
 
 def setup_logging() -> None:
+    """INFO logs with time and logger name on stderr (stdout is for the job's tables)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -61,12 +62,14 @@ def configure_ray_data(progress: bool = True) -> None:
 
 
 def cluster_cpus() -> int:
+    """CPUs of the Ray cluster joined (at least 1)."""
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def git_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or None outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -107,10 +110,12 @@ def run_metadata(job: str, config) -> dict:
 
 
 def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the values of secret-looking ``key=value`` items replaced by '***'."""
     return [a.split("=", 1)[0] + "=***" if "=" in a and any(s in a.split("=", 1)[0] for s in SECRET_KEYS) else a for a in argv]
 
 
 def write_json(loc: storage.Location, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
     storage.write_bytes_atomic(loc, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
@@ -122,20 +127,32 @@ def write_run_metadata(out: storage.Location, meta: dict) -> None:
 
 
 def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError, RuntimeError)):
-    """Run ``work()`` as the job ``job`` writing into ``config.output``: run metadata in ``_meta/`` before, and
-    after with the summary (``summarise(result)``, default the result); a failure of one of ``errors`` prints
-    ``<job> failed: <why>`` to stderr and returns None. Returns ``work()``'s result."""
-    out = storage.resolve(config.output)
+    """Run ``work()`` as the job ``job``; return its result, or None when it failed with one of ``errors``.
+
+    Every entry point has the same shape: parse its config, set up logging, call this (Ray is started inside
+    ``work`` where the job needs it), then print its own tables from the result and exit 0 (or 1 on None).
+    Nothing is printed here on success. With a ``config.output`` the run metadata goes to ``<output>/_meta/``
+    before ``work()`` and again after it with ``finished`` and the summary (``summarise(result)``, default the
+    result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
+    ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
+    something other than None (the job's stats, a summary), so that None always means "failed".
+    """
+    output = getattr(config, "output", None)
+    out = storage.resolve(output) if output else None
     meta = run_metadata(job, config)
-    write_run_metadata(out, meta)
+    if out is not None:
+        write_run_metadata(out, meta)
     try:
         result = work()
     except errors as e:
         print(f"{job} failed: {e}", file=sys.stderr)
         return None
-    meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                summary=summarise(result) if summarise else result)
-    write_run_metadata(out, meta)
+    if result is None:
+        raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
+    if out is not None:
+        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    summary=summarise(result) if summarise else result)
+        write_run_metadata(out, meta)
     return result
 
 

@@ -21,6 +21,7 @@ class Location:
     uri: str
 
     def join(self, *parts: str) -> "Location":
+        """This location with ``parts`` appended (to the path and the URI alike)."""
         path = "/".join([self.path.rstrip("/"), *[p.strip("/") for p in parts]])
         uri = "/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts]])
         return Location(self.fs, path, uri)
@@ -47,22 +48,26 @@ def uri_of(loc: Location, path: str) -> str:
 
 
 def exists(loc: Location) -> bool:
+    """Whether a file or directory is at ``loc``."""
     import pyarrow.fs as pafs
 
     return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
 
 
 def is_dir(loc: Location) -> bool:
+    """Whether ``loc`` is a directory."""
     import pyarrow.fs as pafs
 
     return loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
 
 
 def makedirs(loc: Location) -> None:
+    """Create the directory ``loc`` and its parents (no-op when it exists)."""
     loc.fs.create_dir(loc.path, recursive=True)
 
 
 def read_bytes(loc: Location) -> bytes:
+    """The whole file at ``loc``."""
     with loc.fs.open_input_stream(loc.path) as f:
         return f.read()
 

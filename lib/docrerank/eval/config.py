@@ -57,6 +57,7 @@ class FirstStageConfig(Config):
 
     @property
     def label(self) -> str:
+        """The first stage's name in run files and the report."""
         return {"bm25": "bm25", "run": "run", "colpali": "colpali"}[self.kind]
 
 

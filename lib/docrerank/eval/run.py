@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from docrerank.core import storage
 from docrerank.eval.config import DatasetSpec, EvalConfig
@@ -82,8 +82,11 @@ def _fingerprint(spec: RerankerSpec, cfg: EvalConfig, dataset: str) -> dict:
             "dataset": dataset, "max_queries": cfg.max_queries, "dtype": cfg.dtype}
 
 
-def run_evaluation(cfg: EvalConfig, progress=print) -> dict:
-    """Evaluate every reranker on every dataset; write run files, metrics.json and the report; return results."""
+def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Evaluate every reranker on every dataset; write run files, metrics.json and the report; return results.
+
+    ``progress`` receives one line per dataset and reranker (default: the log; the job prints them)."""
+    progress = progress or log.info
     from docrerank.eval.metrics import evaluate, paired_test
     from docrerank.models.hub import resolve_device
     from docrerank.eval.report import write_report

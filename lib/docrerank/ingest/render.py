@@ -63,6 +63,7 @@ class Passwords:
     by_name: dict[str, str] = field(default_factory=dict)
 
     def candidates(self, source_uri: str) -> list[str]:
+        """Passwords to try on ``source_uri``: those whose pattern matches its name or URI first, then the defaults."""
         name = source_uri.rsplit("/", 1)[-1]
         hits = [pw for pat, pw in self.by_name.items() if fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(source_uri, pat)]
         return list(dict.fromkeys([*hits, *self.default]))

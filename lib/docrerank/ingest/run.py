@@ -1,4 +1,4 @@
-"""The ingest job's Ray Data glue: list inputs, probe documents, plan page-range tasks, render, account.
+"""The ingest job's Ray Data driver: probe new inputs, plan page-range tasks, render them, resume, balance the books.
 
 Output layout under ``output``:
   documents/  one row per opened document (what was planned)
@@ -6,7 +6,8 @@ Output layout under ``output``:
   quarantine/ one row per input or page that produced no page row, with the reason
   ingest_stats.json  the books: inputs, pages expected, written and quarantined by reason
 Shard names are deterministic and the pages shard of a task is written last, so a rerun skips what is done,
-never duplicates a row, and removes quarantine shards of tasks that did not finish.
+never duplicates a row, and removes quarantine shards of tasks that did not finish. Which files are inputs:
+:mod:`docrerank.ingest.inputs`; what the output holds and the books: :mod:`docrerank.ingest.books`.
 """
 
 from __future__ import annotations
@@ -16,126 +17,15 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from docrerank.core import storage
+from docrerank.ingest.books import balance, load_state, summary_table
 from docrerank.ingest.config import IngestConfig
+from docrerank.ingest.inputs import resolve_inputs
 from docrerank.ingest.render import Passwords, RenderSettings, quarantine_row
 
 log = logging.getLogger("docrerank.ingest")
-
-LIST_SUFFIXES = (".txt", ".lst", ".list")
-GLOB_CHARS = "*?["
-
-
-# --- inputs ------------------------------------------------------------------------------------------
-
-
-def glob_regex(pattern: str) -> "re.Pattern":
-    """A path glob as a regex: ``*`` and ``?`` stay within one path segment, ``**/`` spans any depth."""
-    import fnmatch
-    import re
-
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            j = pattern.find("]", i)
-            j = len(pattern) - 1 if j < 0 else j
-            out.append(fnmatch.translate(pattern[i:j + 1])[4:-3])
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def list_inputs(spec: str, suffixes: list[str]) -> list[str]:
-    """URIs of the input files named by ``spec`` (directory, glob, list file or single file), sorted."""
-    sfx = tuple(s.lower() for s in suffixes)
-    if any(c in spec for c in GLOB_CHARS):
-        head = spec
-        while any(c in head for c in GLOB_CHARS):
-            head = head.rsplit("/", 1)[0] if "/" in head else "."
-        base = storage.resolve(head)
-        rx = glob_regex(storage.resolve(spec).path)
-        return [storage.uri_of(base, p) for p in storage.list_files(base, ignore_prefixes=(".",)) if rx.match(p)]
-    loc = storage.resolve(spec)
-    if storage.is_dir(loc):
-        return [storage.uri_of(loc, p) for p in storage.list_files(loc, suffixes=sfx, ignore_prefixes=(".",))]
-    if not storage.exists(loc):
-        raise ValueError(f"input: nothing found at {spec!r} (expected a directory, glob, list file or file)")
-    if loc.path.lower().endswith(LIST_SUFFIXES):
-        parent = spec.rsplit("/", 1)[0] if "/" in spec else "."
-        uris = []
-        for line in storage.read_bytes(loc).decode("utf-8").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if "://" not in line and not line.startswith("/"):
-                line = f"{parent}/{line}"
-            uris.append(storage.resolve(line).uri)
-        return list(dict.fromkeys(uris))
-    return [loc.uri]
-
-
-# --- what the output already holds ---------------------------------------------------------------------
-
-
-@dataclass
-class OutputState:
-    """Documents, quarantine rows and finished pages already in the output."""
-
-    documents: dict[str, dict] = field(default_factory=dict)  # doc_id -> documents row
-    doc_quarantine: dict[str, dict] = field(default_factory=dict)  # source_uri -> doc-level quarantine row
-    page_quarantine: dict[str, set[int]] = field(default_factory=dict)  # doc_id -> page numbers
-    pages_done: dict[str, set[int]] = field(default_factory=dict)  # doc_id -> page numbers
-    page_rows: int = 0
-    page_quarantine_reasons: collections.Counter = field(default_factory=collections.Counter)
-
-    @property
-    def known_uris(self) -> set[str]:
-        return {d["source_uri"] for d in self.documents.values()} | set(self.doc_quarantine)
-
-
-def remove_orphan_quarantine(out: storage.Location) -> int:
-    """Delete render-quarantine shards whose task never wrote its pages shard (an interrupted run)."""
-    pages = {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join("pages"), suffixes=(".parquet",))}
-    removed = 0
-    for q in storage.list_files(out.join("quarantine"), suffixes=(".parquet",)):
-        name = q.rsplit("/", 1)[-1]
-        if name.startswith("part-") and name not in pages:
-            out.fs.delete_file(q)
-            removed += 1
-    return removed
-
-
-def load_state(out: storage.Location) -> OutputState:
-    from docrerank.core.schema import documents_schema, pages_schema, quarantine_schema
-
-    st = OutputState()
-    for r in storage.read_parquet_dir(out.join("documents"), schema=documents_schema()).to_pylist():
-        st.documents.setdefault(r["doc_id"], r)
-    q = storage.read_parquet_dir(out.join("quarantine"), schema=quarantine_schema())
-    for r in q.to_pylist():
-        if r["page_number"] is None:
-            st.doc_quarantine.setdefault(r["source_uri"], r)
-        else:
-            st.page_quarantine.setdefault(r["doc_id"], set()).add(r["page_number"])
-            st.page_quarantine_reasons[r["error"]] += 1
-    p = storage.read_parquet_dir(out.join("pages"), columns=["doc_id", "page_number"], schema=pages_schema())
-    st.page_rows = p.num_rows
-    for d, n in zip(p.column("doc_id").to_pylist(), p.column("page_number").to_pylist()):
-        st.pages_done.setdefault(d, set()).add(n)
-    return st
 
 
 # --- planning ------------------------------------------------------------------------------------------
@@ -232,6 +122,7 @@ class RenderActor(_IsolatedActor):
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
+        from docrerank.core.raydata import write_shards
         from docrerank.core.schema import pages_schema, quarantine_schema
 
         summaries = []
@@ -242,10 +133,10 @@ class RenderActor(_IsolatedActor):
                 r, b = self._call(item["doc"], item["pages"])
                 rows += r
                 bad += b
-            name = f"part-{task_id}.parquet"
-            if bad:  # written first: the pages shard below marks the task complete
-                storage.write_table_atomic(self.out.join("quarantine", name), pa.Table.from_pylist(bad, schema=quarantine_schema()))
-            storage.write_table_atomic(self.out.join("pages", name), pa.Table.from_pylist(rows, schema=pages_schema()))
+            tables = {"pages": pa.Table.from_pylist(rows, schema=pages_schema())}
+            if bad:
+                tables["quarantine"] = pa.Table.from_pylist(bad, schema=quarantine_schema())
+            write_shards(self.out, f"part-{task_id}.parquet", tables, marker="pages")  # pages last: task complete
             summaries.append(json.dumps({
                 "task_id": task_id, "pages": len(rows), "quarantined": collections.Counter(q["error"] for q in bad),
                 "seconds": time.perf_counter() - t0, "image_bytes": sum(len(r["image"]) for r in rows),
@@ -314,15 +205,30 @@ def _shard_name(uris: list[str]) -> str:
     return "probe-" + hashlib.sha1("\n".join(uris).encode()).hexdigest()[:20] + ".parquet"
 
 
-def run_ingest(cfg: IngestConfig) -> dict:
-    """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written.
+def remove_orphan_quarantine(out: storage.Location) -> int:
+    """Delete render-quarantine shards whose task never wrote its pages shard (an interrupted run).
 
-    Raises RuntimeError when the books do not balance (an input or page neither written nor quarantined).
+    Probe shards (``probe-*``) have no pages shard of their own and are kept."""
+    pages = {p.rsplit("/", 1)[-1] for p in storage.list_files(out.join("pages"), suffixes=(".parquet",))}
+    removed = 0
+    for q in storage.list_files(out.join("quarantine"), suffixes=(".parquet",)):
+        name = q.rsplit("/", 1)[-1]
+        if name.startswith("part-") and name not in pages:
+            out.fs.delete_file(q)
+            removed += 1
+    return removed
+
+
+def run_ingest(cfg: IngestConfig) -> dict:
+    """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written
+    (``ingest_stats.json``: the books, see :meth:`~docrerank.ingest.books.Books.to_dict`, and ``this_run``).
+
+    Raises ValueError for an unusable input or output, RuntimeError when the books do not balance (an input or
+    page neither written nor quarantined).
     """
     import pyarrow as pa
 
     from docrerank.core import runtime
-    from docrerank.ingest.books import balance, summary_table
     from docrerank.core.schema import documents_schema, quarantine_schema
 
     t0 = time.perf_counter()
@@ -330,10 +236,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
     if storage.exists(out.join("pages")) and not cfg.resume and storage.list_files(out.join("pages")):
         raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
     storage.makedirs(out)
-    runtime.write_run_metadata(out, runtime.run_metadata("ingest", cfg))
-    from docrerank.ingest.sample_corpus import resolve_input
-
-    inputs = list_inputs(resolve_input(cfg.input, cfg.output), cfg.suffixes)
+    inputs = resolve_inputs(cfg.input, cfg.output, cfg.suffixes)
     log.info("ingest: %d input files from %s", len(inputs), cfg.input)
     orphans = remove_orphan_quarantine(out)
     if orphans:
@@ -390,8 +293,10 @@ def run_ingest(cfg: IngestConfig) -> dict:
         },
     }
     runtime.write_json(out.join("ingest_stats.json"), stats)
-    print(f"\ningest summary for {cfg.output}\n{summary_table(books)}\n")
-    print(f"this run: {rendered} pages rendered in {render_s:.1f}s on {workers} workers; stats: {out.join('ingest_stats.json').uri}")
+    log.info("ingest: %d of %d pages written, %d quarantined, %d of %d inputs quarantined; books balance: %s",
+             books.pages_written, books.pages_expected, sum(books.pages_quarantined.values()),
+             sum(books.documents_quarantined.values()), books.inputs, "yes" if books.balanced else "NO")
     if not books.balanced:
+        log.error("ingest books for %s:\n%s", cfg.output, summary_table(stats))
         raise RuntimeError("ingest books do not balance:\n  " + "\n  ".join(books.problems[:20]))
     return stats

@@ -34,6 +34,8 @@ YEARS = [2021, 2022, 2023]
 
 @dataclass(frozen=True)
 class Fact:
+    """One fact of the ground truth: the page of ``doc`` that states ``attribute`` = ``value``."""
+
     doc: str  # file name
     page_number: int
     company: str

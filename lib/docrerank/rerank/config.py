@@ -10,7 +10,8 @@ from docrerank.core.config import Config
 
 
 class RerankerSpec(Config):
-    """A reranker to evaluate: a training output, a merged model, or a base checkpoint (zero-shot)."""
+    """A reranker to load (the rerank job's model, each of the evaluation's rerankers): a training output, a merged
+    model, or a base checkpoint (zero-shot)."""
 
     path: str
     """``jobs.train_reranker``'s output directory (its model/merged is used), a merged model directory, or a base

@@ -100,6 +100,7 @@ class ScoreActor:
         return {"summary": np.array([json.dumps(d) for d in done], dtype=object)}
 
     def score_task(self, task: dict) -> dict:
+        """Score one row group and write its shard atomically; returns the task's counts."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
