@@ -157,7 +157,6 @@ def run_build(cfg: BuildConfig) -> dict:
     t0 = time.perf_counter()
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
-    runtime.write_run_metadata(out, runtime.run_metadata("build_dataset", cfg))
     # sources: pages not finished by an earlier run (shards of its unfinished batches are removed first)
     src = resolve_sources(cfg, out)
     orphans = remove_orphans(out, OUTPUT_TABLES, MARKER)
