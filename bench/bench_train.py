@@ -50,8 +50,9 @@ def run_variant(variant: str, model: str, examples: str, steps: int, device: str
     import torch
 
     from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import collate_groups, read_groups
+    from docrerank.train.collate import collate_groups
     from docrerank.train.config import TrainConfig
+    from docrerank.train.examples import read_groups
     from docrerank.train.loss import example_weights, pointwise_loss
     from docrerank.train.step import PlainEngine, make_engine, prepare, train_step
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime.init_ray(ns.address)
             runtime.configure_ray_data(progress=False)
             return run_training(cfg)
-        from docrerank.train.step import train_local
+        from docrerank.train.local import train_local
 
         res = train_local(cfg)
         return {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
              if k in ("loss", "val_pairwise_accuracy", "val_loss", "samples_per_s", "tokens_per_s", "memory_mb")]
     print(runtime.format_table(["train_reranker", "value"], rows))
     if summary.get("mix"):
-        from docrerank.train.collate import format_mix
+        from docrerank.train.mix import format_mix
 
         print(format_mix(summary["mix"]))
     return 0

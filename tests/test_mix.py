@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docrerank.core.config import ConfigError, load_config
-from docrerank.train.collate import (
+from docrerank.train.mix import (
     GroupFilter,
     mix_counts,
     plan_from_config,
@@ -21,6 +21,7 @@ from docrerank.train.collate import (
     scan_source,
 )
 from docrerank.train.config import DataConfig, TrainConfig
+from docrerank.train.examples import read_groups
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "jobs" / "configs"
@@ -215,6 +216,25 @@ def test_filter_matching_nothing_names_the_source(dirs):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['attribute'\]"):
         scan_source(dirs["no_attr"], 4, GroupFilter(attributes=("year",)))
     assert len(scan_source(dirs["no_attr"], 4)) == 2  # no filter: the attribute column is not needed
+
+
+def test_example_sets_with_the_old_weight_column_load_the_same(tmp_path):
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Sets written before the weight column was dropped still train: only the needed columns are read.
+    table = pa.Table.from_pylist([r for i in range(3) for r in generated_group(f"g{i}", ["year", None])])
+    for name, t in (("old", table), ("new", table.drop_columns(["weight"]))):
+        (tmp_path / name).mkdir()
+        pq.write_table(t, tmp_path / name / "part-00000.parquet")
+    old, new = (read_groups(str(tmp_path / name)) for name in ("old", "new"))
+    assert [dataclasses.replace(g, source="") for g in old] == [dataclasses.replace(g, source="") for g in new]
+    assert [g.labels for g in old] == [[1, 0, 0]] * 3 and not hasattr(old[0], "weights")
+    # positive_weight is the one weighting: the per-example switch is gone
+    with pytest.raises(ConfigError, match="use_example_weights"):
+        load_config(TrainConfig, overrides=["output=x", "data.sources=[{path: x}]", "loss.use_example_weights=true"])
 
 
 def test_plans_are_deterministic_per_seed(dirs):

@@ -73,7 +73,7 @@ def test_deepspeed_accepts_the_built_config_on_cpu():
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from docrerank.train.step import ensure_process_group
+    from docrerank.train.dist import ensure_process_group
 
     ensure_process_group("cpu")
     import deepspeed
@@ -141,8 +141,10 @@ def test_shipped_configs_validate_and_build(name):
 
 
 def test_driver_side_modules_import_nothing_heavy():
-    code = ("import sys, docrerank.train, docrerank.train.config, docrerank.train.collate, "
-            "docrerank.train.deepspeed_config, docrerank.train.ray_train, jobs.train_reranker; "
+    code = ("import sys, docrerank.train, docrerank.train.config, docrerank.train.examples, docrerank.train.mix, "
+            "docrerank.train.collate, docrerank.train.loss, docrerank.train.deepspeed_config, docrerank.train.dist, "
+            "docrerank.train.step, docrerank.train.local, docrerank.train.export, docrerank.train.ray_train, "
+            "docrerank.analysis.negatives, jobs.train_reranker; "
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -46,13 +46,10 @@ def test_pointwise_has_no_saturated_ties_for_large_scores():
     assert torch.isfinite(scores.grad).all() and scores.grad.abs().min() > 0.4
 
 
-def test_example_weights_three_to_one_and_from_the_column():
+def test_example_weights_three_to_one():
     labels = torch.tensor([1, 0, 0, 0, 1, 0])
     assert example_weights(labels, 3.0).tolist() == [3.0, 1.0, 1.0, 1.0, 3.0, 1.0]
-    col = torch.tensor([2.0, 1.0, 1.0, 0.5, 2.0, 1.0])
-    assert example_weights(labels, 3.0, col).tolist() == col.tolist()
-    with pytest.raises(ValueError, match="non-negative"):
-        example_weights(labels, 3.0, -col)
+    assert example_weights(labels, 1.0).tolist() == [1.0] * 6
 
 
 def test_positive_weight_balances_one_positive_against_three_negatives():

@@ -13,17 +13,10 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from docrerank.train.collate import (  # noqa: E402
-    Chunk,
-    DataPosition,
-    collate_groups,
-    mix_counts,
-    pack_rows,
-    plan_mix,
-    read_groups,
-    read_task,
-    scan_source,
-)
+from docrerank.train.collate import collate_groups  # noqa: E402
+from docrerank.train.examples import pack_rows, read_groups, read_task  # noqa: E402
+from docrerank.train.mix import Chunk, mix_counts, plan_mix, scan_source  # noqa: E402
+from docrerank.train.ray_train import DataPosition  # noqa: E402
 
 MAX_PIXELS = 56 * 56 * 4
 

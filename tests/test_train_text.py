@@ -12,8 +12,9 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from docrerank.train.collate import collate_groups, read_groups  # noqa: E402
+from docrerank.train.collate import collate_groups  # noqa: E402
 from docrerank.train.config import TrainConfig  # noqa: E402
+from docrerank.train.examples import read_groups  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_examples_helper_makes_a_learnable_task(split):
     assert (len(train), len(val)) == (48, 24)  # 6 companies x 4 pages, 2021-2022 for training, 2023 held out
     assert not {g.page_ids[0] for g in train} & {g.page_ids[0] for g in val}
     for g in train + val:
-        assert g.labels == [1, 0, 0, 0] and g.weights == [3.0, 1.0, 1.0, 1.0] and len(g.page_ids) == 1
+        assert g.labels == [1, 0, 0, 0] and len(g.page_ids) == 1
         assert g.kinds == ["positive", "generated", "generated", "generated"]
         text = g.texts[0]
         pos = g.queries[0]
@@ -45,7 +46,8 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from docrerank.train.backbones import build_scorer
-    from docrerank.train.step import PlainEngine, evaluate, train_local
+    from docrerank.train.local import train_local
+    from docrerank.train.step import PlainEngine, evaluate
 
     cfg = TrainConfig.model_validate({
         "output": str(split / "out"),

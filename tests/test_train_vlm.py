@@ -13,9 +13,11 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from docrerank.train.backbones import build_scorer, check_vlm_budget, trainable_names  # noqa: E402
-from docrerank.train.collate import collate_groups, read_groups  # noqa: E402
+from docrerank.train.collate import collate_groups  # noqa: E402
 from docrerank.train.config import TrainConfig  # noqa: E402
-from docrerank.train.step import PlainEngine, prepare, train_local, train_step  # noqa: E402
+from docrerank.train.examples import read_groups  # noqa: E402
+from docrerank.train.local import train_local  # noqa: E402
+from docrerank.train.step import PlainEngine, prepare, train_step  # noqa: E402
 
 MAX_PIXELS = 56 * 56 * 4  # 16 visual tokens per page
 

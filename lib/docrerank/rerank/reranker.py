@@ -359,7 +359,7 @@ class Reranker:
         n = len(queries)
         batch = Batch(queries=queries, page_of=[keys[p.key] for p in pages], page_ids=[p.key for p in uniq],
                       images=[p.image for p in uniq], texts=[p.text for p in uniq],
-                      labels=torch.zeros(n, dtype=torch.long), weights=torch.ones(n),
+                      labels=torch.zeros(n, dtype=torch.long),
                       group_index=torch.zeros(n, dtype=torch.long), seqs=[], group_ids=[])
         pre = [pixels[p.key] for p in uniq] if pixels else None
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in self.model.encode(batch, pre).items()}

@@ -204,9 +204,6 @@ class LossConfig(Config):
     positive_weight: float = Field(3.0, gt=0)
     """pointwise: weight of a positive example relative to a negative (3 = one positive per three negatives)."""
 
-    use_example_weights: bool = False
-    """pointwise: take each example's weight from the examples' ``weight`` column instead of positive_weight."""
-
 
 class OptimConfig(Config):
     """AdamW with linear warm-up then linear decay (the paper: lr 1e-4, 100 warm-up steps, 1 epoch)."""

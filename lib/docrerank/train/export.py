@@ -15,14 +15,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from docrerank.core import storage
 from docrerank.core.runtime import redact
-from docrerank.train.backbones import build_scorer
 from docrerank.train.config import TrainConfig
+from docrerank.train.dist import world
+
+if TYPE_CHECKING:
+    import torch
 
 PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json",
                    "chat_template.jinja")
@@ -33,8 +34,6 @@ def trainable_state(scorer: torch.nn.Module) -> Optional[dict]:
 
     Under ZeRO-3 the parameters are partitioned: every rank must call this (it gathers them).
     """
-    from docrerank.train.step import world
-
     rank = world()[0]
     params = [(n, p) for n, p in scorer.named_parameters() if p.requires_grad]
     if any(hasattr(p, "ds_id") for _, p in params):  # ZeRO-3 partitioned parameters
@@ -48,6 +47,8 @@ def trainable_state(scorer: torch.nn.Module) -> Optional[dict]:
 def load_trained(cfg: TrainConfig, state: dict, device: str = "cpu") -> torch.nn.Module:
     """A fresh scorer (weights dtype as trained on ``device``, kept on the CPU) with the trained ``state``."""
     from transformers.utils import logging as hf_logging
+
+    from docrerank.train.backbones import build_scorer
 
     model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": False})
     level = hf_logging.get_verbosity()

@@ -4,14 +4,15 @@ A score is s = logit("True") - logit("False") in float32. The paper's 2-way soft
 p(True) = sigmoid(s) on the positive answer, so its cross-entropy is softplus(-s) for a positive and
 softplus(s) for a negative: the pointwise loss below, computed from s directly (no saturated ties in bf16).
 A batch is flat: examples of whole groups, with ``group_index`` (0..G-1) telling which group each belongs to.
+torch is imported inside the functions.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 
 def _check_flat(scores: torch.Tensor, **others: torch.Tensor) -> None:
@@ -22,20 +23,20 @@ def _check_flat(scores: torch.Tensor, **others: torch.Tensor) -> None:
             raise ValueError(f"{name}: expected shape {tuple(scores.shape)} like scores, got {tuple(t.shape)}")
 
 
-def example_weights(labels: torch.Tensor, positive_weight: float = 3.0,
-                    column: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-example loss weights: ``column`` when given, else ``positive_weight`` for positives and 1 otherwise."""
-    if column is not None:
-        _check_flat(labels.float(), column=column)
-        if (column < 0).any():
-            raise ValueError(f"weights: expected non-negative values, got min {float(column.min())}")
-        return column.float()
+def example_weights(labels: torch.Tensor, positive_weight: float = 3.0) -> torch.Tensor:
+    """Per-example loss weights: ``positive_weight`` for positives and 1 otherwise (3 = the paper's 3:1, one
+    positive weighing as much as its three negatives)."""
+    import torch
+
     return torch.where(labels > 0, torch.full_like(labels, positive_weight, dtype=torch.float32),
                        torch.ones_like(labels, dtype=torch.float32))
 
 
 def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted mean of the 2-way cross-entropy: sum(w * CE) / sum(w)."""
+    import torch
+    import torch.nn.functional as F
+
     weights = torch.ones_like(scores) if weights is None else weights
     _check_flat(scores, labels=labels, weights=weights)
     s = scores.float()
@@ -49,6 +50,8 @@ def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor, weights: Optional
 
 def padded_groups(values: torch.Tensor, group_index: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, K) matrix of ``values`` by group (K = largest group) padded with ``fill``, and its validity mask."""
+    import torch
+
     _check_flat(values.float(), group_index=group_index)
     g = int(group_index.max()) + 1 if group_index.numel() else 0
     counts = torch.bincount(group_index, minlength=g)
@@ -65,6 +68,9 @@ def padded_groups(values: torch.Tensor, group_index: torch.Tensor, fill: float) 
 
 def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """Mean over groups of the cross-entropy of a softmax over the group's scores, target = its one positive."""
+    import torch
+    import torch.nn.functional as F
+
     _check_flat(scores, labels=labels, group_index=group_index)
     s, mask = padded_groups(scores.float(), group_index, float("-inf"))
     lab, _ = padded_groups(labels.long(), group_index, 0)

@@ -15,11 +15,26 @@ import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from docrerank.core import storage
 from docrerank.train.config import TrainConfig
+from docrerank.train.dist import all_reduce
+from docrerank.train.examples import Group, packed_schema, read_groups, read_task
+from docrerank.train.export import export_model, trainable_state, upload_dir
+from docrerank.train.mix import plan_from_config, record_mix, scan_source
+from docrerank.train.step import (
+    MetricsLog,
+    NullLog,
+    evaluate,
+    make_engine,
+    prefetch,
+    step_batches,
+    total_steps_for,
+    train_loop,
+)
 
 log = logging.getLogger("docrerank.train")
 
@@ -27,11 +42,46 @@ FAULT_ENV = "DOCRERANK_TRAIN_FAULT"  # tests: "RANK:STEP,..." kills that worker 
 CKPT_TAG = "state"
 
 
+@dataclass
+class DataPosition:
+    """Which groups of the stream (by ``seq``) a run has trained: every seq below ``watermark`` plus ``extra``.
+
+    Workers consume the stream nearly in order, so ``extra`` stays small; a resumed run skips exactly these.
+    """
+
+    watermark: int = 0
+    extra: set = field(default_factory=set)
+
+    def add(self, seqs: Iterable[int]) -> None:
+        """Mark ``seqs`` trained (the watermark moves past every seq now contiguous)."""
+        self.extra.update(int(s) for s in seqs)
+        while self.watermark in self.extra:
+            self.extra.remove(self.watermark)
+            self.watermark += 1
+        self.extra = {s for s in self.extra if s >= self.watermark}
+
+    def done(self, seq: int) -> bool:
+        """Whether group ``seq`` was trained."""
+        return seq < self.watermark or seq in self.extra
+
+    @property
+    def size(self) -> int:
+        """Groups trained."""
+        return self.watermark + len(self.extra)
+
+    def to_json(self) -> dict:
+        """The position as JSON (saved in ``train_state.json``)."""
+        return {"watermark": self.watermark, "extra": sorted(self.extra)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DataPosition:
+        """The position ``to_json`` wrote."""
+        return cls(int(data["watermark"]), set(int(s) for s in data.get("extra", [])))
+
+
 def _read_tasks(batch) -> Any:
     """Ray Data UDF: a batch of read tasks -> their packed groups (one row per group)."""
     import pyarrow as pa
-
-    from docrerank.train.collate import packed_schema, read_task
 
     tables = [read_task(t) for t in batch.to_pylist()]
     return pa.concat_tables(tables) if tables else packed_schema().empty_table()
@@ -58,8 +108,6 @@ def open_metrics(cfg: TrainConfig, rank: int):
     """(log, local directory, upload?) for this worker: rank 0 writes metrics.jsonl and tensorboard/ into the output
     when it is local, else into a local directory (seeded with the run's earlier metrics.jsonl) uploaded at every
     checkpoint; other ranks get a log that does nothing."""
-    from docrerank.train.step import MetricsLog, NullLog
-
     if rank != 0:
         return NullLog(), None, False
     out = storage.resolve(cfg.output)
@@ -103,9 +151,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     import ray.train
     from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import DataPosition, Group, read_groups
-    from docrerank.train.export import export_model, trainable_state
-    from docrerank.train.step import all_reduce, evaluate, make_engine, prefetch, step_batches, train_loop
 
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
@@ -145,8 +190,6 @@ def train_loop_per_worker(config: dict) -> None:
                     {"step": step, "total_steps": total_steps, "position": position.to_json(),
                      "groups_trained": position.size}))
             if upload and rank == 0:
-                from docrerank.train.export import upload_dir
-
                 upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
             ray.train.report({**metrics, "step": step, "groups_trained": position.size},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -178,8 +221,6 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             export_model(state, cfg, device)
     if upload and rank == 0:
-        from docrerank.train.export import upload_dir
-
         upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
 
 
@@ -207,8 +248,6 @@ def run_training(cfg: TrainConfig) -> dict:
 
     from docrerank.models.hub import DEFAULT_VLM, resolve_model_path
     from docrerank.train.backbones import check_vlm_budget
-    from docrerank.train.collate import plan_from_config, record_mix, scan_source
-    from docrerank.train.step import total_steps_for
 
     cfg = absolute_paths(cfg)
     device = cluster_device(cfg.scaling.device)

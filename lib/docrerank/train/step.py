@@ -3,6 +3,8 @@ interface, one optimizer step over whole-group micro-batches, validation, and th
 
     engine = make_engine(scorer, cfg, total_steps=..., device="cpu")
     stats = train_step(engine, [prepare(scorer, collate_groups(groups))], cfg.loss)
+
+torch and DeepSpeed are imported inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -16,82 +18,48 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-import torch
-
-from docrerank.models.hub import resolve_device
 from docrerank.train import deepspeed_config as dsc
-from docrerank.train.collate import Batch, Group, collate_groups, iter_group_batches
+from docrerank.train.collate import Batch, collate_groups, iter_group_batches
 from docrerank.train.config import LossConfig, TrainConfig
+from docrerank.train.dist import all_reduce, ensure_process_group, world
+from docrerank.train.examples import Group
 from docrerank.train.loss import compute_loss, example_weights, pairwise_counts
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class Prepared:
-    """A micro-batch ready for the model: inputs on the CPU plus labels, weights and group index."""
+    """A micro-batch ready for the model: inputs on the CPU plus labels and group index."""
 
     inputs: dict
     labels: torch.Tensor
-    weights: torch.Tensor
     group_index: torch.Tensor
     tokens: int
     seqs: list
 
     @property
     def examples(self) -> int:
+        """Examples in the micro-batch."""
         return len(self.labels)
 
 
 def prepare(scorer, batch: Batch) -> Prepared:
     """Encode a batch with the scorer's ``encode`` (tokenize, preprocess images) on the CPU."""
     inputs = scorer.encode(batch)
-    return Prepared(inputs=inputs, labels=batch.labels, weights=batch.weights, group_index=batch.group_index,
+    return Prepared(inputs=inputs, labels=batch.labels, group_index=batch.group_index,
                     tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs))
-
-
-def ensure_process_group(device: str) -> None:
-    """A one-process torch.distributed group when none exists (DeepSpeed needs one; Ray Train makes its own)."""
-    import torch.distributed as dist
-
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asserts it is set (launchers set it)
-    if dist.is_initialized():
-        return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=0, world_size=1)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without torch.distributed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    """Sum (or min) of ``values`` over all ranks; identity with one process."""
-    import torch.distributed as dist
-
-    if world()[1] == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
-    return t.cpu().tolist()
 
 
 class PlainEngine:
     """DeepSpeed-engine-shaped plain torch loop: AdamW, the same warm-up/decay schedule, accumulation, clipping."""
 
     def __init__(self, module: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: str):
+        import torch
+
         self.module = module.to(device)
         o = cfg.optim
         params = [p for p in module.parameters() if p.requires_grad]
@@ -120,6 +88,8 @@ class PlainEngine:
 
     def step(self) -> None:
         if self.is_gradient_accumulation_boundary():
+            import torch
+
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
             self._grad_norm = float(norm)
             self.optimizer.step()
@@ -135,6 +105,8 @@ class PlainEngine:
         return self._grad_norm
 
     def save_checkpoint(self, save_dir: str, tag: str, **_: Any) -> None:
+        import torch
+
         state = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
         Path(save_dir, tag).mkdir(parents=True, exist_ok=True)
         torch.save({"module": state, "optimizer": self.optimizer.state_dict(),
@@ -142,6 +114,8 @@ class PlainEngine:
                    Path(save_dir, tag, "plain_state.pt"))
 
     def load_checkpoint(self, load_dir: str, tag: str, **_: Any) -> tuple:
+        import torch
+
         state = torch.load(Path(load_dir, tag, "plain_state.pt"), map_location="cpu", weights_only=False)
         self.module.load_state_dict(state["module"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -179,14 +153,15 @@ def micro_loss(engine, mb: Prepared, loss_cfg: LossConfig, device: str) -> tuple
     """(loss, scores) of one micro-batch."""
     scores = engine(**_to(mb.inputs, device))
     labels, gidx = mb.labels.to(scores.device), mb.group_index.to(scores.device)
-    column = mb.weights.to(scores.device) if loss_cfg.use_example_weights else None
-    w = example_weights(labels, loss_cfg.positive_weight, column)
+    w = example_weights(labels, loss_cfg.positive_weight)
     return compute_loss(loss_cfg.kind, scores, labels, gidx, w), scores
 
 
 def peak_memory_mb(device: str) -> float:
     """Peak GPU memory allocated (cuda) or peak resident memory of the process (cpu), MiB."""
     if device == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -206,6 +181,8 @@ def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, devi
         n += mb.examples
         tokens += mb.tokens
     if device == "cuda":
+        import torch
+
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     loss_sum, n, tokens = all_reduce([loss_sum, n, tokens])
@@ -220,6 +197,8 @@ def evaluate(engine, scorer, groups: list[Group], groups_per_batch: int, loss_cf
              device: str = "cpu") -> dict[str, float]:
     """Pairwise accuracy and loss on validation groups, split over workers (each runs the same number of
     forward passes, as ZeRO-3 needs)."""
+    import torch
+
     rank, size = world()
     mine = groups[rank::size]
     n_batches = math.ceil(math.ceil(len(groups) / size) / groups_per_batch)
@@ -354,49 +333,3 @@ def total_steps_for(total_groups: int, cfg: TrainConfig, world_size: int) -> int
         raise ValueError(f"data: {total_groups} groups cannot fill one optimizer step of {per_step} groups "
                          f"(groups_per_device x grad_accum x workers); add data or lower data.groups_per_device")
     return steps
-
-
-@dataclass
-class LocalResult:
-    """What ``train_local`` returns: the last step, the final metrics, the trained scorer and the realised mix."""
-
-    steps: int
-    metrics: dict
-    scorer: Any
-    model_uri: Optional[str]
-    mix: dict | None = None
-
-
-def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
-    """Train in this process, without Ray (one worker; DeepSpeed or plain torch): the same plan, step and export.
-    Metrics go to ``<output>/metrics.jsonl`` (local outputs), the realised mix to ``<output>/mix.json``; no
-    checkpoints are written."""
-    from docrerank.core import storage
-    from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import (
-        iter_plan,
-        plan_from_config,
-        read_groups,
-        record_mix,
-    )
-    from docrerank.train.export import export_model, trainable_state
-
-    device = resolve_device(device if device != "auto" else cfg.scaling.device)
-    tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
-    total = total_steps_for(sum(len(t["group_ids"]) for t in tasks), cfg, 1)
-    mix = record_mix(tasks, cfg.output, limit=total * cfg.data.groups_per_device * cfg.optim.grad_accum)
-    scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=cfg.seed)
-    engine = make_engine(scorer, cfg, total, device)
-    val = read_groups(cfg.data.validation, cfg.data.val_max_groups) if cfg.data.validation else None
-    out = storage.resolve(cfg.output)
-    log = MetricsLog(out.path) if "://" not in out.uri else NullLog()
-    try:
-        steps = prefetch(step_batches(scorer, iter_plan(tasks), cfg.data.groups_per_device, cfg.optim.grad_accum))
-        last = train_loop(engine, scorer, steps, cfg, total_steps=total, device=device, log=log, val_groups=val)
-        final = evaluate(engine, scorer, val, cfg.data.groups_per_device, cfg.loss, device) if val else {}
-        if final:
-            log.log(last, final)
-    finally:
-        log.close()
-    uri = export_model(trainable_state(scorer), cfg, device) if cfg.export else None
-    return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri, mix=mix)
