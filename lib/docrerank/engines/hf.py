@@ -13,17 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from docrerank.engines import hf_prefix
-from docrerank.engines.base import (
-    EngineConfig,
-    GenerateRequest,
-    JudgeRequest,
-    JudgeResult,
-    RawGeneration,
-    TextEngine,
-    error_kind,
-    make_error,
-    p_yes_from_logprobs,
-)
+from docrerank.engines.base import TextEngine
+from docrerank.engines.config import EngineConfig
+from docrerank.engines.parsing import p_yes_from_logprobs
+from docrerank.engines.requests import GenerateRequest, JudgeRequest, JudgeResult, RawGeneration, error_kind, make_error
 from docrerank.engines.messages import ImagePart, images_of, to_template_dicts
 from docrerank.models.hub import load_tokenizer, read_checkpoint_json, resolve_device, resolve_dtype
 
