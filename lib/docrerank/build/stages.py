@@ -16,7 +16,7 @@ from typing import Any
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import query_id, seed_of
-from docrerank.engines.ray_stage import batch_rows as _batch_rows
+from docrerank.core.raydata import batch_rows as _batch_rows
 from docrerank.prompts import load_prompt
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 
 from docrerank.core import storage
 from docrerank.core.schema import is_heldout
-from docrerank.engines.ray_stage import batch_rows as _batch_rows
+from docrerank.core.raydata import batch_rows as _batch_rows
 
 
 def batch_rows(batch) -> list[dict]:
