@@ -135,7 +135,7 @@ def one_pair(rr, queries: list[str], pages: list[dict]):
     """The baseline: pairs in input order, each preprocessed and scored in its own forward pass."""
     import numpy as np
 
-    from docrerank.rerank.reranker import as_page
+    from docrerank.rerank.pages import as_page
 
     return np.array([rr._forward([q], [as_page(p)])[0] for q, p in zip(queries, pages)], dtype=np.float32)
 

@@ -24,8 +24,9 @@ from docrerank.engines import (
     system,
     user,
 )
-from docrerank.engines import base, messages
-from docrerank.engines.base import RawGeneration, check_sample, judge_from_top_logprobs, p_yes_from_logprobs
+from docrerank.engines import messages, parsing
+from docrerank.engines.parsing import check_sample, judge_from_top_logprobs, p_yes_from_logprobs
+from docrerank.engines.requests import JudgeResult, RawGeneration
 
 
 def png(color=(255, 0, 0), size=(8, 6), fmt="PNG") -> bytes:
@@ -128,8 +129,8 @@ def test_check_sample_kinds():
 
 
 def test_apply_stop():
-    assert base.apply_stop("abc\ndef###x", ["###", "\n"]) == ("abc", True)
-    assert base.apply_stop("abc", ["#"]) == ("abc", False)
+    assert parsing.apply_stop("abc\ndef###x", ["###", "\n"]) == ("abc", True)
+    assert parsing.apply_stop("abc", ["#"]) == ("abc", False)
 
 
 def test_judge_from_top_logprobs():
@@ -200,7 +201,7 @@ def test_engine_config_validates():
     assert EngineConfig.model_fields["max_pixels"].description  # documented field
 
 
-def test_register_backend_model_free_engine():
+def test_register_backend_adds_an_outside_engine():
     class ConstantEngine:
         def __init__(self, cfg):
             self.p = cfg.options["p"]
@@ -209,7 +210,7 @@ def test_register_backend_model_free_engine():
             return []
 
         def judge(self, requests):
-            return [base.JudgeResult(p_yes=self.p, method="rules") for _ in requests]
+            return [JudgeResult(p_yes=self.p, method="rules") for _ in requests]
 
         def close(self):
             pass

@@ -19,7 +19,7 @@ from docrerank.engines import (
     system,
     user,
 )
-from docrerank.engines.hf_prefix import common_prefix_len, plan_prefix_groups
+from docrerank.models.prefix import common_prefix_len, plan_prefix_groups
 
 TOL = 2e-5
 INSTRUCTION = "Can this page answer the question? Answer Yes or No.\nQuestion: "
@@ -88,6 +88,17 @@ def test_plan_prefix_groups():
     groups, rest = plan_prefix_groups([[1, 2, 3], [1, 2, 4]], [(), ()], None, 3)
     assert groups == [] and rest == [0, 1]
     assert common_prefix_len([[1, 2], [1, 2, 3], [1, 5]]) == 1
+
+
+def test_qwen_vl_expands_placeholders_and_pads_left():
+    from docrerank.models.qwen_vl import batch_inputs, expand_image_tokens
+
+    assert expand_image_tokens([1, 9, 2, 9, 3], 9, [2, 3]) == [1, 9, 9, 2, 9, 9, 9, 3]
+    with pytest.raises(ValueError, match="2 image placeholders for 1 image"):
+        expand_image_tokens([9, 9], 9, [4])
+    inputs = batch_inputs([[5, 6, 7], [8]], pad_id=0, image_token_id=None)
+    assert inputs["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]] and "pixel_values" not in inputs
 
 
 # -------------------------------------------------------------------------------------------- VL judge

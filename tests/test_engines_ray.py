@@ -1,21 +1,20 @@
-"""The Ray Data stage on a local Ray (2 CPUs): engines as map_batches actors, one bad row never fails a batch.
+"""An hf engine inside a Ray actor: stages chained by class (``core.raydata.ChainStage``) on a local Ray (2 CPUs).
 
-``ray_local`` is the session fixture of ``conftest.py`` (``ray.init(num_cpus=2)``).
+The stage class below is shaped like the pipelines' stages: it builds its engine once per actor and turns each batch's
+rows into requests and results into columns. ``ray_local`` is the session fixture of ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import sys
 
 import pytest
 
-from docrerank.engines import EngineConfig, system, user
-from docrerank.engines.messages import to_plain_dicts
-from docrerank.engines.ray_stage import EngineStage, batch_rows, engine_stage
-from docrerank.testing.openai_server import FakeOpenAIServer
+from docrerank.core.raydata import ChainStage, batch_format_of, batch_rows, rows_to_columns
+from docrerank.engines import GenerateRequest, JudgeRequest, SamplingParams, build_engine, error_kind, user
 
-SCHEMA = {"type": "object", "required": ["queries"]}
+PROMPT = "Can this page answer the question? Yes or No. "
 
 
 def png(seed: int) -> bytes:
@@ -26,19 +25,30 @@ def png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_stage_call_without_ray():
-    # The actor class is plain Python: a batch in, the same batch plus result columns out.
-    with FakeOpenAIServer() as srv:
-        stage = EngineStage({"backend": "http", "model": "m", "http": {"base_url": srv.url, "max_retries": 0}})
-        batch = {"messages": [to_plain_dicts([user("q p=0.25")]), [], to_plain_dicts([user("q p=0.5")])],
-                 "id": ["a", "b", "c"]}
-        out = stage(batch)
-    assert out["id"] == ["a", "b", "c"]
-    assert out["p_yes"][0] == pytest.approx(0.25) and out["p_yes"][2] == pytest.approx(0.5)
-    assert math.isnan(out["p_yes"][1]) and out["judge_error"][1].startswith("bad_input")
-    assert out["judge_error"][0] is None and out["judge_method"][0] == "logprobs"
-    with pytest.raises(ValueError, match="task"):
-        EngineStage({"backend": "http", "model": "m"}, task="classify")
+def to_request(row: dict, task: str):
+    """A row's request: pipelines build requests from their own columns."""
+    msgs = [user(row["page"], PROMPT + row["query"])]
+    if task == "judge":
+        return JudgeRequest(msgs, id=row["id"])
+    return GenerateRequest(msgs, SamplingParams(max_tokens=6), id=row["id"])
+
+
+class EngineStage:
+    """One engine per actor; judge or generate every row of a batch, results added as columns."""
+
+    def __init__(self, engine: dict, task: str):
+        self.engine, self.task = build_engine(engine), task
+
+    def __call__(self, batch) -> dict:
+        rows = batch_rows(batch)
+        reqs = [to_request(r, self.task) for r in rows]
+        if self.task == "judge":
+            for row, res in zip(rows, self.engine.judge(reqs)):
+                row.update(p_yes=res.p_yes, judge_error=res.error, judge_method=res.method)
+        else:
+            for row, res in zip(rows, self.engine.generate(reqs)):
+                row.update(text=res.text, gen_error=res.error, completion_tokens=res.completion_tokens)
+        return rows_to_columns(rows)
 
 
 def test_batch_rows_converts_numpy():
@@ -48,41 +58,36 @@ def test_batch_rows_converts_numpy():
     assert rows == [{"a": 1, "b": [1.5]}, {"a": 2, "b": [2.5]}]
 
 
-def test_judge_and_generate_stages_on_local_ray(ray_local):
-    ray = ray_local
-    rows = [{"id": f"r{i}", "messages": to_plain_dicts([system("Check pages."), user(png(i), f"Answer? p=0.{i + 1}")])}
-            for i in range(6)]
-    with FakeOpenAIServer() as srv:
-        cfg = EngineConfig(backend="http", model="m", http={"base_url": srv.url, "max_retries": 0},
-                           ray={"concurrency": 1, "batch_size": 4, "num_cpus": 1})
-        judged = engine_stage(ray.data.from_items(rows), cfg, task="judge").take_all()
-        generated = engine_stage(ray.data.from_items(rows[:3]), cfg, task="generate", sampling={"max_tokens": 32},
-                                 json_schema=SCHEMA).take_all()
-    by_id = {r["id"]: r for r in judged}
-    assert len(by_id) == 6
-    for i in range(6):
-        assert by_id[f"r{i}"]["p_yes"] == pytest.approx((i + 1) / 10)
-        assert by_id[f"r{i}"]["judge_error"] is None
-    assert all(r["gen_error"] is None for r in generated)
-    assert {r["parsed_json"] for r in generated} == {'[{"queries": ["what is the revenue in 2021"]}]'}
-    assert all(r["prompt_tokens"] > 0 for r in generated)
-
-
-def test_hf_engine_in_a_ray_actor(ray_local, tmp_path):
+def test_hf_engine_judges_and_generates_in_a_ray_actor(ray_local, tmp_path):
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 
     ray = ray_local
-    path = make_tiny_qwen2_vl(tmp_path / "vl")
-    rows = [{"page": png(p), "query": q} for p in (1, 2) for q in ("What is the revenue?", "Which year?", "Who?")]
+    # The stage class lives in this test module, which Ray workers cannot import: send it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    engine = {"backend": "hf", "model": str(make_tiny_qwen2_vl(tmp_path / "vl")), "batch_size": 4,
+              "hf": {"device": "cpu", "local_files_only": True}}
+    rows = [{"id": f"{p}:{q}", "page": png(p), "query": q}
+            for p in (1, 2) for q in ("What is the revenue?", "Which year?", "Who?")]
+    rows.append({"id": "junk", "page": b"not an image", "query": "Who?"})
+    stages = [(EngineStage, {"engine": engine, "task": "judge"}), (EngineStage, {"engine": engine, "task": "generate"})]
+    out = ray.data.from_items(rows).map_batches(
+        ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=len(rows), concurrency=1, num_cpus=1,
+        batch_format=batch_format_of(stages)).take_all()
+    by_id = {r["id"]: r for r in out}
+    assert sorted(by_id) == sorted(r["id"] for r in rows)
+    # one undecodable page fails its own requests, not the batch
+    junk = by_id.pop("junk")
+    assert error_kind(junk["judge_error"]) == "bad_input" and error_kind(junk["gen_error"]) == "bad_input"
+    assert all(r["judge_error"] is None and r["judge_method"] == "logits" and 0 < r["p_yes"] < 1
+               for r in by_id.values())
+    assert len({round(r["p_yes"], 6) for r in by_id.values()}) == 6
+    assert all(0 < r["completion_tokens"] <= 6 for r in by_id.values())
 
-    def to_request(row):  # pipelines build requests from their own columns
-        from docrerank.engines import JudgeRequest, user as u
-
-        return JudgeRequest([u(row["page"], "Can this page answer the question? Yes or No. " + row["query"])])
-
-    cfg = EngineConfig(backend="hf", model=str(path), hf={"device": "cpu", "local_files_only": True},
-                       ray={"concurrency": 1, "batch_size": 6, "num_cpus": 1})
-    out = engine_stage(ray.data.from_items(rows), cfg, task="judge", request_fn=to_request).take_all()
-    assert len(out) == 6 and all(r["judge_error"] is None and 0 < r["p_yes"] < 1 for r in out)
-    assert all(r["judge_method"] == "logits" for r in out)
-    assert len({round(r["p_yes"], 6) for r in out}) == 6
+    # the actor's answers are the in-process engine's
+    local = build_engine(engine)
+    ok = [r for r in rows if r["id"] != "junk"]
+    judged = local.judge([to_request(r, "judge") for r in ok])
+    generated = local.generate([to_request(r, "generate") for r in ok])
+    for row, j, g in zip(ok, judged, generated):
+        assert by_id[row["id"]]["p_yes"] == pytest.approx(j.p_yes, abs=2e-5)
+        assert by_id[row["id"]]["text"] == g.text

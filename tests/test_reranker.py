@@ -132,7 +132,7 @@ def test_vlm_page_prefix_reuse_equals_the_plain_path(tiny_vlm):
     red, blue = _png("red"), _png("blue", (160, 120))
     pages = [red, blue, red, red, _png("green")]
     queries = ["first query", "second", "a third, longer query about revenue", "4", "lonely page"]
-    from docrerank.rerank.reranker import as_page
+    from docrerank.rerank.pages import as_page
 
     rows = [as_page(p) for p in pages]
     rr.prefix_reuse = False

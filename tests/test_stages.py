@@ -160,7 +160,7 @@ def test_text_prefilter_skips_pages_without_a_text_layer(monkeypatch):
     from docrerank.build.config import BuildConfig
     from docrerank.core.config import load_config
     from docrerank.core.schema import QueryRow
-    from docrerank.engines.base import JudgeResult
+    from docrerank.engines.requests import JudgeResult
 
     class FakeJudge:
         calls = 0

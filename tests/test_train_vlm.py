@@ -91,6 +91,21 @@ def test_encode_builds_the_monoqwen_prompt_with_expanded_image_tokens(scorer, gr
     assert inputs["attention_mask"][:, -1].all()
 
 
+def test_scorer_is_a_module_and_shares_the_hf_engines_input_path(data, scorer, groups):
+    from docrerank.engines import EngineConfig, build_engine, user
+    from docrerank.train import backbones
+
+    assert isinstance(scorer, torch.nn.Module) and type(scorer) is backbones.VLMScorer
+    engine = build_engine(EngineConfig(backend="hf", model=data["model"], max_pixels=MAX_PIXELS,
+                                       hf={"device": "cpu", "local_files_only": True}))
+    g = groups[0]
+    image, query = g.images[g.page_index[0]], g.queries[0]
+    enc = engine.encode([user(image, scorer.cfg.prompt.format(query=query))])
+    pixel_values, grid = scorer.page_pixels(image, g.page_ids[0])
+    assert enc.ids == scorer.example_ids(query, scorer.image_tokens(grid))
+    assert torch.equal(enc.pixel_values, pixel_values) and torch.equal(enc.grid_thw, grid)
+
+
 def test_pixel_cap_bounds_every_page(scorer, groups):
     inputs = scorer.encode(collate_groups(groups[:4]))
     for t, h, w in inputs["page_grid"].tolist():

@@ -7,7 +7,7 @@ from typing import Literal, Union
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
-from docrerank.engines.base import EngineConfig
+from docrerank.engines.config import EngineConfig
 from docrerank.ingest.config import IngestOptions
 
 ModelFree = Literal["rules", "text", "given"]

@@ -1,7 +1,7 @@
 """The typed engine config: ``EngineConfig`` and its per-backend option classes (hf, vllm, http, ray).
 
-Pure pydantic, no runtime code; the engine interface that consumes these lives in ``docrerank.engines.base``
-(which re-exports them). ``EngineConfig.backend`` is checked against the backend registry there.
+Pure pydantic, no runtime code; the engines that consume these live in ``docrerank.engines``.
+``EngineConfig.backend`` is checked against the backend registry (``docrerank.engines.registry``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator
 
 from docrerank.core.config import Config
+from docrerank.engines.registry import available_backends
 
 
 class HFOptions(Config):
@@ -128,9 +129,6 @@ class EngineConfig(Config):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        # The registry lives in base.py (which imports this module), so it is imported at call time.
-        from docrerank.engines.base import _BACKENDS
-
-        if v not in _BACKENDS:
-            raise ValueError(f"unknown backend {v!r}, expected one of {sorted(_BACKENDS)}")
+        if v not in available_backends():
+            raise ValueError(f"unknown backend {v!r}, expected one of {available_backends()}")
         return v

@@ -1,9 +1,9 @@
 """transformers backend (CPU or GPU): causal LMs and Qwen2-VL / Qwen2.5-VL / Qwen3-VL from a path or the HF cache.
 
-Prompts are built with the checkpoint's chat template; each ``<|image_pad|>`` placeholder is expanded to the
-image's token count (``grid_thw.prod() // merge_size**2``), as the Qwen processor does, with the PIL image
-processor (no torchvision needed). Judging reads the two answer-token logits at the last position of one
-forward pass; requests that share a page prefix go through ``hf_prefix`` (prefix encoded once).
+Prompts are built through ``models.qwen_vl`` (the checkpoint's chat template, each ``<|image_pad|>`` placeholder
+expanded to the image's token count, the PIL image processor: no torchvision needed), the same input path as the
+vlm training backbone and the Reranker. Judging reads the two answer-token logits at the last position of one
+forward pass; requests that share a page prefix go through ``models.prefix`` (prefix encoded once).
 """
 
 from __future__ import annotations
@@ -12,22 +12,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from docrerank.engines import hf_prefix
-from docrerank.engines.base import (
-    EngineConfig,
-    GenerateRequest,
-    JudgeRequest,
-    JudgeResult,
-    RawGeneration,
-    TextEngine,
-    error_kind,
-    make_error,
-    p_yes_from_logprobs,
-)
+from docrerank.engines.base import TextEngine
+from docrerank.engines.config import EngineConfig
 from docrerank.engines.messages import ImagePart, images_of, to_template_dicts
-from docrerank.models.hub import load_tokenizer, read_checkpoint_json, resolve_device, resolve_dtype
-
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from docrerank.engines.parsing import p_yes_from_logprobs
+from docrerank.engines.requests import GenerateRequest, JudgeRequest, JudgeResult, RawGeneration, error_kind, make_error
+from docrerank.models import prefix, qwen_vl
+from docrerank.models.hub import load_tokenizer, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -38,6 +29,11 @@ class Encoded:
     pixel_values: Any = None  # (patches, dim) for all images of the request, or None
     grid_thw: Any = None  # (n_images, 3), or None
     key: tuple = ()
+
+    @property
+    def pixels(self) -> list:
+        """The request's images as ``qwen_vl.batch_inputs`` takes them."""
+        return [] if self.grid_thw is None else [(self.pixel_values, self.grid_thw)]
 
 
 class HFEngine(TextEngine):
@@ -54,7 +50,7 @@ class HFEngine(TextEngine):
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         load = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=cfg.hf.local_files_only)
         mcfg = AutoConfig.from_pretrained(cfg.model, **load)
-        self.is_vl = mcfg.model_type in VL_MODEL_TYPES
+        self.is_vl = mcfg.model_type in qwen_vl.VL_MODEL_TYPES
         model_cls = AutoModelForImageTextToText if self.is_vl else AutoModelForCausalLM
         kwargs = dict(dtype=self.dtype, **load)
         if cfg.hf.attn_implementation:
@@ -84,10 +80,8 @@ class HFEngine(TextEngine):
         return sorted(ids)
 
     def _image_processor(self):
-        from docrerank.models.qwen_vl import image_processor
-
-        pre = read_checkpoint_json(self.cfg.model, "preprocessor_config.json", self.cfg.hf.local_files_only) or {}
-        return image_processor(pre, self.cfg.min_pixels, self.cfg.max_pixels)
+        return qwen_vl.load_image_processor(self.cfg.model, self.cfg.min_pixels, self.cfg.max_pixels,
+                                            self.cfg.hf.local_files_only)
 
     # ------------------------------------------------------------------------------------ encoding
     def _preprocess(self, part: ImagePart):
@@ -96,8 +90,7 @@ class HFEngine(TextEngine):
         if hit is not None:
             self._image_cache.move_to_end(key)
             return hit
-        out = self.image_processor(images=[part.to_pil()], return_tensors="pt")
-        value = (out["pixel_values"], out["image_grid_thw"])
+        value = qwen_vl.page_pixels(self.image_processor, part.image)
         if self.cfg.hf.image_cache_size:
             self._image_cache[key] = value
             while len(self._image_cache) > self.cfg.hf.image_cache_size:
@@ -109,25 +102,14 @@ class HFEngine(TextEngine):
         images = images_of(messages)
         if images and not self.is_vl:
             raise ValueError(f"model {self.cfg.model!r} is text-only, got a request with {len(images)} image(s)")
-        ids = self.tok.apply_chat_template(to_template_dicts(messages), tokenize=False, add_generation_prompt=True)
-        ids = self.tok(ids, add_special_tokens=False)["input_ids"]
+        ids = qwen_vl.prompt_ids(self.tok, to_template_dicts(messages))
         if not images:
-            return Encoded(ids=list(ids))
+            return Encoded(ids=ids)
         processed = [self._preprocess(p) for p in images]
-        counts = [int(g.prod()) // self.merge_size**2 for _, g in processed]
-        if ids.count(self.image_token_id) != len(images):
-            raise ValueError(f"chat template produced {ids.count(self.image_token_id)} image placeholders for "
-                             f"{len(images)} image(s)")
-        expanded, k = [], 0
-        for t in ids:
-            if t == self.image_token_id:
-                expanded.extend([t] * counts[k])
-                k += 1
-            else:
-                expanded.append(t)
+        counts = [qwen_vl.image_token_count(g, self.merge_size) for _, g in processed]
         torch = self._torch
         return Encoded(
-            ids=expanded,
+            ids=qwen_vl.expand_image_tokens(ids, self.image_token_id, counts),
             pixel_values=torch.cat([pv for pv, _ in processed]),
             grid_thw=torch.cat([g for _, g in processed]),
             key=tuple(p.key() for p in images),
@@ -135,43 +117,20 @@ class HFEngine(TextEngine):
 
     def full_positions(self, enc: Encoded):
         """Position ids of the whole sequence: (3, L) M-RoPE for VL models, (L,) otherwise."""
-        torch = self._torch
-        n = len(enc.ids)
         if not self.is_vl:
-            return torch.arange(n)
-        if enc.grid_thw is None:
-            return torch.arange(n).expand(3, n)
-        ids = torch.tensor([enc.ids])
-        pos, _ = self.model.model.get_rope_index(
-            ids, mm_token_type_ids=(ids == self.image_token_id).int(), image_grid_thw=enc.grid_thw
-        )
-        return pos[:, 0, :]
+            return self._torch.arange(len(enc.ids))
+        return qwen_vl.sequence_positions(self.model, enc.ids, self.image_token_id, enc.grid_thw)
 
     def batch_inputs(self, encs: Sequence[Encoded], positions: bool = True) -> dict:
-        """Left-padded model inputs for a batch (with position ids when ``positions``)."""
-        torch = self._torch
-        width = max(len(e.ids) for e in encs)
-        ids = torch.full((len(encs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encs), width), dtype=torch.long)
-        for r, e in enumerate(encs):
-            ids[r, width - len(e.ids) :] = torch.tensor(e.ids, dtype=torch.long)
-            mask[r, width - len(e.ids) :] = 1
-        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-        with_images = [e for e in encs if e.grid_thw is not None]
-        if with_images:
-            inputs["pixel_values"] = torch.cat([e.pixel_values for e in with_images]).to(self.dtype)
-            inputs["image_grid_thw"] = torch.cat([e.grid_thw for e in with_images])
-            inputs["mm_token_type_ids"] = (ids == self.image_token_id).int()
+        """Left-padded model inputs for a batch on the engine's device (with position ids when ``positions``)."""
+        pixels = [p for e in encs for p in e.pixels]
+        inputs = qwen_vl.batch_inputs([e.ids for e in encs], self.pad_id, self.image_token_id, pixels, self.dtype)
         if positions:
-            if with_images:
-                pos, _ = self.model.model.get_rope_index(
-                    ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
-                    attention_mask=mask,
-                )
-            else:
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                pos = pos.expand(3, *pos.shape) if self.is_vl else pos
-            inputs["position_ids"] = pos
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (
+                qwen_vl.rope_positions(self.model, inputs["input_ids"], self.image_token_id,
+                                       inputs.get("image_grid_thw"), mask)
+                if self.is_vl else (mask.cumsum(-1) - 1).clamp(min=0))
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     def answer_tokens(self, yes: str, no: str) -> tuple[int, int]:
@@ -222,7 +181,7 @@ class HFEngine(TextEngine):
     def _plan(self, todo: list, encs: dict, pairs: dict):
         if not self.cfg.hf.prefix_reuse or len(todo) < 2:
             return [], todo
-        groups, rest = hf_prefix.plan_prefix_groups(
+        groups, rest = prefix.plan_prefix_groups(
             [encs[i].ids for i in todo], [(encs[i].key, pairs[i]) for i in todo], self.image_token_id,
             self.cfg.hf.min_prefix_tokens,
         )
@@ -248,16 +207,12 @@ class HFEngine(TextEngine):
         idx = torch.tensor([pairs[i] for i in chunk], device=last.device)
         return last.gather(1, idx)
 
-    def _judge_group(self, group: hf_prefix.PrefixGroup, encs: dict, pairs: dict):
-        first = encs[group.indices[0]]
-        plen = group.prefix_len
-        prefix = Encoded(ids=first.ids[:plen], pixel_values=first.pixel_values, grid_thw=first.grid_thw)
-        inputs = self.batch_inputs([prefix], positions=False)
-        inputs["position_ids"] = self.full_positions(first)[..., :plen].unsqueeze(-2).to(self.device)
+    def _judge_group(self, group: prefix.PrefixGroup, encs: dict, pairs: dict):
         members = [encs[i] for i in group.indices]
-        return hf_prefix.judge_prefix_group(
-            self.model, inputs, [e.ids[plen:] for e in members], [self.full_positions(e)[..., plen:] for e in members],
-            pairs[group.indices[0]], self.pad_id, self.cfg.batch_size,
+        return prefix.shared_prefix_logits(
+            self.model, [e.ids for e in members], group.prefix_len, [self.full_positions(e) for e in members],
+            pairs[group.indices[0]], self.pad_id, self.cfg.batch_size, self.device, self.image_token_id,
+            members[0].pixels, self.dtype,
         )
 
     # ------------------------------------------------------------------------------------ generate

@@ -16,18 +16,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
 
-from docrerank.engines.base import (
-    EngineConfig,
+from docrerank.engines.base import TextEngine
+from docrerank.engines.config import EngineConfig
+from docrerank.engines.messages import to_openai_dicts
+from docrerank.engines.parsing import judge_from_top_logprobs
+from docrerank.engines.requests import (
     GenerateRequest,
     JudgeRequest,
     JudgeResult,
     RawGeneration,
-    TextEngine,
     error_kind,
-    judge_from_top_logprobs,
     make_error,
 )
-from docrerank.engines.messages import to_openai_dicts
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 

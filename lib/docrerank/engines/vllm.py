@@ -15,18 +15,18 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from docrerank.engines.base import (
-    EngineConfig,
+from docrerank.engines.base import TextEngine
+from docrerank.engines.config import EngineConfig
+from docrerank.engines.messages import image_keys, images_of, to_template_dicts
+from docrerank.engines.parsing import p_yes_from_logprobs
+from docrerank.engines.requests import (
     GenerateRequest,
     JudgeRequest,
     JudgeResult,
     RawGeneration,
-    TextEngine,
     error_kind,
     make_error,
-    p_yes_from_logprobs,
 )
-from docrerank.engines.messages import image_keys, images_of, to_template_dicts
 
 MISSING_VLLM = (
     "the 'vllm' backend needs the vllm package, which is not installed: install it on a GPU machine with "

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
-from docrerank.engines.base import EngineConfig
+from docrerank.engines.config import EngineConfig
 
 
 class MineFilterConfig(Config):

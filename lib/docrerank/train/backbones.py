@@ -2,35 +2,33 @@
 (a cross-encoder over query and page text). Each scorer turns a ``Batch`` into model inputs on the CPU
 (``encode``) and inputs into float32 scores (``forward``), so the same module serves DeepSpeed and plain torch.
 
-VLM inputs are built as ``engines/hf.py`` does (chat template, ``<|image_pad|>`` expanded to the image's token
-count, the PIL image processor: no Qwen2VLProcessor, no torchvision). A page shared by several examples of a
-batch goes through the frozen vision tower once (no gradient), its features are reused for each query.
+VLM inputs go through ``models.qwen_vl``, the input path the hf engine and the Reranker use too (chat template,
+``<|image_pad|>`` expanded to the image's token count, the PIL image processor: no Qwen2VLProcessor, no
+torchvision). A page shared by several examples of a batch goes through the frozen vision tower once (no
+gradient), its features are reused for each query. For inference (the Reranker) the vlm scorer also takes queries
+and per-page pixels directly (``score_pairs``) and scores several queries of one page on its cached prefix
+(``score_shared_page``).
+
+Importing this module does not import torch. DeepSpeed needs ``nn.Module`` scorers: ``VLMScorer`` and
+``TextScorer`` are the torch-free ``VLMScoring`` / ``TextScoring`` mixed with ``nn.Module``, created (importing
+torch) on first use by ``scorer_class``; the module attributes ``VLMScorer`` / ``TextScorer`` resolve through it.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-from pathlib import Path
-from typing import Any, Optional
+import functools
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-from torch import nn
-
-from docrerank.train.collate import Batch
-from docrerank.models.hub import (
-    DEFAULT_TEXT,
-    DEFAULT_VLM,
-    load_tokenizer,
-    read_checkpoint_json,
-    resolve_dtype,
-    resolve_model_path,
-)
+from docrerank.models import qwen_vl
+from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM, load_tokenizer, resolve_dtype, resolve_model_path
 from docrerank.train.config import LoraConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from docrerank.train.collate import Batch
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT_PROJECTIONS = ["query", "key", "value", "dense"]
+SCORER_CLASSES = {"vlm": "VLMScorer", "text": "TextScorer"}
 
 
 def lora_targets(backbone: str, names: Optional[list[str]]) -> Any:
@@ -41,7 +39,7 @@ def lora_targets(backbone: str, names: Optional[list[str]]) -> Any:
     return names or TEXT_PROJECTIONS
 
 
-def apply_lora(model: nn.Module, backbone: str, lora: LoraConfig) -> nn.Module:
+def apply_lora(model: Any, backbone: str, lora: LoraConfig) -> Any:
     """Wrap ``model`` with LoRA adapters (only they train), or, LoRA disabled, unfreeze the trained part."""
     if not lora.enabled:
         for name, p in model.named_parameters():
@@ -57,15 +55,18 @@ def apply_lora(model: nn.Module, backbone: str, lora: LoraConfig) -> nn.Module:
     return get_peft_model(model, pcfg)
 
 
-def base_of(model: nn.Module) -> nn.Module:
+def base_of(model: Any) -> Any:
     """The transformers model under a PEFT wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class VLMScorer(nn.Module):
-    """score = h_last . (W[True] - W[False]) in float32, h_last the final hidden state at the generation prompt."""
+class VLMScoring:
+    """score = h_last . (W[True] - W[False]) in float32, h_last the final hidden state at the generation prompt.
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, cfg: ModelConfig, path: str):
+    The torch-free logic of ``VLMScorer`` (which mixes it with ``nn.Module``; build one with ``build_scorer``).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, cfg: ModelConfig, path: str):
         super().__init__()
         self.model = model
         self.tokenizer, self.image_processor, self.cfg, self.path = tokenizer, image_processor, cfg, path
@@ -86,17 +87,14 @@ class VLMScorer(nn.Module):
         """Token ids of one example with a single ``<|image_pad|>`` placeholder (generation prompt on)."""
         return vlm_prompt_ids(self.tokenizer, self.cfg.prompt, query)
 
-    def image_tokens(self, grid_thw) -> int:
-        return int(grid_thw.prod()) // self.merge_size**2
+    def image_tokens(self, grid_thw: Any) -> int:
+        """Language-model tokens of one page image of grid ``grid_thw``."""
+        return qwen_vl.image_token_count(grid_thw, self.merge_size)
 
     def example_ids(self, query: str, n_image_tokens: int, where: str = "") -> list[int]:
         """Token ids of one example with its image placeholder expanded to ``n_image_tokens``; ValueError when
         that exceeds ``max_seq_len``."""
-        ids = self.prompt_ids(query)
-        if ids.count(self.image_token_id) != 1:
-            raise ValueError(f"chat template gave {ids.count(self.image_token_id)} image placeholders, expected 1")
-        k = ids.index(self.image_token_id)
-        ids = ids[:k] + [self.image_token_id] * n_image_tokens + ids[k + 1:]
+        ids = qwen_vl.expand_image_tokens(self.prompt_ids(query), self.image_token_id, [n_image_tokens])
         if len(ids) > self.cfg.seq_len:
             raise ValueError(
                 f"{where}{len(ids)} tokens after expanding {n_image_tokens} image tokens > "
@@ -104,37 +102,39 @@ class VLMScorer(nn.Module):
                 f"(now {self.cfg.max_pixels}) or raise model.max_seq_len")
         return ids
 
-    def _pixels(self, image, page_id: str):
-        """Pixel patches and grid of one page image (encoded bytes or a PIL image)."""
-        from PIL import Image
-
+    def page_pixels(self, image: Any, page_id: str = "") -> tuple[Any, Any]:
+        """``(pixel_values, grid_thw)`` of one page image (encoded bytes or a PIL image); ValueError naming the page
+        when it has no image or the image does not decode."""
         if image is None:
             raise ValueError(f"page {page_id}: no image (the vlm backbone needs page images)")
-        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
-        out = self.image_processor(images=[img.convert("RGB")], return_tensors="pt")
-        return out["pixel_values"], out["image_grid_thw"]
+        return qwen_vl.page_pixels(self.image_processor, image, f"page {page_id}")
 
-    def encode(self, batch: Batch, pixels: Optional[list] = None) -> dict[str, torch.Tensor]:
+    def encode(self, batch: Batch, pixels: Optional[list] = None) -> dict[str, Any]:
         """Left-padded input ids (image tokens expanded), each distinct page's pixels once; ValueError when an
         example exceeds ``max_seq_len``. ``pixels``: the pages' ``(pixel_values, grid_thw)`` when already
-        computed (inference caches them)."""
-        pages = pixels or [self._pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
-        seqs = [self.example_ids(q, self.image_tokens(pages[p][1]), f"example {i} (page {batch.page_ids[p]}): ")
-                for i, (q, p) in enumerate(zip(batch.queries, batch.page_of))]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s):] = 1
-        page_of = torch.tensor(batch.page_of, dtype=torch.long)
-        page_grid = torch.cat([g for _, g in pages])
+        computed."""
+        pages = pixels or [self.page_pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
+        return self.encode_pairs(batch.queries, batch.page_of, pages, batch.page_ids)
+
+    def encode_pairs(self, queries: Sequence[str], page_of: Sequence[int], pages: Sequence[tuple[Any, Any]],
+                     page_ids: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """CPU inputs of ``forward`` for pairs: pair i asks ``queries[i]`` of page ``page_of[i]``; ``pages``: each
+        distinct page's ``(pixel_values, grid_thw)`` once (``page_ids`` name them in errors)."""
+        import torch
+
+        names = list(page_ids) if page_ids is not None else [str(p) for p in range(len(pages))]
+        seqs = [self.example_ids(q, self.image_tokens(pages[p][1]), f"example {i} (page {names[p]}): ")
+                for i, (q, p) in enumerate(zip(queries, page_of))]
+        input_ids, mask = qwen_vl.left_pad(seqs, self.pad_id)
         return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": torch.cat([pv for pv, _ in pages]),
-                "page_grid": page_grid, "page_of": page_of,
+                "page_grid": torch.cat([g for _, g in pages]), "page_of": torch.tensor(list(page_of), dtype=torch.long),
                 "mm_token_type_ids": (input_ids == self.image_token_id).int()}
 
     # -------------------------------------------------------------------------------------- score
     def forward(self, input_ids, attention_mask, pixel_values, page_grid, page_of, mm_token_type_ids):
+        """float32 scores of ``encode``'s inputs, one per example."""
+        import torch
+
         inner = base_of(self.model).model
         with torch.no_grad():  # frozen vision tower: no activations kept, one pass per distinct page
             feats = inner.get_image_features(pixel_values, page_grid, return_dict=True)
@@ -149,15 +149,40 @@ class VLMScorer(nn.Module):
             self._w_diff = self._w_diff.to(h.device)
         return h @ self._w_diff
 
+    def score_pairs(self, queries: Sequence[str], page_of: Sequence[int], pages: Sequence[tuple[Any, Any]],
+                    device: Any) -> Any:
+        """float32 scores of (query, page) pairs as ``encode_pairs`` takes them, run on ``device`` (inference: the
+        caller sets the grad mode)."""
+        inputs = self.encode_pairs(queries, page_of, pages)
+        return self(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
 
-class TextScorer(nn.Module):
-    """score = logit("True") - logit("False") of a 2-label sequence classifier over (query, page text)."""
+    def score_shared_page(self, queries: Sequence[str], pixels: tuple[Any, Any], batch_size: int, device: Any) -> Any:
+        """float32 scores of several queries on one page (``pixels``: its ``(pixel_values, grid_thw)``): the
+        [image][prompt] prefix encoded once (KV cache), each query's tokens run against it, ``batch_size`` at a
+        time; equal to ``score_pairs`` up to rounding."""
+        from docrerank.models import prefix
 
-    def __init__(self, model: nn.Module, tokenizer, cfg: ModelConfig, path: str):
+        model = base_of(self.model)
+        n_img = self.image_tokens(pixels[1])
+        seqs = [self.example_ids(q, n_img) for q in queries]
+        plen = min(prefix.common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+        positions = [qwen_vl.sequence_positions(model, s, self.image_token_id, pixels[1]) for s in seqs]
+        logits = prefix.shared_prefix_logits(model, seqs, plen, positions, self.answer_ids, self.pad_id, batch_size,
+                                             device, self.image_token_id, [pixels], model.dtype)
+        return (logits[:, 0] - logits[:, 1]).float()
+
+
+class TextScoring:
+    """score = logit("True") - logit("False") of a 2-label sequence classifier over (query, page text).
+
+    The torch-free logic of ``TextScorer`` (which mixes it with ``nn.Module``; build one with ``build_scorer``).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: ModelConfig, path: str):
         super().__init__()
         self.model, self.tokenizer, self.cfg, self.path = model, tokenizer, cfg, path
 
-    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def encode(self, batch: Batch) -> dict[str, Any]:
         """Tokenized (query, page text) pairs; the page text is truncated to ``max_seq_len``."""
         texts = [batch.texts[p] for p in batch.page_of]
         enc = self.tokenizer(batch.queries, texts, truncation="only_second", max_length=self.cfg.seq_len,
@@ -165,28 +190,42 @@ class TextScorer(nn.Module):
         return dict(enc)
 
     def forward(self, **inputs):
+        """float32 scores of ``encode``'s inputs, one per example."""
         logits = self.model(**inputs).logits.float()
         return logits[:, 1] - logits[:, 0]
 
 
-def load_image_processor(path: str, cfg: ModelConfig):
-    """The PIL Qwen2-VL image processor with the checkpoint's settings and the configured pixel bounds."""
-    from docrerank.models.qwen_vl import image_processor
+@functools.cache
+def scorer_class(backbone: str) -> type:
+    """The ``nn.Module`` scorer class of a backbone: ``VLMScorer`` (vlm) or ``TextScorer`` (text), created on the
+    first call (torch is imported here)."""
+    from torch import nn
 
-    return image_processor(read_checkpoint_json(path, "preprocessor_config.json") or {}, cfg.min_pixels, cfg.max_pixels)
+    logic = {"vlm": VLMScoring, "text": TextScoring}.get(backbone)
+    if logic is None:
+        raise ValueError(f"backbone: got {backbone!r}, expected one of {sorted(SCORER_CLASSES)}")
+    name = SCORER_CLASSES[backbone]
+    return type(name, (logic, nn.Module), {"__module__": __name__, "__qualname__": name, "__doc__": logic.__doc__})
 
 
-def vlm_prompt_ids(tokenizer, prompt: str, query: str) -> list[int]:
+def __getattr__(name: str) -> Any:
+    """``VLMScorer`` / ``TextScorer``: the scorer module classes, created by ``scorer_class`` on first access."""
+    for backbone, cls_name in SCORER_CLASSES.items():
+        if name == cls_name:
+            return scorer_class(backbone)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def vlm_prompt_ids(tokenizer: Any, prompt: str, query: str) -> list[int]:
     """MonoQwen2-VL input ids: user turn = one image placeholder then ``prompt`` with the query; generation
     prompt on."""
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.format(query=query)}]}]
-    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    content = [{"type": "image"}, {"type": "text", "text": prompt.format(query=query)}]
+    return qwen_vl.prompt_ids(tokenizer, [{"role": "user", "content": content}])
 
 
 def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
     """Fail before training when a page at the pixel cap cannot fit ``max_seq_len`` (no weights loaded)."""
-    proc = load_image_processor(path, cfg)
+    proc = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
     patch = getattr(proc, "patch_size", 14) * getattr(proc, "merge_size", 2)
     image_tokens = cfg.max_pixels // (patch * patch)
     need = len(vlm_prompt_ids(load_tokenizer(path), cfg.prompt, "")) - 1 + image_tokens
@@ -195,9 +234,12 @@ def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
                          f"{image_tokens} image tokens + the prompt = {need} tokens before the query")
 
 
-def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: int = 0) -> nn.Module:
-    """Load the backbone from ``cfg.path``, add LoRA (or unfreeze), enable gradient checkpointing; on the CPU,
-    in ``cfg.dtype`` (auto: bfloat16 for a cuda ``device``). The text head is initialised from ``seed``."""
+def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: int = 0) -> Any:
+    """Load the backbone from ``cfg.path`` as a ``VLMScorer`` or ``TextScorer`` (an ``nn.Module``), add LoRA (or
+    unfreeze), enable gradient checkpointing; on the CPU, in ``cfg.dtype`` (auto: bfloat16 for any cuda ``device``).
+    The text head is initialised from ``seed``."""
+    import torch
+
     path = resolve_model_path(cfg.path or (DEFAULT_VLM if cfg.backbone == "vlm" else DEFAULT_TEXT))
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True)
@@ -226,10 +268,11 @@ def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: 
         p.requires_grad_(False)
     model = apply_lora(model, cfg.backbone, lora)
     if cfg.backbone == "vlm":
-        return VLMScorer(model, tok, load_image_processor(path, cfg), cfg, path)
-    return TextScorer(model, tok, cfg, path)
+        processor = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
+        return scorer_class("vlm")(model, tok, processor, cfg, path)
+    return scorer_class("text")(model, tok, cfg, path)
 
 
-def trainable_names(scorer: nn.Module) -> list[str]:
+def trainable_names(scorer: Any) -> list[str]:
     """Names of the parameters that train."""
     return [n for n, p in scorer.named_parameters() if p.requires_grad]

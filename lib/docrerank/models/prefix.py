@@ -1,18 +1,21 @@
-"""Shared-page prefix reuse for judging with transformers: encode [image][instruction] once per page.
+"""Shared-page prefix reuse with transformers: encode [image][instruction] once per page, then only the queries.
 
-Judge requests of one page share a long token prefix (system prompt, ~1024 image tokens, instruction); only
-the query differs. ``plan_prefix_groups`` (pure) finds groups of requests with the same images and their
-longest common token prefix. ``judge_prefix_group`` runs the prefix once with a KV cache, expands the cache
-to a batch of continuations, and reads the two answer logits at each continuation's last token. Positions
-come from the model's own rope index over the full sequence (M-RoPE for Qwen2-VL-family models), so the
-result equals the plain path up to floating-point error.
+Requests of one page (hf engine judgements, Reranker pairs) share a long token prefix (system prompt, ~1024 image
+tokens, instruction); only the query differs. ``plan_prefix_groups`` (pure) finds groups of requests with the same
+images and their longest common token prefix. ``judge_prefix_group`` runs the prefix once with a KV cache, expands
+the cache to a batch of continuations, and reads the two answer logits at each continuation's last token;
+``shared_prefix_logits`` builds the prefix inputs (``qwen_vl.batch_inputs``) and positions for it. Positions come
+from the model's own rope index over the full sequence (M-RoPE for Qwen2-VL-family models,
+``qwen_vl.sequence_positions``), so the result equals the plain path up to floating-point error.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from docrerank.models.qwen_vl import batch_inputs
 
 
 @dataclass
@@ -130,7 +133,18 @@ def judge_prefix_group(
     return torch.cat(logits, dim=0)
 
 
-def positions_for(sequences: Sequence[Sequence[int]], full_positions: Callable[[Sequence[int]], Any],
-                  start: int) -> list:
-    """Position ids of each sequence from index ``start`` on, sliced from its full-sequence positions."""
-    return [full_positions(s)[..., start:] for s in sequences]
+def shared_prefix_logits(model: Any, seqs: Sequence[Sequence[int]], prefix_len: int, positions: Sequence[Any],
+                         token_pair: Sequence[int], pad_id: int, batch_size: int, device: Any,
+                         image_token_id: int | None = None, pixels: Sequence[tuple[Any, Any]] = (),
+                         dtype: Any = None) -> Any:
+    """Two answer logits (n, 2) of sequences that share their first ``prefix_len`` tokens, every image token among
+    them: the prefix runs once, each continuation against its KV cache, ``batch_size`` at a time.
+
+    ``positions[i]``: the position ids of the whole of ``seqs[i]``, (L_i,) or (3, L_i) for M-RoPE.
+    ``pixels``: the prefix's images as ``qwen_vl.batch_inputs`` takes them (pixel values cast to ``dtype``).
+    """
+    inputs = batch_inputs([list(seqs[0][:prefix_len])], pad_id, image_token_id, pixels, dtype)
+    inputs["position_ids"] = positions[0][..., :prefix_len].unsqueeze(-2)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return judge_prefix_group(model, inputs, [s[prefix_len:] for s in seqs], [p[..., prefix_len:] for p in positions],
+                              token_pair, pad_id, batch_size)
