@@ -178,6 +178,12 @@ def test_no_import_cycle():
     assert not cycles, "import cycles (module-level imports):\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)
 
 
+def test_no_import_cycle_hidden_behind_a_deferred_import():
+    # A function-level import breaks a cycle at import time only: the modules still depend on each other.
+    cycles = import_cycles(at_import_only=False)
+    assert not cycles, "import cycles (function-level imports counted):\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)
+
+
 def test_the_checks_see_function_level_imports_and_cycles(tmp_path, monkeypatch):
     # Guards the test itself, on a throwaway package laid out like ours.
     pkg = tmp_path / PACKAGE

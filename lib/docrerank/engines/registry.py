@@ -1,19 +1,16 @@
-"""The backend registry: backend name -> factory (``EngineConfig -> Engine``), and ``build_engine``.
+"""The backend registry: backend name -> factory (``EngineConfig -> Engine``).
 
 The built-in backends are registered as lazy ``"module:attr"`` paths, so looking a name up imports nothing heavy;
-``build_engine`` imports the backend (and its torch, vllm or httpx) when an engine is built. ``engines.config``
-validates ``EngineConfig.backend`` against this registry, so this module does not import the config module at
-import time (it does so in ``build_engine``, to validate a dict).
+``engines.factory.build_engine`` imports the backend (and its torch, vllm or httpx) when an engine is built.
+``engines.config`` validates ``EngineConfig.backend`` against this registry, so this module imports no config.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:
     from docrerank.engines.base import Engine
-    from docrerank.engines.config import EngineConfig
 
 Factory = Callable[[Any], "Engine"]
 """Builds an engine from an ``EngineConfig``."""
@@ -43,16 +40,3 @@ def register_backend(name: str, factory: Union[str, Factory]) -> None:
 def available_backends() -> list[str]:
     """Names ``EngineConfig.backend`` accepts."""
     return sorted(_BACKENDS)
-
-
-def build_engine(cfg: Union["EngineConfig", dict]) -> "Engine":
-    """Construct the engine ``cfg.backend`` names (its heavy imports happen now, not at import time)."""
-    if isinstance(cfg, dict):
-        from docrerank.engines.config import EngineConfig
-
-        cfg = EngineConfig.model_validate(cfg)
-    factory = _BACKENDS[cfg.backend]
-    if isinstance(factory, str):
-        module, attr = factory.split(":")
-        factory = getattr(importlib.import_module(module), attr)
-    return factory(cfg)

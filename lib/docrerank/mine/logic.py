@@ -1,4 +1,4 @@
-"""Document-mined hard negatives, the config and the pure logic (no Ray): sampling, selection, rules, rows.
+"""Document-mined hard negatives, the pure logic (no Ray): sampling, selection, the false-negative rule, rows.
 
 For every kept positive of a build (or a given query-page set) the retriever returns the top ``top_n`` pages of
 the same corpus; the positive page is dropped, the rest are put in a seeded order (``Random(f"{seed}|{query_id}")``,
