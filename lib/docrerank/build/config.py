@@ -149,6 +149,9 @@ class BuildConfig(Config):
     """Process at most this many pages (a quick look before a full run)."""
     num_workers: int | None = Field(None, ge=1)
     """Workers of the model-free stages; default: the cluster's CPUs."""
+    viewer: bool = True
+    """Write the dataset viewer at the end, ``<output>/viewer/index.html`` (a static page a browser opens from disk;
+    ``jobs.view_dataset`` writes it for any build output)."""
 
     @model_validator(mode="after")
     def _one_source(self):
