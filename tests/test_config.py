@@ -102,8 +102,11 @@ def _classes():
     from docrerank.rerank.config import RerankConfig
     from docrerank.mine.config import MineConfig
 
+    from docrerank.pipeline.config import PipelineConfig
+    from docrerank.viewer.config import ViewConfig
+
     out = {"ingest": IngestConfig, "build": BuildConfig, "analyse": AnalyseConfig, "eval": EvalConfig,
-           "rerank": RerankConfig, "mine": MineConfig}
+           "rerank": RerankConfig, "mine": MineConfig, "pipeline": PipelineConfig, "view": ViewConfig}
     try:
         from docrerank.train.config import TrainConfig
 
@@ -117,7 +120,8 @@ CONFIG_CLASSES = _classes()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load(path):
+def test_shipped_configs_load(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # a pipeline config names the job configs it runs relative to the checkout
     job = path.stem.split("_")[0]
     cls = CONFIG_CLASSES.get(job)
     assert cls is not None, f"{path.name}: no config class for job prefix {job!r}; register it in CONFIG_CLASSES"

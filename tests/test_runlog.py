@@ -107,7 +107,7 @@ def test_no_capture_on_a_cluster(console, tmp_path, capsys, monkeypatch):
 # A job on the local default in a fresh process: a local Ray whose workers print, a Ray Data actor pool (Ray's C++
 # core prints an error line for each on this Ray version), a library warning, and our own log line.
 SCRIPT = textwrap.dedent("""
-    import logging, sys
+    import logging, os, sys
     from docrerank.core import runtime
 
     class Cfg:
@@ -132,6 +132,15 @@ SCRIPT = textwrap.dedent("""
             return 1
 
         assert ray.get(task.remote()) == 1
+
+        @ray.remote(max_retries=0)
+        def crash():
+            os.abort()
+
+        try:
+            ray.get(crash.remote())
+        except ray.exceptions.RayError:
+            pass
         n = ray.data.range(4).map_batches(Double, compute=ray.data.ActorPoolStrategy(size=1), batch_size=2).count()
         logging.getLogger("docrerank.probe").info("ours: %d rows", n)
         logging.getLogger("somelib").warning("a library warning")
@@ -157,7 +166,11 @@ def test_a_local_job_prints_only_ours_and_routes_ray(tmp_path):
     assert "ours: 4 rows" in r.stderr and f"logs of Ray, its workers and other libraries: {log}" in r.stderr
     for noise in ("hello from a worker", "printed by a task", "a library warning", "Started a local Ray instance"):
         assert noise in text and noise not in console, noise
-    for ray_only in ("Token authentication", "core_worker.cc", "(pid=", "ray.data"):
-        assert ray_only not in console, ray_only
-    # Our run's lines that named the console: this process's own output, nothing else.
-    assert len(console.splitlines()) == 3, console
+    ours = "\n".join(ln for ln in console.splitlines() if "report crashed processes" not in ln)
+    for ray_only in ("Token authentication", "core_worker.cc", "(pid=", "ray.data", "worker died"):
+        assert ray_only not in ours, ray_only
+    # A crashed worker is in the run log, and the console says so (routing never hides a real fault).
+    crashes = runlog.crash_lines(log)
+    assert crashes and f"probe: {len(crashes)} lines of the run log report crashed processes" in r.stderr
+    # The console holds this process's own lines and nothing else.
+    assert len(console.splitlines()) == 4, console

@@ -7,7 +7,8 @@ own logs (``docrerank.*``, INFO and up), progress bars and the job's tables. Eve
   errors of libraries that log through the root logger still reach the console too) and transformers' bars;
 - what native code writes to the process's standard error (file descriptor 2): Ray's C++ core worker prints
   its errors there, e.g. Ray Data's "Actor ... has constructor arguments in the object store" on every actor pool;
-- every line that Ray workers, actors and Ray's own processes print (Ray forwards them to the driver).
+- every line that Ray workers, actors and Ray's own processes print (Ray forwards them to the driver), and the
+  raylet's error reports (a worker died); lines that report a crashed process are counted on the console.
 
 ``capture(job, output)`` (entered by ``runtime.run_job``) routes the Python logs for the duration of the job;
 ``route_ray_process`` / ``route_ray_workers`` (called by ``runtime.init_ray`` around starting a local Ray inside a
@@ -75,6 +76,19 @@ class _RunLogHandler(logging.Handler):
             self.run_log.write(self.format(record) + "\n")
         except Exception:  # a logging handler must never raise into the code that logged
             self.handleError(record)
+
+
+# Lines of a run log that mean a process died: routed like the rest, but never silently (``capture`` says so).
+CRASH_MARKERS = ("Fatal Python error", "*** SIGSEGV", "*** SIGABRT", "*** SIGBUS", "Mutex corrupt",
+                 "worker died or was killed", "Worker crashed")
+
+
+def crash_lines(path: Path) -> list[str]:
+    """The lines of the run log at ``path`` that report a crashed process (a worker's abort, segfault, OOM kill)."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [ln.rstrip("\n") for ln in f if any(m in ln for m in CRASH_MARKERS)]
 
 
 def run_log_path(job: str, output: str | None, now: _dt.datetime | None = None) -> Path:
@@ -202,7 +216,12 @@ def capture(job: str, output: str | None) -> Iterator[RunLog | None]:
         routing.stop()
         _active = None
         if routing.run_log.written:
-            print(f"{job}: logs of Ray, its workers and other libraries: {routing.run_log.path}", file=sys.stderr)
+            path = routing.run_log.path
+            crashes = crash_lines(path)
+            if crashes:
+                print(f"{job}: {len(crashes)} lines of the run log report crashed processes, first: "
+                      f"{crashes[0].strip()[:200]!r}", file=sys.stderr)
+            print(f"{job}: logs of Ray, its workers and other libraries: {path}", file=sys.stderr)
 
 
 def release() -> None:
@@ -268,6 +287,13 @@ def route_ray_workers(run_log: RunLog) -> bool:
     dispatcher.add_handler("docrerank_run_log", to_run_log)
     if _ray_routing is not None:
         _ray_routing["dispatcher"] = dispatcher
+    # The driver's error listener prints what the raylet reports (a worker died, a task was OOM-killed) through
+    # this function, to stdout: to the run log too (``capture`` then names the crash on the console).
+    import ray._private.worker as ray_worker
+
+    if hasattr(ray_worker, "print_to_stdstream") and _ray_routing is not None:
+        _ray_routing["print_to_stdstream"] = ray_worker.print_to_stdstream
+        ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_run_log(data)
     return True
 
 
@@ -279,6 +305,10 @@ def unroute_ray() -> None:
         return
     if "dispatcher" in state:
         state["dispatcher"].remove_handler("docrerank_run_log")
+    if "print_to_stdstream" in state:
+        import ray._private.worker as ray_worker
+
+        ray_worker.print_to_stdstream = state["print_to_stdstream"]
     if "saved_fd" in state:
         state["console"].flush()
         os.dup2(state["saved_fd"], 2)
