@@ -64,15 +64,15 @@ def test_fingerprint_follows_the_config_and_the_step_before():
 
 
 def test_summary_lists_steps_and_every_output():
-    text = summary_table([StepResult("build", "skipped", 0, "72 groups", ["out/local/examples/"], "finished x"),
-                          StepResult("mine", "ran", 12.5, "60 mined groups", ["out/local/mined/"]),
+    text = summary_table([StepResult("build", "skipped", 0, "72 groups", ("out/local", ["examples/", "card.md"]), "x"),
+                          StepResult("mine", "ran", 12.5, "60 mined groups", ("out/local/", ["mined/"])),
                           StepResult("analyse", "failed", 1.0, reason="jobs.analyse_negatives failed (see above)"),
                           StepResult("train", "not run", reason="analyse failed")])
     lines = text.splitlines()
     assert lines[0].split() == ["step", "status", "seconds", "result"]
     assert lines[2].split()[:2] == ["build", "skipped"] and "   12.5  60 mined groups" in text
     assert lines[4].split()[:3] == ["analyse", "failed", "1.0"] and lines[5].split()[:3] == ["train", "not", "run"]
-    assert lines[-3:] == ["outputs:", "  build  out/local/examples/", "  mine   out/local/mined/"]
+    assert lines[-3:] == ["outputs:", "  build  out/local/  examples/, card.md", "  mine   out/local/  mined/"]
 
 
 def test_the_docrerank_command_dispatches_to_the_jobs(capsys):
@@ -121,7 +121,9 @@ def test_run_rerun_and_partial_reruns(pipeline_out, capsys):
     printed = capsys.readouterr().out
     assert _summary(printed) == {"build": "ran", "mine": "ran", "analyse": "ran"}
     assert "dataset build for" in printed and "mined negatives for" in printed and "negatives" in printed
-    assert f"{out}/viewer/index.html" in printed and f"{out}/mined/" in printed and (out / "viewer" / "index.html").exists()
+    assert f"  build    {out}/  examples/, examples_heldout/, queries/, card.md, stats.json, viewer/index.html" in printed
+    assert f"  mine     {out}/  mined/, mined_heldout/, mining_stats.json" in printed
+    assert (out / "viewer" / "index.html").exists()
     markers = {s: json.loads((out / "_meta" / f"pipeline-{s}.json").read_text()) for s in ("build", "mine", "analyse")}
     assert markers["mine"]["upstream"] == markers["build"]["run_id"]
     assert json.loads((out / "_meta" / "pipeline.json").read_text())["finished"]

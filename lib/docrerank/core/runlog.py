@@ -170,6 +170,9 @@ class _Routing:
 
     def stop(self) -> None:
         for lg, old, new in reversed(self.swapped):
+            if _ray_routing is not None and (lg.name == "ray" or lg.name.startswith("ray.")):
+                _ray_routing.setdefault("swapped", []).append((lg, old, new))  # Ray's logs follow Ray's routing
+                continue
             lg.removeHandler(new)
             lg.addHandler(old)
         self.swapped.clear()
@@ -303,6 +306,9 @@ def unroute_ray() -> None:
     state, _ray_routing = _ray_routing, None
     if state is None:
         return
+    for lg, old, new in reversed(state.get("swapped", [])):
+        lg.removeHandler(new)
+        lg.addHandler(old)
     if "dispatcher" in state:
         state["dispatcher"].remove_handler("docrerank_run_log")
     if "print_to_stdstream" in state:

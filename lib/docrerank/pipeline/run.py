@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from docrerank.core import runtime, storage
@@ -34,7 +34,7 @@ class StepResult:
     status: str
     seconds: float = 0.0
     headline: str = ""
-    outputs: list[str] = field(default_factory=list)
+    outputs: tuple[str, list[str]] = ("", [])  # (directory, names in it)
     reason: str = ""
 
 
@@ -114,15 +114,16 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable
 
 
 def summary_table(results: list[StepResult]) -> str:
-    """The final summary: one row per step (status, seconds, result), then every output, one per line."""
+    """The final summary: one row per step (status, seconds, result), then each step's outputs on one line."""
     rows = [["step", "status", "seconds", "result"]]
     rows += [[r.step, r.status, f"{r.seconds:.1f}" if r.status in ("ran", "failed") else "", r.headline or r.reason]
              for r in results]
     w = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [f"{a.ljust(w[0])}  {b.ljust(w[1])}  {c.rjust(w[2])}  {d}".rstrip() for a, b, c, d in rows]
     lines.insert(1, "  ".join("-" * n for n in w) + "  " + "-" * max(len(row[3]) for row in rows))
-    outs = [(r.step, o) for r in results if r.status in ("ran", "skipped") for o in r.outputs]
+    outs = [r for r in results if r.status in ("ran", "skipped") and r.outputs[1]]
     if outs:
-        width = max(len(s) for s, _ in outs)
-        lines += ["outputs:"] + [f"  {s.ljust(width)}  {o}" for s, o in outs]
+        width = max(len(r.step) for r in outs)
+        lines += ["outputs:"] + [f"  {r.step.ljust(width)}  {r.outputs[0].rstrip('/')}/  {', '.join(r.outputs[1])}"
+                                 for r in outs]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from docrerank.core import runtime, storage
+from docrerank.core import runtime
 
 log = logging.getLogger("docrerank.pipeline")
 
@@ -24,15 +24,11 @@ class Step:
     run: Callable[[Any], Any]
     report: Callable[[Any, Any], str]  # (config, result) -> the tables printed after the step
     headline: Callable[[Any], str]  # result -> one line for the final summary
-    outputs: Callable[[Any], list[str]]  # config -> the paths a person opens
+    outputs: Callable[[Any], tuple[str, list[str]]]  # config -> (directory, what a person opens in it)
     ray: Callable[[Any], bool] = lambda cfg: True  # whether the step needs Ray (started once, before the first)
     progress: bool = True  # Ray Data progress bars during the step
     errors: tuple = (ValueError, RuntimeError)  # failures reported as "<job> failed: <why>" (as the job does)
     summarise: Callable[[Any], Any] | None = None  # result -> what ``_meta/<job>.json`` keeps (default: the result)
-
-
-def _join(output: str, *names: str) -> str:
-    return storage.resolve(output).join(*names).uri
 
 
 # ------------------------------------------------------------------------------------------------- ingest
@@ -78,12 +74,9 @@ def _headline_build(stats) -> str:
            f"{stats['negatives']['kept']} negatives kept of {stats['negatives']['candidates']}"
 
 
-def _outputs_build(cfg) -> list[str]:
-    outs = [_join(cfg.output, d) + "/" for d in ("examples", "examples_heldout", "queries")]
-    outs += [_join(cfg.output, "card.md"), _join(cfg.output, "stats.json")]
-    if getattr(cfg, "viewer", False):
-        outs.append(_join(cfg.output, "viewer", "index.html"))
-    return outs
+def _outputs_build(cfg) -> tuple[str, list[str]]:
+    names = ["examples/", "examples_heldout/", "queries/", "card.md", "stats.json"]
+    return cfg.output, names + (["viewer/index.html"] if getattr(cfg, "viewer", False) else [])
 
 
 # --------------------------------------------------------------------------------------------------- mine
@@ -151,14 +144,12 @@ def _run_train(cfg):
 
 
 def _report_train(cfg, summary) -> str:
-    from docrerank.train.mix import format_mix
-
+    # The realised mix is logged by the training itself (train/mix.py) when the step starts.
     metrics = summary.get("metrics") or {}
     rows = [[k, summary.get(k)] for k in ("steps", "groups", "device", "model") if summary.get(k) is not None]
     rows += [[k, round(v, 4) if isinstance(v, float) else v] for k, v in metrics.items()
              if k in ("loss", "val_pairwise_accuracy", "val_loss", "samples_per_s")]
-    text = runtime.format_table(["train_reranker", "value"], rows)
-    return text + ("\n" + format_mix(summary["mix"]) if summary.get("mix") else "")
+    return runtime.format_table(["train_reranker", "value"], rows)
 
 
 def _headline_train(summary) -> str:
@@ -189,23 +180,19 @@ def _headline_evaluate(results) -> str:
 
 STEPS: dict[str, Step] = {
     "ingest": Step("ingest", "ingest", _run_ingest, _report_ingest, _headline_ingest,
-                   lambda c: [_join(c.output, "pages") + "/", _join(c.output, "quarantine") + "/",
-                              _join(c.output, "ingest_stats.json")]),
+                   lambda c: (c.output, ["pages/", "quarantine/", "ingest_stats.json"])),
     "build": Step("build", "build_dataset", _run_build, _report_build, _headline_build, _outputs_build),
     "mine": Step("mine", "mine_negatives", _run_mine, _report_mine, _headline_mine,
-                 lambda c: [_join(c.output, "mined") + "/", _join(c.output, "mined_heldout") + "/",
-                            _join(c.output, "mining_stats.json")]),
+                 lambda c: (c.output, ["mined/", "mined_heldout/", "mining_stats.json"])),
     "analyse": Step("analyse", "analyse_negatives", _run_analyse, _report_analyse, _headline_analyse,
-                    lambda c: [_join(c.output, "negatives_analysis.json")] if c.output else [],
+                    lambda c: (c.output, ["negatives_analysis.json"]) if c.output else ("", []),
                     ray=lambda c: False, errors=(ValueError, OSError),
                     summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]}),
     "train": Step("train", "train_reranker", _run_train, _report_train, _headline_train,
-                  lambda c: [_join(c.output, "model", "merged") + "/", _join(c.output, "metrics.jsonl"),
-                             _join(c.output, "mix.json")],
+                  lambda c: (c.output, ["model/merged/", "metrics.jsonl", "mix.json"]),
                   ray=lambda c: c.scaling.use_ray, progress=False),
     "evaluate": Step("evaluate", "evaluate", _run_evaluate, _report_evaluate, _headline_evaluate,
-                     lambda c: [_join(c.output, "report.md"), _join(c.output, "metrics.json"),
-                                _join(c.output, "runs") + "/"],
+                     lambda c: (c.output, ["report.md", "metrics.json", "runs/"]),
                      ray=lambda c: False, errors=(ValueError, RuntimeError, FileNotFoundError, ImportError),
                      summarise=lambda r: {"average": r["average"], "files": r.get("files")}),
 }
