@@ -54,7 +54,8 @@ class MineConfig(Config):
     """A build output: pages/ and the kept positives of queries/ (or the positive rows of examples/ and
     examples_heldout/ when queries/ is absent); its _meta/build_dataset.json gives the held-out split."""
     pages: str | None = None
-    """A pages table (directory of Parquet) instead of ``<input>/pages``."""
+    """A pages table (directory of Parquet); default: the one the build of ``input`` read (its stats.json
+    ``sources.pages``), whatever its source was (PDFs, ``pages=``, a query-page set)."""
     queries: str | None = None
     """A query-page set instead of the build's positives: Parquet (file or directory) with ``page_id`` and
     ``query`` (or ``text``), optional ``query_id``."""
