@@ -65,6 +65,7 @@ def test_local_default_outputs(built):
     card = (out / "card.md").read_text()
     assert "## Funnel" in card and "negative:" in card
     assert json.loads((out / "stats.json").read_text())["ingest"]["balanced"]
+    assert stats["sources"]["pages"] == str(out / "pages")  # where jobs.mine_negatives will look
 
 
 def test_negatives_are_hard_and_not_answerable(built):
@@ -106,6 +107,7 @@ def test_query_page_set_input_starts_at_negatives(built, tmp_path):
     stats = run_build(load_config(BuildConfig, None, [f"output={out}", f"query_pages={qp}", "verify.max_positives=1"]))
     assert stats["pages"]["processed"] == 6 and stats["positives"]["by_origin"] == {"given": 6}
     assert _table(out, "pages").num_rows == 6  # the set's pages are written as a pages table too
+    assert stats["sources"]["pages"] == str(out / "pages")
 
 
 def _run_job(out, env_extra, wait_for=None):

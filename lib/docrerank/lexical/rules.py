@@ -189,7 +189,7 @@ def _name_values(span: Span, q: str, vocab: Vocabulary) -> list[str]:
         mine = CODE.fullmatch(span.text)
         return [c for c in vocab.codes.get(mine.group(1), {}) if c != span.text
                 and (CODE.fullmatch(c).group(2) or "") == (mine.group(2) or "")]
-    words = set(span.text.lower().split())
+    words = set(span.text.lower().split()) - ORG_SUFFIXES - ORG_HEADS - {"of", "and", "&", "the"}
     n = len(span.text.split())
     place = PLACES.get(span.text.lower())
     out = []

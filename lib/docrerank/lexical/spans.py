@@ -104,26 +104,28 @@ def clean_run(text: str, start: int, run: str) -> tuple[int, str]:
     return start + words[0][0], phrase
 
 
+def _ends_a_name(piece: str) -> bool:
+    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia")."""
+    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES
+
+
 def runs(text: str) -> list[tuple[int, int, str]]:
-    """Capitalised name runs of ``text`` as (start, end, phrase), cleaned by ``clean_run``; a run is split
-    after a company suffix ("Boeing Company and NIKE" -> "Boeing Company", "NIKE")."""
+    """Capitalised name runs of ``text`` as (start, end, phrase), cleaned by ``clean_run``; a run is split at
+    "and" after a whole name (``_ends_a_name``)."""
     out = []
     for m in RUN.finditer(text):
-        pieces, off = [], m.start()
-        for part in re.split(r"(\s+(?:and|&)\s+)", m.group(0)):
-            if pieces and not pieces[-1][1].strip() == "" and pieces[-1][1].split()[-1].lower().strip(".,") in ORG_SUFFIXES \
-                    and re.fullmatch(r"\s+(?:and|&)\s+", part):
-                pieces.append((off, ""))  # a break: the next part starts a new run
-            elif pieces and pieces[-1][1] != "":
-                pieces[-1] = (pieces[-1][0], pieces[-1][1] + part)
+        parts = re.split(r"(\s+(?:and|&)\s+)", m.group(0))
+        pieces, off = [[m.start(), parts[0]]], m.start() + len(parts[0])
+        for sep, part in zip(parts[1::2], parts[2::2]):
+            if _ends_a_name(pieces[-1][1]):
+                pieces.append([off + len(sep), part])
             else:
-                pieces.append((off, part))
-            off += len(part)
+                pieces[-1][1] += sep + part
+            off += len(sep) + len(part)
         for start, piece in pieces:
-            if piece.strip():
-                s, phrase = clean_run(text, start, piece)
-                if phrase:
-                    out.append((s, s + len(phrase), phrase))
+            s, phrase = clean_run(text, start, piece)
+            if phrase:
+                out.append((s, s + len(phrase), phrase))
     return out
 
 
