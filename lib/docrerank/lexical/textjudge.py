@@ -8,16 +8,16 @@ numbers (not small counts like "two" or "3"), and capitalised words that do not 
 only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor missing from
 the page multiplies the estimate by ``MISSING_ANCHOR``.
   A  novelty:  share of the query's *new* terms found on the page (for a negative: terms not in its
-               positive; for a positive: all its terms), to the power ``NOVELTY_POWER``. A negative that changed 2021 to 2020 on a page
-               whose table has a 2020 column scores 1.0: the page may well answer it.
+               positive; for a positive: all its terms), to the power ``NOVELTY_POWER``. A negative that
+               changed 2021 to 2020 on a page whose table has a 2020 column scores 1.0: the page may answer it.
   B  coverage: share of all the query's terms found on the page, to the power ``COVERAGE_POWER``.
 A positive is kept when both are high, a negative when both are low. ``UNKNOWN`` (0.5, the shipped
 threshold) when there is nothing to measure (no text layer): such a page is never taken for a clear "no".
 Words match on a light stem (plural and -ing/-ed endings dropped, then the first ``STEM`` letters).
 
 Measured on real documents (``bench/judge_qa_dev.py``: 124 human questions, each against its answer pages
-and the other pages of its document) the judge separates answer pages from the rest with a ROC AUC near
-0.8; see the README for the numbers at the shipped threshold. Limits: lexical only (no synonyms, no
+and the other pages of its document) the judge separates answer pages from the rest with a ROC AUC of
+0.74-0.75; see the README for the error rates at the shipped threshold. Limits: lexical only (no synonyms, no
 reading of charts or scans), so it is a cheap pre-filter in front of a VLM judge, and the judge of
 model-free runs.
 """
