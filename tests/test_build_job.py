@@ -51,7 +51,8 @@ def test_local_default_outputs(built):
     for rows in groups.values():
         pos = [r for r in rows if r["label"] == 1]
         negs = [r for r in rows if r["label"] == 0]
-        assert len(pos) == 1 and len(negs) == 3 and len({r["page_id"] for r in rows}) == 1
+        # 1 to k: with two companies in the corpus, "Where is X headquartered?" has one company to swap to
+        assert len(pos) == 1 and 1 <= len(negs) <= 3 and len({r["page_id"] for r in rows}) == 1
         assert pos[0]["kind"] == "positive" and all(r["kind"] == "generated" for r in negs)
         assert all(n["query"] != pos[0]["query"] and n["attribute"] for n in negs)
         assert rows[0]["image"][:4] == b"\x89PNG"
@@ -61,7 +62,8 @@ def test_local_default_outputs(built):
     assert stats["negatives"]["kept"] == len(ex) - len(groups)
     exp = _table(out, "export")
     assert exp.column_names == ["image", "positive_queries", "negative_queries", "answer"]
-    assert all(len(n) == 3 for row in exp.column("negative_queries").to_pylist() for n in row)
+    lens = [len(n) for row in exp.column("negative_queries").to_pylist() for n in row]
+    assert all(1 <= n <= 3 for n in lens) and sum(n == 3 for n in lens) >= len(lens) / 2
     card = (out / "card.md").read_text()
     assert "## Funnel" in card and "negative:" in card
     assert json.loads((out / "stats.json").read_text())["ingest"]["balanced"]
