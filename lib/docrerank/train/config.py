@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM  # noqa: F401 - documented defaults
 
 MONOQWEN_PROMPT = (
@@ -331,6 +332,8 @@ class TrainConfig(Config):
 
     export: bool = True
     """Write model/adapter and model/merged at the end."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self):
