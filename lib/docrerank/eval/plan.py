@@ -25,15 +25,24 @@ from docrerank.rerank.plan import model_row, reranker_cost
 EXAMPLES_PER_GROUP = 4  # nominal: 1 positive + 3 negatives, for a build's held-out split
 
 
-def count_queries(path: str, fmt: str) -> tuple[Optional[int], str]:
-    """(queries of a dataset, how counted): rows of ``queries/`` (beir), or of the held-out examples / 4 (build)."""
+def count_queries(path: str, fmt: str, split: Optional[str] = None) -> tuple[Optional[int], str]:
+    """(queries of a dataset, how counted): footers of the BEIR queries table the loader would read, or the rows of
+    a build's held-out (or train) examples / 4."""
+    import pyarrow.parquet as pq
+
+    from docrerank.eval.beir import _table_files
+
     root = storage.resolve(path)
     if fmt == "build" or (fmt == "auto" and (storage.exists(root.join("examples_heldout"))
                                              or storage.exists(root.join("examples")))):
-        rows, _ = parquet_rows(root.join("examples_heldout").uri)
-        return rows // EXAMPLES_PER_GROUP, "held-out examples / 4 (estimate)"
-    rows, _ = parquet_rows(root.join("queries").uri)
-    return rows, "rows of queries/ (all splits and languages)"
+        rows, _ = parquet_rows(root.join("examples" if split == "train" else "examples_heldout").uri)
+        return rows // EXAMPLES_PER_GROUP, f"{split or 'heldout'} examples / 4 (estimate)"
+    files = _table_files(root, "queries", split)
+    rows = 0
+    for f in files:
+        with root.fs.open_input_file(f) as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
+    return rows, f"rows of {len(files)} queries file(s) (all languages)"
 
 
 def plan_eval(cfg: EvalConfig, res: Resources, opts: Optional[PlanOptions] = None) -> PlanReport:
@@ -44,7 +53,7 @@ def plan_eval(cfg: EvalConfig, res: Resources, opts: Optional[PlanOptions] = Non
     total = 0
     for d in cfg.datasets:
         try:
-            n, how = count_queries(d.path, d.format)
+            n, how = count_queries(d.path, d.format, d.split)
         except Exception as err:  # noqa: BLE001 - reported
             report.problem(f"dataset {d.path}: {type(err).__name__}: {err}")
             n, how = None, "not counted"

@@ -261,6 +261,11 @@ class DeepSpeedConfig(Config):
     bucket_size: int = Field(200_000_000, ge=1_000_000)
     """Elements per all-reduce / reduce-scatter bucket."""
 
+    optimizer: Literal["auto", "fused", "torch"] = "auto"
+    """Adam implementation on GPU: ``fused`` (DeepSpeed's FusedAdam, a CUDA op that is prebuilt or JIT-compiled
+    with nvcc), ``torch`` (torch AdamW), or ``auto``: fused when its op is prebuilt or can be compiled on the worker
+    (nvcc and ninja present), else torch; decided on each worker at start and logged. CPU runs use torch AdamW."""
+
 
 class ScalingConfig(Config):
     """Ray Train workers."""
