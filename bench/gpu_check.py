@@ -288,7 +288,7 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     t = time.perf_counter()
     save_local(load_trained(cfg, state, device, dtype="float32"), cfg, out, resolve_dtype(cfg.model.dtype, device))
     export_s = time.perf_counter() - t
-    del engine, scorer
+    engine = scorer = None  # free the GPU for the reloaded model
     if device == "cuda":
         torch.cuda.empty_cache()
     rr = Reranker.load(str(out / "merged"), device=device, batch_size=8)

@@ -2,7 +2,7 @@
 # The GPU check of issue 13 (bench/gpu_check.py): hf engine judge (prefix reuse vs plain) and generate, LoRA training
 # steps, export + reload parity, on a Qwen2-VL-2B-shaped random model in bf16 with 1024-token pages. Needs torch,
 # transformers, peft, pillow, numpy, pydantic and pyyaml; no Ray, vLLM or DeepSpeed. Writes bench/results/*_cuda_2b.json.
-#   bash bench/gpu_check.sh            # on a GPU machine, under 10 minutes on an H100/H200
+#   bash bench/gpu_check.sh            # on a GPU machine (sized for under 10 minutes on an H100/H200)
 #   bash bench/gpu_check.sh --tiny     # a CPU check of the script itself (writes *_cpu_tiny.json)
 # A machine without a package index: put wheels of the missing modules in bench/wheels/ (made elsewhere with
 #   pip download --only-binary :all: --python-version 3.X -d bench/wheels pydantic pyyaml) and they are installed.

@@ -178,7 +178,7 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
             report.problem(p)
         hub_models |= src.kind in ("cache", "hub")
         if pool.engine.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            models.notes.append(f"vllm is not installed here; the GPU workers need it (the image of cluster/README.md)")
+            models.notes.append("vllm is not installed here; the GPU workers need it (the image of cluster/README.md)")
 
     psec = report.section("actor pools", ["pool", "stages", "actors", "GPUs/actor", "CPUs/actor", "GPUs", "CPUs",
                                           "GPU-h", "wall h"])

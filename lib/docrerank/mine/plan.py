@@ -16,7 +16,6 @@ from docrerank.core.plan import (
     PlanReport,
     Resources,
     fmt_count,
-    fmt_hours,
     parquet_rows,
     paths_section,
     resources_section,
