@@ -266,6 +266,10 @@ def test_driver_fetches_config_files_never_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", denied)
     with pytest.raises(ValueError, match="is not writable: set HF_HOME"):
         sources.fetch_config_files("org/m")
+    from docrerank.models.hub import resolve_model_path  # the workers' full download says the same, not "not cached"
+
+    with pytest.raises(ValueError, match=r"could not be downloaded .*HF_HOME must be writable.*PermissionError"):
+        resolve_model_path("org/m")
 
 
 def test_plan_section_lists_models_with_their_source(tiny_vlm, tmp_path):
