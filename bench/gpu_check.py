@@ -182,7 +182,9 @@ def check_generate(rec: Recorder, model: str, args, pages: list[bytes]) -> None:
               "tokens/s", base_tok / base_s, val_tok / val_s,
               baseline_desc="one request per forward pass", value_desc=f"batches of {args.batch_size} requests",
               requests=len(res), output_tokens=val_tok, seconds=val_s, request_errors=len(errors),
-              error_examples=errors[:3], prompt_tokens_per_request=res[0].prompt_tokens)
+              error_examples=errors[:3], prompt_tokens_per_request=res[0].prompt_tokens,
+              note="random weights: requests usually run to the token budget and are rejected as truncated; "
+                   "their generated tokens are counted")
 
 
 def groups_of(pages: list[bytes], n: int):
