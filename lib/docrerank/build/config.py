@@ -7,6 +7,7 @@ from typing import Literal, Union
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
 from docrerank.ingest.config import IngestOptions
 from docrerank.lexical.rules import ATTRIBUTES
@@ -164,6 +165,8 @@ class BuildConfig(Config):
     """Process at most this many pages (a quick look before a full run)."""
     num_workers: int | None = Field(None, ge=1)
     """Workers of the model-free stages; default: the cluster's CPUs."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
 
 
@@ -89,6 +90,8 @@ class MineConfig(Config):
     """CPUs per mining actor (small values leave room for Ray Data on a small machine)."""
     resume: bool = True
     """Skip shards finished by an earlier run with the same settings; false deletes this job's outputs first."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self):
