@@ -7,6 +7,7 @@
 Each step is the job of the same name with its own config (``build: {config: jobs/configs/build_local.yaml}``, keys
 beside ``config`` override the file's). A rerun skips every step that finished with the same config and inputs
 (``<output>/_meta/pipeline-<step>.json``); a changed step runs again, and so does every step after it.
+``--plan`` prints every step's plan (problems of a step whose inputs an earlier step writes wait for that step).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, ns = parse_job_args(PipelineConfig, argv, prog="python -m jobs.pipeline", description=__doc__)
     from docrerank.core import runtime
-    from docrerank.pipeline.run import run_pipeline, summary_table
+    from docrerank.pipeline.run import plan_pipeline, run_pipeline, summary_table
 
+    if ns.plan:
+        text, ok = plan_pipeline(cfg, ns.address)
+        print(text)
+        return 0 if ok else 1
     runtime.setup_logging()
 
     def echo(text: str) -> None:

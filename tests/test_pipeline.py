@@ -96,6 +96,23 @@ def test_the_console_script_is_declared():
     assert project["tool"]["setuptools"]["package-dir"]["jobs"] == "jobs"  # installed: works from any directory
 
 
+def test_plan_of_a_fresh_pipeline_waits_for_earlier_steps(tmp_path, capsys):
+    from jobs.pipeline import main
+
+    out = tmp_path / "local"
+    args = ["--config", str(LOCAL), "--plan", "steps=[build, mine, analyse]", f"build.output={out}",
+            f"mine.input={out}", f"mine.output={out}", f"analyse.examples=[{out}/examples, {out}/mined]",
+            f"analyse.output={out}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "== step 1 of 3: build (jobs.build_dataset) ==" in printed and "== step 3 of 3: analyse" in printed
+    waiting = printed.split("== step 3 of 3")[1].split("waiting for earlier steps")[1]
+    assert f"examples {out}/examples: not found" in waiting
+    # a problem no earlier step can fix is one
+    assert main(args + [f"analyse.examples=[{tmp_path}/elsewhere]"]) == 1
+    assert f"examples {tmp_path}/elsewhere: not found" in capsys.readouterr().out.split("== step 3 of 3")[1].split("waiting")[0]
+
+
 # ------------------------------------------------------------------------------------- three real steps on Ray
 @pytest.fixture(scope="module")
 def pipeline_out(ray_local, tmp_path_factory):

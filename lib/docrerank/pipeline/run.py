@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,48 @@ def read_marker(step: Step, cfg) -> dict | None:
         return None
 
 
+def start_checks(step: Step, cfg, address: str | None) -> Callable[[], list[str]]:
+    """The ``checks`` of a step's ``run_job``: its job's plan, written to the run log (the console gets the problems
+    only, as ``<job> cannot start: ...``)."""
+    def checks() -> list[str]:
+        from docrerank.core import runlog
+        from docrerank.core.plan import format_report
+
+        report = step.plan(cfg, address)
+        rl = runlog.active()
+        if rl is not None:
+            rl.write(format_report(report) + "\n")
+        return report.problems
+    return checks
+
+
+def _made_by(problem: str, outputs: list[str]) -> str | None:
+    """The earlier step's output a problem names (an input that step writes), or None."""
+    return next((o for o in outputs if re.search(re.escape(o.rstrip("/")) + r"(?=$|[/'\"\s:,)])", problem)), None)
+
+
+def plan_pipeline(cfg: PipelineConfig, address: str | None = None) -> tuple[str, bool]:
+    """Every chosen step's plan, in order, and whether the pipeline can start. A later step's problem that names
+    an earlier step's output (an input that does not exist yet) is listed as waiting for that step, not counted."""
+    parts, ok, earlier = [], True, []
+    from docrerank.core.plan import format_report
+
+    for i, name in enumerate(cfg.chosen, 1):
+        step, scfg = STEPS[name], getattr(cfg, name)
+        report = step.plan(scfg, address)
+        waiting = [p for p in report.problems if _made_by(p, earlier)]
+        report.problems = [p for p in report.problems if p not in waiting]
+        ok &= report.ok
+        text = format_report(report)
+        if waiting:
+            text += "\nwaiting for earlier steps (their outputs do not exist yet):\n" + "\n".join(f"  - {p}" for p in waiting)
+        parts.append(f"== step {i} of {len(cfg.chosen)}: {name} (jobs.{step.job}) ==\n{text}")
+        out = getattr(scfg, "output", None)
+        if out:
+            earlier += [out, storage.resolve(out).uri]
+    return "\n\n".join(parts), ok
+
+
 def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable[[str], None] = print) -> list[StepResult]:
     """Run the chosen steps in order; ``echo`` gets each step's tables. Stops at the first failed step (the rest are
     ``not run``). Ray is started (or joined at ``address``) once, before the first step that needs it, and stopped
@@ -90,7 +133,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable
                 runtime.configure_ray_data(step.progress)
             t0 = time.perf_counter()
             result = runtime.run_job(step.job, scfg, lambda: step.run(scfg), summarise=step.summarise,
-                                     errors=step.errors)
+                                     errors=step.errors, checks=start_checks(step, scfg, address))
             seconds = round(time.perf_counter() - t0, 1)
             if result is None:
                 results.append(StepResult(name, "failed", seconds, reason=f"jobs.{step.job} failed (see above)"))

@@ -25,6 +25,7 @@ class Step:
     report: Callable[[Any, Any], str]  # (config, result) -> the tables printed after the step
     headline: Callable[[Any], str]  # result -> one line for the final summary
     outputs: Callable[[Any], tuple[str, list[str]]]  # config -> (directory, what a person opens in it)
+    plan: Callable[[Any, Any], Any]  # (config, Ray address or None) -> the job's PlanReport (``--plan``, start checks)
     ray: Callable[[Any], bool] = lambda cfg: True  # whether the step needs Ray (started once, before the first)
     progress: bool = True  # Ray Data progress bars during the step
     errors: tuple = (ValueError, RuntimeError)  # failures reported as "<job> failed: <why>" (as the job does)
@@ -178,21 +179,63 @@ def _headline_evaluate(results) -> str:
     return f"{primary}: " + ", ".join(parts)
 
 
+def _resources(address, cluster: bool = True):
+    from docrerank.core import plan
+
+    return plan.detect_resources(address) if cluster else plan.local_resources()
+
+
+def _plan_ingest(cfg, address):
+    from docrerank.ingest.plan import plan_ingest
+
+    return plan_ingest(cfg, _resources(address))
+
+
+def _plan_build(cfg, address):
+    from docrerank.build.plan import plan_build
+
+    return plan_build(cfg, _resources(address))
+
+
+def _plan_mine(cfg, address):
+    from docrerank.mine.plan import plan_mine
+
+    return plan_mine(cfg, _resources(address))
+
+
+def _plan_analyse(cfg, address):
+    from docrerank.analysis.plan import plan_analyse
+
+    return plan_analyse(cfg, _resources(address, cluster=False))
+
+
+def _plan_train(cfg, address):
+    from docrerank.train.plan import plan_train
+
+    return plan_train(cfg, _resources(address, cluster=cfg.scaling.use_ray))
+
+
+def _plan_evaluate(cfg, address):
+    from docrerank.eval.plan import plan_eval
+
+    return plan_eval(cfg, _resources(address, cluster=False))
+
+
 STEPS: dict[str, Step] = {
     "ingest": Step("ingest", "ingest", _run_ingest, _report_ingest, _headline_ingest,
-                   lambda c: (c.output, ["pages/", "quarantine/", "ingest_stats.json"])),
-    "build": Step("build", "build_dataset", _run_build, _report_build, _headline_build, _outputs_build),
+                   lambda c: (c.output, ["pages/", "quarantine/", "ingest_stats.json"]), _plan_ingest),
+    "build": Step("build", "build_dataset", _run_build, _report_build, _headline_build, _outputs_build, _plan_build),
     "mine": Step("mine", "mine_negatives", _run_mine, _report_mine, _headline_mine,
-                 lambda c: (c.output, ["mined/", "mined_heldout/", "mining_stats.json"])),
+                 lambda c: (c.output, ["mined/", "mined_heldout/", "mining_stats.json"]), _plan_mine),
     "analyse": Step("analyse", "analyse_negatives", _run_analyse, _report_analyse, _headline_analyse,
-                    lambda c: (c.output, ["negatives_analysis.json"]) if c.output else ("", []),
+                    lambda c: (c.output, ["negatives_analysis.json"]) if c.output else ("", []), _plan_analyse,
                     ray=lambda c: False, errors=(ValueError, OSError),
                     summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]}),
     "train": Step("train", "train_reranker", _run_train, _report_train, _headline_train,
-                  lambda c: (c.output, ["model/merged/", "metrics.jsonl", "mix.json"]),
+                  lambda c: (c.output, ["model/merged/", "metrics.jsonl", "mix.json"]), _plan_train,
                   ray=lambda c: c.scaling.use_ray, progress=False),
     "evaluate": Step("evaluate", "evaluate", _run_evaluate, _report_evaluate, _headline_evaluate,
-                     lambda c: (c.output, ["report.md", "metrics.json", "runs/"]),
+                     lambda c: (c.output, ["report.md", "metrics.json", "runs/"]), _plan_evaluate,
                      ray=lambda c: False, errors=(ValueError, RuntimeError, FileNotFoundError, ImportError),
                      summarise=lambda r: {"average": r["average"], "files": r.get("files")}),
 }
