@@ -166,5 +166,7 @@ def test_a_failed_step_stops_the_pipeline(pipeline_out, capsys):
     out = pipeline_out
     assert main(_args(out, f"analyse.examples=[{out}/no_such_examples]")) == 1
     captured = capsys.readouterr()
-    assert _summary(captured.out) == {"build": "skipped", "mine": "skipped", "analyse": "failed"}
-    assert "analyse_negatives failed:" in captured.err
+    status = _summary(captured.out)  # build and mine: skipped after the test above, ran when this one runs alone
+    assert status["analyse"] == "failed" and {status["build"], status["mine"]} <= {"ran", "skipped"}
+    # the step's start checks (its job's plan) stop it before anything loads, naming the problem
+    assert "analyse_negatives cannot start: 1 problem(s)" in captured.err and "no_such_examples" in captured.err

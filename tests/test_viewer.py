@@ -294,4 +294,4 @@ def test_the_build_writes_the_viewer_and_it_renders_in_chromium(sample_build, tm
 
     with Image.open(shot) as im:
         assert im.format == "PNG" and im.size == (1400, 1800)
-        assert len(set(im.convert("L").resize((70, 90)).getdata())) > 20  # not a blank page
+        assert sum(1 for n in im.convert("L").resize((70, 90)).histogram() if n) > 20  # not a blank page
