@@ -104,6 +104,26 @@ def test_no_capture_on_a_cluster(console, tmp_path, capsys, monkeypatch):
     assert rl is None and "shown as usual" in capsys.readouterr().err and not (tmp_path / "_logs").exists()
 
 
+def test_crashes_during_an_intended_exit_are_told_apart(tmp_path):
+    # Two Ray workers abort: 123 while exiting on purpose (Ray's "Mutex corrupt" at shutdown, seen on this
+    # machine after _read_files tasks), 456 in the middle of its work.
+    log = tmp_path / "run.log"
+    log.write_text("(MapBatches(_read_files) pid=123) [mutex.cc : 1957] RAW: Lock: Mutex corrupt: waiting writer\n"
+                   "(MapBatches(_read_files) pid=123) Fatal Python error: Aborted\n"
+                   "(pid=456) Fatal Python error: Segmentation fault\n"
+                   "(pid=789) all good\n")
+    ray_logs = tmp_path / "logs"
+    ray_logs.mkdir()
+    (ray_logs / "python-core-worker-aa_123.log").write_text(
+        "[... I 123 130] core_worker_shutdown_executor.cc:152: Executing worker exit: INTENDED_SYSTEM_EXIT - Worker "
+        "exited because it was idle for a long time\n[... E 123 140] logging.cc:474: *** SIGABRT received at time=1\n")
+    (ray_logs / "python-core-worker-bb_456.log").write_text("[... E 456 460] logging.cc:474: *** SIGSEGV received at time=1\n")
+    real, exiting = runlog.crashes(log, ray_logs)
+    assert exiting == [123] and real == ["(pid=456) Fatal Python error: Segmentation fault"]
+    real, exiting = runlog.crashes(log, None)  # without Ray's logs nothing is excused
+    assert exiting == [] and len(real) == 3
+
+
 # A job on the local default in a fresh process: a local Ray whose workers print, a Ray Data actor pool (Ray's C++
 # core prints an error line for each on this Ray version), a library warning, and our own log line.
 SCRIPT = textwrap.dedent("""

@@ -8,7 +8,8 @@ own logs (``docrerank.*``, INFO and up), progress bars and the job's tables. Eve
 - what native code writes to the process's standard error (file descriptor 2): Ray's C++ core worker prints
   its errors there, e.g. Ray Data's "Actor ... has constructor arguments in the object store" on every actor pool;
 - every line that Ray workers, actors and Ray's own processes print (Ray forwards them to the driver), and the
-  raylet's error reports (a worker died); lines that report a crashed process are counted on the console.
+  raylet's error reports (a worker died); lines that report a crashed process are counted on the console, except
+  a Ray worker's crash during its intended exit (a Ray fault after its tasks returned; noted in the run log).
 
 ``capture(job, output)`` (entered by ``runtime.run_job``) routes the Python logs for the duration of the job;
 ``route_ray_process`` / ``route_ray_workers`` (called by ``runtime.init_ray`` around starting a local Ray inside a
@@ -23,6 +24,7 @@ import datetime as _dt
 import importlib.util
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -38,6 +40,7 @@ class RunLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.ray_logs: Path | None = None  # the local Ray's log directory, once one is routed here
         self._fd: int | None = None
         self._lock = threading.Lock()
 
@@ -83,12 +86,50 @@ CRASH_MARKERS = ("Fatal Python error", "*** SIGSEGV", "*** SIGABRT", "*** SIGBUS
                  "worker died or was killed", "Worker crashed")
 
 
+_PID = re.compile(r"\bpid=(\d+)\)")
+
+
 def crash_lines(path: Path) -> list[str]:
     """The lines of the run log at ``path`` that report a crashed process (a worker's abort, segfault, OOM kill)."""
     if not path.exists():
         return []
     with open(path, encoding="utf-8", errors="replace") as f:
         return [ln.rstrip("\n") for ln in f if any(m in ln for m in CRASH_MARKERS)]
+
+
+def crashed_while_exiting(pid: int, ray_logs: Path | None) -> bool:
+    """Whether Ray worker ``pid`` crashed after it had begun an intended exit (its core worker log says so first).
+
+    Ray 2.60's worker processes sometimes abort in a background thread while they shut down ("Mutex corrupt: ...",
+    "Fatal Python error: Aborted"): an idle worker retired after its read tasks, an actor released when its dataset
+    finished. Their tasks had returned by then, so nothing is lost."""
+    if ray_logs is None:
+        return False
+    for log in ray_logs.glob(f"python-core-worker-*_{pid}.log"):
+        exiting = False
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for ln in f:
+                if "Executing worker exit: INTENDED" in ln:
+                    exiting = True
+                elif exiting and ("SIGABRT received" in ln or "SIGSEGV received" in ln):
+                    return True
+    return False
+
+
+def crashes(path: Path, ray_logs: Path | None) -> tuple[list[str], list[int]]:
+    """(lines of the run log reporting crashes, pids of Ray workers whose crash came during their intended exit);
+    the lines of those workers are not in the first list."""
+    real, exiting, checked = [], set(), {}
+    for ln in crash_lines(path):
+        m = _PID.search(ln)
+        pid = int(m.group(1)) if m else None
+        if pid is not None and pid not in checked:
+            checked[pid] = crashed_while_exiting(pid, ray_logs)
+        if pid is not None and checked[pid]:
+            exiting.add(pid)
+        else:
+            real.append(ln)
+    return real, sorted(exiting)
 
 
 def run_log_path(job: str, output: str | None, now: _dt.datetime | None = None) -> Path:
@@ -219,12 +260,15 @@ def capture(job: str, output: str | None) -> Iterator[RunLog | None]:
         routing.stop()
         _active = None
         if routing.run_log.written:
-            path = routing.run_log.path
-            crashes = crash_lines(path)
-            if crashes:
-                print(f"{job}: {len(crashes)} lines of the run log report crashed processes, first: "
-                      f"{crashes[0].strip()[:200]!r}", file=sys.stderr)
-            print(f"{job}: logs of Ray, its workers and other libraries: {path}", file=sys.stderr)
+            rl = routing.run_log
+            real, exiting = crashes(rl.path, rl.ray_logs)
+            if exiting:
+                rl.write(f"note: Ray worker process(es) {exiting} crashed during their intended exit, after their "
+                         "tasks had returned (a fault of Ray's, see crashed_while_exiting): nothing was lost\n")
+            if real:
+                print(f"{job}: {len(real)} lines of the run log report crashed processes, first: "
+                      f"{real[0].strip()[:200]!r}", file=sys.stderr)
+            print(f"{job}: logs of Ray, its workers and other libraries: {rl.path}", file=sys.stderr)
 
 
 def release() -> None:
@@ -294,6 +338,10 @@ def route_ray_workers(run_log: RunLog) -> bool:
     # this function, to stdout: to the run log too (``capture`` then names the crash on the console).
     import ray._private.worker as ray_worker
 
+    try:  # where Ray's processes keep their own logs (to tell a worker's crash at exit from one during a task)
+        run_log.ray_logs = Path(ray_worker._global_node.get_logs_dir_path())
+    except (AttributeError, TypeError):
+        pass
     if hasattr(ray_worker, "print_to_stdstream") and _ray_routing is not None:
         _ray_routing["print_to_stdstream"] = ray_worker.print_to_stdstream
         ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_run_log(data)
