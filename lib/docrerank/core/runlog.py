@@ -203,10 +203,13 @@ class _Routing:
         root.addHandler(self.root_handler)
         if importlib.util.find_spec("transformers") is not None:
             # Importing transformers' logging creates its console handler, so it can be routed before any model loads.
-            from transformers.utils import logging as hf_logging
-
-            self.hf_bars_were_on = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
+            try:
+                from transformers.utils import logging as hf_logging
+            except ImportError:  # a broken install fails where the job uses it, with its own error
+                hf_logging = None
+            if hf_logging is not None:
+                self.hf_bars_were_on = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()
         self.route_loggers()
 
     def stop(self) -> None:
