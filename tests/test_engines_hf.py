@@ -204,6 +204,24 @@ def test_generate_sampling_seed_n_and_stop(models):
     assert cut.text == greedy[: greedy.find(stop)] and cut.finish_reasons == ["stop"]
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "vl"])
+def test_generate_different_seeds_share_a_forward_pass(models, kind):
+    eng = engine_for(models[kind], batch_size=8)
+    calls = []
+    real = eng.model.generate
+    eng.model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or real(**kw)
+    prompts = ["Write a query.", "Write a query.", "Rephrase the question: what is the revenue?", "Which year?"]
+    reqs = [GenerateRequest([user(page(i), p) if kind == "vl" else user(p)],
+                            SamplingParams(temperature=1.0, top_p=0.95, n=2, seed=100 + i, max_tokens=8))
+            for i, p in enumerate(prompts)]
+    batched = eng.generate(reqs)
+    assert calls == [8]  # 4 requests x 2 samples with 4 different seeds: one forward batch
+    alone = [eng.generate([r])[0] for r in reqs]
+    assert [b.texts for b in batched] == [a.texts for a in alone]  # a request's samples do not depend on its batch
+    assert batched[0].texts != batched[1].texts  # same prompt, different seed
+    assert len({t for b in batched for t in b.texts}) > 4  # the two samples of a request are distinct draws
+
+
 def test_generate_json_and_errors_never_raise(models):
     eng = engine_for(models["vl"], max_model_len=64)
     schema = {"type": "object", "required": ["queries"]}
