@@ -134,6 +134,34 @@ def test_vl_prefix_reuse_equals_plain(vl, models, arch):
         assert r.prompt_tokens == p.prompt_tokens > 0
 
 
+def test_prefix_reuse_passes_the_cache_by_its_current_name(models):
+    import functools
+    import inspect
+
+    import transformers
+    from packaging.version import Version
+
+    from docrerank.models.prefix import cache_kwarg
+
+    eng = engine_for(models["qwen2"])
+    names = set()
+    forward = eng.model.forward
+
+    @functools.wraps(forward)
+    def spy(*args, **kwargs):
+        names.update(k for k in ("cache", "past_key_values") if kwargs.get(k) is not None)
+        return forward(*args, **kwargs)
+
+    eng.model.forward = spy
+    res = eng.judge([JudgeRequest([user(INSTRUCTION + q)]) for q in QUERIES[:3]])
+    assert all(r.ok for r in res) and eng.stats["judge_prefix_requests"] == 3
+    takes_cache = "cache" in inspect.signature(forward).parameters
+    assert cache_kwarg(eng.model) == ("cache" if takes_cache else "past_key_values")
+    assert names == {cache_kwarg(eng.model)}
+    if Version(transformers.__version__) >= Version("5.24"):  # past_key_values deprecated there, gone in 5.40
+        assert names == {"cache"}
+
+
 def test_vl_prefix_reuse_with_system_prompt_and_two_instructions(vl):
     sys_msg = system("You verify whether document pages answer questions.")
     reqs = [JudgeRequest([sys_msg, user(page(3), instr + q)]) for q in QUERIES[:3]
