@@ -88,9 +88,10 @@ class FakeLLM:
         text = self.texts.pop(0) if self.texts else "What is the revenue?"
         return RequestOutput(ids, [CompletionOutput(i, text, [1, 2, 3]) for i in range(_get(params, "n"))])
 
-    def chat(self, conversations, params, use_tqdm=True, chat_template=None, add_generation_prompt=True):
-        assert add_generation_prompt and not use_tqdm and len(params) == len(conversations)
-        self.calls.append(dict(convs=conversations, params=params, chat_template=chat_template))
+    def chat(self, conversations, params, **kwargs):
+        assert kwargs["add_generation_prompt"] and not kwargs["use_tqdm"] and len(params) == len(conversations)
+        chat_template = kwargs.get("chat_template")
+        self.calls.append(dict(convs=conversations, params=params, chat_template=chat_template, kwargs=kwargs))
         added = []
         for conv, p in zip(conversations, params):
             prompt = self.render(conv, chat_template)
@@ -194,6 +195,30 @@ def test_vllm_parses_our_parts():
     assert _parse_chat_message_content_mm_part(text) == ("text", "Question?")
     url = vb.chat_messages([user(png())], vb.ImageCache(2), mistral=True)[0]["content"][0]
     assert _parse_chat_message_content_mm_part(url) == ("image_url", url["image_url"]["url"])
+
+
+@needs_vllm
+def test_calls_match_the_real_vllm_signatures(tok):
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    llm = FakeLLM(tok)
+    engine(llm).judge([JudgeRequest([user(png(), "Yes or No?")])])
+    # LLM.chat's parameters, read from vLLM's source (importing vllm.LLM needs GPU-side packages).
+    source = Path(importlib.util.find_spec("vllm").submodule_search_locations[0]) / "entrypoints" / "llm.py"
+    tree = ast.parse(source.read_text())
+    chat = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "LLM"
+                for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "chat")
+    names = [a.arg for a in chat.args.args + chat.args.kwonlyargs]
+    assert names[1:3] == ["messages", "sampling_params"]  # passed by position
+    assert set(llm.calls[0]["kwargs"]) <= set(names)
+    cfg = EngineConfig(backend="vllm", model="m", max_model_len=4096, vllm={"max_num_seqs": 8,
+                       "tokenizer_mode": "mistral", "config_format": "mistral", "load_format": "mistral"})
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert set(vb.llm_kwargs(cfg, "qwen2_vl", multimodal=True)) <= fields
 
 
 def test_sampling_kwargs():
