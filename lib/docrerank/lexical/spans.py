@@ -1,8 +1,9 @@
 """Typed spans for the ``rules`` engine: what kind of value a piece of a question is, and which values of each
 kind the corpus holds.
 
-Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), numbers by unit (``percent``,
-``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company`` (organisations), ``person``,
+Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), ``month`` (a month name before a
+day or a year: "Oct. 24, 2016"), ``reference`` (a part of the document by its number: "Table 2", "Section 3.4",
+"page 15"), numbers by unit (``percent``, ``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company`` (organisations), ``person``,
 ``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society of Indian Law Firms"),
 typed by what the run itself or the corpus shows: an organisation word at its end or head ("3M Company",
 "University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in the corpus ("Boeing" <- "The Boeing Company"); an
@@ -20,9 +21,11 @@ from dataclasses import dataclass, field
 from docrerank.lexical.lexicon import (
     CONNECTORS,
     HONORIFICS,
+    MONTHS,
     ORG_HEADS,
     ORG_SUFFIXES,
     PLACES,
+    REFERENCE_KINDS,
     ROLE_WORDS,
     SENTENCE_START,
 )
@@ -36,10 +39,16 @@ REFERENCE_WORDS = frozenset("page pages section sections table tables figure fig
                             "steps item items note notes part exhibit no no. number numbers # line lines row column "
                             "error errors code version top".split())
 SMALL_COUNT = 12
+# words that never make a name by themselves ("FORM 10-K", "Annual Report", "Table of Contents")
+NOT_NAMES = REFERENCE_WORDS | frozenset("form annual report quarterly contents of the and index".split())
 
 YEAR = re.compile(r"(?<![\w.$])(?:(FY|CY|F)\s?'?)?((?:19[5-9]\d|20\d\d))(?![\w%]|\.\d|,\d)|(?<![\w.$])(FY)'?(\d\d)\b",
                   re.I)
 QUARTER = re.compile(r"\b([QH])([1-4])\b")
+# a month name is a date only before a day or a year ("May" alone is a verb as often as a month)
+MONTH = re.compile(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)([a-z]*)(\.?)(?=,?\s+(?:\d{1,2}\b|(?:19|20)\d\d\b))")
+REFERENCE = re.compile(r"(?<![\w.])((?i:table|figure|fig\.|section|chapter|appendix|page|exhibit|note|item|step))\s+"
+                       r"(\d{1,3}(?:\.\d{1,2}){0,2}|[A-Z])(?!\w|\.\d|,\d)")
 NUMBER = re.compile(
     r"(?<![\w.])(?P<cur>\$|USD\s?|US\$)?(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?P<dec>\.\d+)?"
     r"(?:\s?(?P<pct>%|percent\b)|\s(?P<scale>thousand|million|billion|trillion|crore|lakh|bn|mn)\b)?"
@@ -63,7 +72,7 @@ class Span:
     end: int
     text: str
     kind: str | None
-    scale: str | None = None  # numbers: the unit word ("million"), years: the prefix ("FY")
+    scale: str | None = None  # numbers: the unit word ("million"), years: the prefix ("FY"), references: their kind
 
 
 def number_kind(m: re.Match) -> str:
@@ -83,6 +92,18 @@ def number_value(m: re.Match) -> float:
 def is_year_text(text: str) -> bool:
     """Whether ``text`` is a plain year 1950-2099."""
     return bool(re.fullmatch(r"19[5-9]\d|20\d\d", text))
+
+
+def month_of(m: re.Match) -> str | None:
+    """The month (full lower-case name) of a ``MONTH`` match, or None when its letters are not a month's."""
+    head, rest = m.group(1).lower(), m.group(2).lower()
+    full = next((x for x in MONTHS if x.startswith(head[:3])), None)
+    return full if full and (not rest or full.startswith(head + rest)) else None
+
+
+def reference_of(m: re.Match) -> tuple[str, str]:
+    """(kind, number) of a ``REFERENCE`` match: ("figure", "5") for "Fig. 5"."""
+    return REFERENCE_KINDS[m.group(1).lower()], m.group(2)
 
 
 def _norm(name: str) -> str:
@@ -138,6 +159,8 @@ def own_kind(phrase: str, before: str, after: str) -> str | None:
     if CORP_AFTER.match(after) or ISSUER_AFTER.match(after):
         return "company"
     prev = before.split()[-1].lower().strip(".,") if before.split() else ""
+    if set(low) & ROLE_WORDS:  # "Executive Vice President" is a role, not a person's name
+        return None
     if prev in HONORIFICS and 1 <= len(words) <= 3:
         return "person"
     role = ROLE_AFTER.match(after)
@@ -159,26 +182,32 @@ class Vocabulary:
 
     years: Counter = field(default_factory=Counter)
     quarters: Counter = field(default_factory=Counter)
+    months: Counter = field(default_factory=Counter)  # month (full lower-case name) -> pages that date by it
+    references: dict = field(default_factory=dict)  # reference kind -> {number: count} ("table" -> {"2": 5})
     names: dict = field(default_factory=dict)  # kind -> {name: count}
     numbers: dict = field(default_factory=dict)  # number kind (+ scale) -> {text: count}
     codes: dict = field(default_factory=dict)  # model-code prefix -> {code: count}
-    text_terms: set = field(default_factory=set)  # metric-vocabulary terms the corpus contains (lower case)
+    text_terms: set = field(default_factory=set)  # metric and role words the corpus contains (lower case)
 
     @classmethod
     def from_texts(cls, texts: list[str], max_per_kind: int = 5000) -> "Vocabulary":
         """Collect the vocabulary of page texts (line by line: names do not span table cells or title lines)."""
-        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, SUBJECT_METRICS
+        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SUBJECT_METRICS
 
         v = cls()
         names: dict[str, Counter] = defaultdict(Counter)
         cap, low = Counter(), Counter()  # how often each word is written capitalised / in lower case
         numbers: dict[str, Counter] = defaultdict(Counter)
         codes: dict[str, Counter] = defaultdict(Counter)
-        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS for t in fam]
+        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES for t in fam]
+        refs: dict[str, Counter] = defaultdict(Counter)
         for text in texts:
-            text = text or ""
+            text = (text or "").replace("\xa0", " ")  # names are written with plain spaces in questions
             v.years.update({m.group(2) for m in YEAR.finditer(text) if m.group(2)})
             v.quarters.update({m.group(0) for m in QUARTER.finditer(text)})
+            v.months.update({mo for mo in map(month_of, MONTH.finditer(text)) if mo})
+            for kind, num in {reference_of(m) for m in REFERENCE.finditer(text)}:
+                refs[kind][num] += 1
             flat = " " + re.sub(r"\s+", " ", text.lower()) + " "
             v.text_terms.update(t for t in terms if f" {t} " in flat or f" {t}," in flat or f" {t}." in flat)
             for w in re.findall(r"(?<![\w.])[A-Za-z][a-z]+(?![\w])", text):
@@ -205,19 +234,22 @@ class Vocabulary:
                    for k, cs in names.items()}
         v.numbers = {k: dict(c.most_common(max_per_kind)) for k, c in numbers.items()}
         v.codes = {k: dict(c.most_common(50)) for k, c in codes.items() if len(c) >= 2}
+        v.references = {k: dict(c.most_common(max_per_kind)) for k, c in refs.items()}
         return v
 
     def to_dict(self) -> dict:
         """A JSON-able form (the build passes the vocabulary to its workers)."""
-        return {"years": dict(self.years), "quarters": dict(self.quarters), "names": self.names,
-                "numbers": self.numbers, "codes": self.codes, "text_terms": sorted(self.text_terms)}
+        return {"years": dict(self.years), "quarters": dict(self.quarters), "months": dict(self.months),
+                "references": self.references, "names": self.names, "numbers": self.numbers, "codes": self.codes,
+                "text_terms": sorted(self.text_terms)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Vocabulary":
         """The inverse of ``to_dict`` (an empty vocabulary for None)."""
         d = d or {}
-        return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), dict(d.get("names", {})),
-                   dict(d.get("numbers", {})), dict(d.get("codes", {})), set(d.get("text_terms", [])))
+        return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), Counter(d.get("months", {})),
+                   dict(d.get("references", {})), dict(d.get("names", {})), dict(d.get("numbers", {})),
+                   dict(d.get("codes", {})), set(d.get("text_terms", [])))
 
     def kind_of(self, phrase: str) -> str | None:
         """The kind the corpus gives a name (case-insensitive; a person's surname counts as a person), or None."""
@@ -240,8 +272,10 @@ def number_key(m: re.Match) -> str:
 
 
 def _not_a_code(m: re.Match) -> bool:
-    prefix = m.group(1)
-    return (prefix.upper() in ("FY", "CY", "Q", "H", "F", "USD", "US") or prefix.lower() in REFERENCE_WORDS
+    prefix, low = m.group(1), m.group(1).lower()
+    spaced_word = m.group(2) == " " and (low in ("of", "or", "and", "to", "in", "at", "by", "on", "article")
+                                         or (len(low) >= 3 and any(x.startswith(low[:3]) for x in MONTHS)))
+    return (prefix.upper() in ("FY", "CY", "Q", "H", "F", "USD", "US") or low in REFERENCE_WORDS or spaced_word
             or is_year_text(m.group(3)) or (m.group(2) == " " and not re.search(r"[a-z][A-Z]|^[A-Z]{2,}", prefix)))
 
 
@@ -250,8 +284,13 @@ def _line_names(line: str) -> list[tuple[str, str]]:
     out = []
     for s, e, phrase in runs(line):
         kind = own_kind(phrase, line[:s], line[e:])
-        if kind is None:
-            continue
+        words = phrase.lower().split()
+        if kind is None or (kind != "place" and phrase.lower() in PLACES) or set(words) <= NOT_NAMES:
+            continue  # "North America, Inc." names a place; "FORM 10-K" names a form
+        if kind == "company" and " of " in phrase and words[0] not in ORG_HEADS:
+            phrase = phrase.rsplit(" of ", 1)[1]  # "Certificate of Amazon.com, Inc." is about Amazon.com
+        if kind == "person" and re.fullmatch(r"[A-Z][a-z]{4,}ly", phrase):
+            continue  # "Additionally, Mr. ...": a sentence adverb before the name
         out.append((kind, phrase))
         if kind == "company":
             words = phrase.split()

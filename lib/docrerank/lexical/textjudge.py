@@ -3,8 +3,9 @@
 Two "prompts", like the VLM verifier's two phrasings, each an estimate that the page answers the query.
 The query is reduced to its *terms*: content words, less the words every question about a document uses
 ("answer", "round", "decimal", "page", "table", "report", ...: ``QUESTION_WORDS``); fiscal periods are read
-as their year ("FY2019", "FY19" -> 2019). Its *anchors* are the terms that pin it to specific facts: years,
-numbers (not small counts like "two" or "3"), and capitalised words that do not start a sentence. A page can
+as their year ("FY2019", "FY19" -> 2019), and a reference to a part of the document as one term ("Table 2",
+"Fig. 2" -> "figure 2"; a page's number is on the page when a line of its text is that number). Its *anchors* are the terms that pin it to specific facts: years,
+references, numbers (not small counts like "two" or "3"), and capitalised words that do not start a sentence. A page can
 only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor missing from
 the page multiplies the estimate by ``MISSING_ANCHOR``.
   A  novelty:  share of the query's *new* terms found on the page (for a negative: terms not in its
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 
+from docrerank.lexical.spans import REFERENCE, reference_of
 from docrerank.lexical.text import STOPWORDS
 
 UNKNOWN = 0.5
@@ -83,7 +85,13 @@ def query_terms(query: str) -> tuple[list[str], list[tuple[str, ...]]]:
     each run of capitalised words that do not start a sentence ("Activision Blizzard", "Interest Coverage
     Ratio": one anchor, found when any of its words is)."""
     terms, anchors, run, prev_end = [], [], [], -1
+    refs = [(r.start(), r.end(), " ".join(reference_of(r))) for r in REFERENCE.finditer(query)]
+    for s, e, ref in refs:
+        terms.append(ref)
+        anchors.append((ref,))
     for m in _TERM.finditer(query):
+        if any(s <= m.start() < e for s, e, _ in refs):
+            continue  # read as one term above
         raw = m.group(0)
         t = _year_of(m.group(1)) if m.group(1) else _norm(raw)
         gap = query[prev_end:m.start()] if prev_end >= 0 else ""
@@ -112,7 +120,8 @@ def query_terms(query: str) -> tuple[list[str], list[tuple[str, ...]]]:
 def page_vocabulary(page_text: str) -> set[str]:
     """Normalised words and numbers of a page (with joined number forms: "5,230.3" and "5230.3"), and
     their stems."""
-    vocab = set()
+    vocab = {" ".join(reference_of(m)) for m in REFERENCE.finditer(page_text)}
+    vocab.update(f"page {n}" for n in re.findall(r"(?m)^\s*(\d{1,4})\s*$", page_text))  # a printed page number
     for text in (page_text, re.sub(r"(?<=\d),(?=\d)", "", page_text)):
         for m in _TERM.finditer(text):
             t = _year_of(m.group(1)) if m.group(1) else _norm(m.group(0))
