@@ -38,7 +38,8 @@ SENTENCE_START = frozenset(
     """what which how when where who whom whose why did does do is are was were has have had can could will would
     should may might the a an in on at for of to by from as according among between during regarding based
     using given assume answer write list round return please if give calculate enumerate directly here you i
-    approach base about""".split()
+    approach base about because although while since after before under with without however our its this these
+    such each other certain unless upon""".split()
 )
 CONNECTORS = frozenset(["of", "and", "&", "for", "de", "the"])
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SENTENCE_START, SUBJECT_METRICS)
 from docrerank.lexical.spans import (CODE, MONTH, NUMBER, NUMBER_KINDS, QUARTER, REFERENCE, REFERENCE_WORDS,
-                                     SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, is_year_text, month_of,
+                                     SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, all_caps, is_year_text, month_of,
                                      number_key, number_kind, number_value, own_kind, reference_of, runs)
 from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, swap_terms
 from docrerank.lexical.text import normalize
@@ -41,6 +41,7 @@ TERMS = {"financial_metric": FINANCIAL_METRICS, "subject_metric": SUBJECT_METRIC
 _INSTRUCTION = re.compile(r"(?:answer|round|write|return|give|directly|enumerate|calculate|base|approach|use|using|"
                           r"assume|please|express|provide|list the|here'?s|you are|the answer|for example)\b", re.I)
 _UNIT_WORDS = frozenset("usd eur gbp us fy q".split())
+_ASIDE = re.compile(r"\s*\((?:formerly|previously|now|f/k/a)\b[^)]*\)", re.I)
 _MONTH_BEFORE = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?\s+$")
 
 __all__ = ["ATTRIBUTES", "FINANCE_ATTRIBUTES", "Rewrite", "UserAttribute", "Vocabulary", "question_spans", "rewrite"]
@@ -83,7 +84,7 @@ def question_spans(q: str, vocab: Vocabulary, counts: Counter | None = None) -> 
     counts = counts if counts is not None else Counter()
     ranges = editable_ranges(q)
     spans: list[Span] = []
-    taken: list[tuple[int, int]] = []
+    taken = [(m.start(), m.end()) for m in _ASIDE.finditer(q)]  # "(formerly known as Square)" goes with its name
 
     def free(s, e):
         return any(a <= s and e <= b for a, b in ranges) and not any(s < b and a < e for a, b in taken)
@@ -175,7 +176,7 @@ def _fit(value: str, span: Span, q: str) -> str:
     """``value`` in the case style of the span and the query."""
     if q.upper() == q:
         return value.upper()
-    if value.isupper() and len(value) > 4 and not span.text.isupper():
+    if all_caps(value) and len(value) > 4 and not all_caps(span.text):
         return value.title()
     return value
 
@@ -251,8 +252,10 @@ def _swap_spans(q: str, page: str, attribute: str, spans: list[Span], vocab: Voc
             fresh = rng.sample(head, len(head))
         if span.kind == "month":
             out += [Rewrite(_at(q, [span], [v]), attribute) for v in fresh[:PER_ATTRIBUTE]]
-        else:
-            out += [Rewrite(_apply(q, span.text, _fit(v, span, q)), attribute) for v in fresh[:PER_ATTRIBUTE]]
+            continue
+        # "Block (formerly known as Square)": the aside belongs to the old name, not to the new one
+        base = _ASIDE.sub("", q) if span.kind == "company" and _ASIDE.search(q) else q
+        out += [Rewrite(_apply(base, span.text, _fit(v, span, q)), attribute) for v in fresh[:PER_ATTRIBUTE]]
     return out
 
 

@@ -94,6 +94,11 @@ def is_year_text(text: str) -> bool:
     return bool(re.fullmatch(r"19[5-9]\d|20\d\d", text))
 
 
+def all_caps(text: str) -> bool:
+    """Whether a name is written in capitals ("NIKE", "AMCOR"; not "3M", one letter)."""
+    return sum(c.isalpha() for c in text) >= 2 and text.isupper()
+
+
 def month_of(m: re.Match) -> str | None:
     """The month (full lower-case name) of a ``MONTH`` match, or None when its letters are not a month's."""
     head, rest = m.group(1).lower(), m.group(2).lower()
@@ -201,6 +206,7 @@ class Vocabulary:
         codes: dict[str, Counter] = defaultdict(Counter)
         terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES for t in fam]
         refs: dict[str, Counter] = defaultdict(Counter)
+        incorporated: set[str] = set()  # names written with a corporate suffix: "Block, Inc." names Block
         for text in texts:
             text = (text or "").replace("\xa0", " ")  # names are written with plain spaces in questions
             v.years.update({m.group(2) for m in YEAR.finditer(text) if m.group(2)})
@@ -213,8 +219,10 @@ class Vocabulary:
             for w in re.findall(r"(?<![\w.])[A-Za-z][a-z]+(?![\w])", text):
                 (low if w[0].islower() else cap)[w.lower()] += 1
             for line in text.splitlines():
-                for kind, name in _line_names(line):
+                for kind, name, sure in _line_names(line):
                     names[kind][name] += 1
+                    if sure:
+                        incorporated.add(name)
                 for m in NUMBER.finditer(line):
                     if not is_year_text(m.group(0)):
                         numbers[number_key(m)][m.group("num") + (m.group("dec") or "")] += 1
@@ -226,9 +234,10 @@ class Vocabulary:
 
         def is_name(name: str) -> bool:
             words = [w.lower() for w in re.findall(r"[A-Za-z]+", name)]
-            if " " not in name and (len(name) < 3 or "." in name):
+            if " " not in name and (len(name) < 2 or "." in name):
                 return False
-            return any(w in proper or len(w) <= 4 and name.upper() == name for w in words) or bool(re.search(r"\d", name))
+            return (name in incorporated or any(w in proper or len(w) <= 4 and name.upper() == name for w in words)
+                    or bool(re.search(r"\d|[a-z][A-Z]", name)))  # "3M", "PepsiCo"
 
         v.names = {k: dict(Counter({n: c for n, c in cs.items() if k == "place" or is_name(n)}).most_common(max_per_kind))
                    for k, cs in names.items()}
@@ -279,25 +288,28 @@ def _not_a_code(m: re.Match) -> bool:
             or is_year_text(m.group(3)) or (m.group(2) == " " and not re.search(r"[a-z][A-Z]|^[A-Z]{2,}", prefix)))
 
 
-def _line_names(line: str) -> list[tuple[str, str]]:
-    """(kind, name) for the typed names of one line; companies also under their short name ("Boeing")."""
+def _line_names(line: str) -> list[tuple[str, str, bool]]:
+    """(kind, name, incorporated) for the typed names of one line; companies also under their short name
+    ("Boeing", "Amazon" for "Amazon.com"); ``incorporated``: the line writes the name with a corporate suffix."""
     out = []
     for s, e, phrase in runs(line):
         kind = own_kind(phrase, line[:s], line[e:])
         words = phrase.lower().split()
         if kind is None or (kind != "place" and phrase.lower() in PLACES) or set(words) <= NOT_NAMES:
             continue  # "North America, Inc." names a place; "FORM 10-K" names a form
-        if kind == "company" and " of " in phrase and words[0] not in ORG_HEADS:
+        head = phrase.rsplit(" of ", 1)[0].lower().split() if " of " in phrase else []
+        if kind == "company" and head and not set(head) & (ORG_HEADS | ORG_SUFFIXES):
             phrase = phrase.rsplit(" of ", 1)[1]  # "Certificate of Amazon.com, Inc." is about Amazon.com
         if kind == "person" and re.fullmatch(r"[A-Z][a-z]{4,}ly", phrase):
             continue  # "Additionally, Mr. ...": a sentence adverb before the name
-        out.append((kind, phrase))
+        sure = kind == "company" and bool(CORP_AFTER.match(line[e:]))
+        out.append((kind, phrase, sure))
         if kind == "company":
             words = phrase.split()
             while words and words[-1].lower().strip(".,") in CORPORATE:
                 words = words[:-1]
-            short = " ".join(words).rstrip(",")
+            short = re.sub(r"\.com$", "", " ".join(words).rstrip(","))
             if short and short != phrase and words[0].lower() not in ORG_HEADS and " of " not in f" {short} " \
-                    and short.lower() not in PLACES:
-                out.append(("company", short))
+                    and short.lower() not in PLACES and words[-1].lower() not in CONNECTORS:
+                out.append(("company", short, sure))
     return out

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 
 from docrerank.lexical.lexicon import MONTHS, ORG_HEADS, ORG_SUFFIXES, PLACES, TAKES_THE
-from docrerank.lexical.spans import CODE, CORPORATE, NUMBER, REFERENCE, YEAR, Span, Vocabulary, number_value
+from docrerank.lexical.spans import (CODE, CORPORATE, NUMBER, REFERENCE, YEAR, Span, Vocabulary, all_caps,
+                                     number_value)
 from docrerank.lexical.text import normalize
 
 SHIFTS = (-1, 1, -2, 2, -3, 3)  # how far a year, month or reference moves, nearest first (earlier on a tie)
@@ -73,8 +74,14 @@ def name_values(span: Span, q: str, vocab: Vocabulary) -> list[str]:
     n = len(span.text.split())
     place = PLACES.get(span.text.lower())
     mine_org, mine_words = org_word(span.text), span.text.lower().split()
-    out = []
-    for name, count in vocab.names.get(span.kind, {}).items():
+    out, spelled = [], {}
+    for name, count in vocab.names.get(span.kind, {}).items():  # one spelling per name: in the span's case style
+        best = spelled.get(name.lower())
+        if best is None or (all_caps(best[0]) != all_caps(span.text) and all_caps(name) == all_caps(span.text)):
+            spelled[name.lower()] = (name, count + (best[1] if best else 0))
+        elif best:
+            spelled[name.lower()] = (best[0], best[1] + count)
+    for name, count in spelled.values():
         k = len(name.split())
         if words & set(name.lower().split()) or (n == 1) != (k == 1) or abs(k - n) > 1 or on(name, q):
             continue
@@ -82,7 +89,7 @@ def name_values(span: Span, q: str, vocab: Vocabulary) -> list[str]:
             continue
         if span.kind == "place" and PLACES.get(name.lower()) != place:
             continue
-        if span.kind == "person" and (name.isupper() != span.text.isupper()):
+        if span.kind == "person" and all_caps(name) != all_caps(span.text):
             continue
         # "Pew Research Center" is closer to "X Research Center" than to "Kennedy Space Center"
         shared_head = n >= 3 and name.lower().split()[-2:] == mine_words[-2:]
