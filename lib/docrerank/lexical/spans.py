@@ -300,6 +300,7 @@ def _line_names(line: str) -> list[tuple[str, str, bool]]:
         head = phrase.rsplit(" of ", 1)[0].lower().split() if " of " in phrase else []
         if kind == "company" and head and not set(head) & (ORG_HEADS | ORG_SUFFIXES):
             phrase = phrase.rsplit(" of ", 1)[1]  # "Certificate of Amazon.com, Inc." is about Amazon.com
+        phrase = re.sub(r"^[Tt]he\s+", "", phrase)
         if kind == "person" and re.fullmatch(r"[A-Z][a-z]{4,}ly", phrase):
             continue  # "Additionally, Mr. ...": a sentence adverb before the name
         sure = kind == "company" and bool(CORP_AFTER.match(line[e:]))

@@ -4,9 +4,9 @@ Two "prompts", like the VLM verifier's two phrasings, each an estimate that the 
 The query is reduced to its *terms*: content words, less the words every question about a document uses
 ("answer", "round", "decimal", "page", "table", "report", ...: ``QUESTION_WORDS``); fiscal periods are read
 as their year ("FY2019", "FY19" -> 2019), and a reference to a part of the document as one term ("Table 2",
-"Fig. 2" -> "figure 2"; a page's number is on the page when a line of its text is that number). Its *anchors* are the terms that pin it to specific facts: years,
-references, numbers (not small counts like "two" or "3"), and capitalised words that do not start a sentence. A page can
-only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor missing from
+"Fig. 2" -> "figure 2"; a page's number is on the page when a line of its text is that number). Its *anchors*
+are the terms that pin it to specific facts: years, numbers (not small counts like "two" or "3"), and
+capitalised words that do not start a sentence. A page can only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor missing from
 the page multiplies the estimate by ``MISSING_ANCHOR``.
   A  novelty:  share of the query's *new* terms found on the page (for a negative: terms not in its
                positive; for a positive: all its terms), to the power ``NOVELTY_POWER``. A negative that
@@ -18,7 +18,9 @@ Words match on a light stem (plural and -ing/-ed endings dropped, then the first
 
 Measured on real documents (``bench/judge_qa_dev.py``: 124 human questions, each against its answer pages
 and the other pages of its document) the judge separates answer pages from the rest with a ROC AUC of
-0.74-0.75; see the README for the error rates at the shipped threshold. Limits: lexical only (no synonyms, no
+0.74-0.75. Its thresholds are set per use from that measurement (``THRESHOLDS``; the README has both error
+rates at each): positives and the build's negatives at 0.5, the mining filter at 0.3, where it keeps far fewer
+answer pages as mined negatives (15% instead of 32%) at the price of removing more other pages. Limits: lexical only (no synonyms, no
 reading of charts or scans), so it is a cheap pre-filter in front of a VLM judge, and the judge of
 model-free runs.
 """
@@ -53,6 +55,12 @@ QUESTION_WORDS = frozenset(
 _TERM = re.compile(r"\b(?:FY|F|CY)\s?'?(\d{4}|\d{2})\b|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z&'\-]*", re.I)
 _SENTENCE_END = re.compile(r"[.?!:;]\s*$")
 _SMALL_COUNT = 12  # integers up to this are counts ("3 year average", "top 10"), not anchors
+# The judge's threshold for each use (``engines.verify.default_threshold``): ``positive``: both estimates >= it
+# keeps a positive (a wrong "yes" is the costly error: 6% of other pages pass at 0.5); ``negative``: both < it
+# keeps a rewritten negative (estimate A looks only at the changed value, so an answerable rewrite scores near
+# 1 at any threshold; lower thresholds mostly drop good hard negatives); ``mine``: either >= it removes a mined
+# page (a false negative kept is the costly error: at 0.3 the filter keeps 15% of answer pages, at 0.5 32%).
+THRESHOLDS = {"positive": 0.5, "negative": 0.5, "mine": 0.3}
 
 
 def _year_of(two_or_four: str) -> str:
@@ -86,9 +94,7 @@ def query_terms(query: str) -> tuple[list[str], list[tuple[str, ...]]]:
     Ratio": one anchor, found when any of its words is)."""
     terms, anchors, run, prev_end = [], [], [], -1
     refs = [(r.start(), r.end(), " ".join(reference_of(r))) for r in REFERENCE.finditer(query)]
-    for s, e, ref in refs:
-        terms.append(ref)
-        anchors.append((ref,))
+    terms += [ref for *_, ref in refs]  # a term, not an anchor: answer pages often cite their part otherwise
     for m in _TERM.finditer(query):
         if any(s <= m.start() < e for s, e, _ in refs):
             continue  # read as one term above
