@@ -30,8 +30,8 @@ from docrerank.lexical.spans import (CODE, MONTH, NUMBER, NUMBER_KINDS, QUARTER,
                                      number_key, number_kind, number_value, own_kind, reference_of, runs)
 from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, swap_terms
 from docrerank.lexical.text import normalize
-from docrerank.lexical.values import (CHAIN, month_values, name_values, number_values, on, quarter_values, shifted,
-                                      takes_the)
+from docrerank.lexical.values import (CHAIN, month_on, month_values, name_values, number_values, on, quarter_values,
+                                      shifted, takes_the)
 
 FINANCE_ATTRIBUTES = ("year", "company", "numeric_value", "financial_metric", "subject_metric", "business_segment")
 ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference")
@@ -243,7 +243,7 @@ def _swap_spans(q: str, page: str, attribute: str, spans: list[Span], vocab: Voc
         if not pool:
             counts[f"{attribute}:no_same_type_value"] += 1
             continue
-        fresh = [v for v in pool if not on(v, page)]
+        fresh = [v for v in pool if not (month_on(v, page) if span.kind == "month" else on(v, page))]
         if not fresh:
             counts[f"{attribute}:value_on_page"] += 1
             continue

@@ -130,9 +130,12 @@ def clean_run(text: str, start: int, run: str) -> tuple[int, str]:
     return start + words[0][0], phrase
 
 
-def _ends_a_name(piece: str) -> bool:
-    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia")."""
-    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES
+def _ends_a_name(piece: str, after: str = "") -> bool:
+    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia",
+    "Mr. Hanson and Ms. Joly")."""
+    nxt = after.split()[0].lower().strip(".,") if after.split() else ""
+    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES \
+        or nxt in HONORIFICS
 
 
 def runs(text: str) -> list[tuple[int, int, str]]:
@@ -143,7 +146,7 @@ def runs(text: str) -> list[tuple[int, int, str]]:
         parts = re.split(r"(\s+(?:and|&)\s+)", m.group(0))
         pieces, off = [[m.start(), parts[0]]], m.start() + len(parts[0])
         for sep, part in zip(parts[1::2], parts[2::2]):
-            if _ends_a_name(pieces[-1][1]):
+            if _ends_a_name(pieces[-1][1], part):
                 pieces.append([off + len(sep), part])
             else:
                 pieces[-1][1] += sep + part

@@ -36,6 +36,12 @@ def plural(term: str) -> bool:
     return last.endswith("s") and not last.endswith(("ss", "is", "us"))
 
 
+def _used(term: str, vocab: Vocabulary) -> bool:
+    """Whether the corpus uses a term, in this number or the other ("investigators" when it says "investigator")."""
+    t = term.lower()
+    return t in vocab.text_terms or t[:-1] in vocab.text_terms or t + "s" in vocab.text_terms
+
+
 def term_slot(q: str, start: int, end: int, attribute: str) -> bool:
     """Whether a vocabulary term found at ``q[start:end]`` stands alone (see the module doc)."""
     before = re.findall(r"[\w'’&-]+", q[:start])[-1:]
@@ -71,7 +77,7 @@ def swap_terms(q: str, page: str, attribute: str, families, vocab: Vocabulary | 
             counts[f"{attribute}:defined_in_query"] += 1
             return []
         pool = [t for t in family if t.lower() not in low and term.lower() not in t.lower()
-                and t.lower() not in term.lower() and (vocab is None or t.lower() in vocab.text_terms)
+                and t.lower() not in term.lower() and (vocab is None or _used(t, vocab))
                 and (vocab is None or plural(t) == plural(term))]
         if not pool:
             counts[f"{attribute}:no_same_type_value"] += 1

@@ -123,6 +123,13 @@ def month_values(span: Span, vocab: Vocabulary) -> list[str]:
     return [_month_text(MONTHS[(i + d) % 12], span) for d in SHIFTS if vocab.months.get(MONTHS[(i + d) % 12])]
 
 
+def month_on(month_text: str, text: str) -> bool:
+    """Whether ``text`` names the month of ``month_text`` in any style ("Sep." is on a page that says
+    "September 30")."""
+    full = next(m for m in MONTHS if m.startswith(month_text.rstrip(".").lower()[:3]))
+    return re.search(rf"(?<![\w]){full[:3]}(?:{full[3:]}|t\.|\.)?(?![\w])", text, re.I) is not None
+
+
 def _month_text(month: str, span: Span) -> str:
     """``month`` written as the span's month is: full or abbreviated (with its dot), in its case."""
     letters = span.text.rstrip(".")
