@@ -13,6 +13,11 @@ false negative kept by the mining filter) and the false-acceptance rate (other p
 positive kept, or a good page removed); and both rates over a sweep of thresholds, the measurement the
 thresholds were set from. Pages without a text layer score 0.5 and are reported apart. The two halves of the
 documents (by a hash of the file name) are reported too: the judge was designed on half 0.
+
+``--mined DIR ...``: outputs of ``jobs.mine_negatives`` on the dev set's questions (a query-page set of its
+given positives, ``pages=`` the ingested dev set), e.g. one with ``filter.engine=none`` and one per threshold.
+For each, the share of queries with k mined negatives and how many mined negatives are labelled answer pages of
+their own question (false negatives kept), and of the pages the filter removed, how many were answer pages.
 """
 
 from __future__ import annotations
@@ -62,6 +67,27 @@ def rates(rows: list[tuple[bool, float, float]], thresholds: dict) -> dict:
     return out
 
 
+def mined_false_negatives(mine_dir: Path, page_of: dict, relevant: dict) -> dict:
+    """Labelled false negatives among a mining run's negatives (see the module doc). ``page_of``: page_id ->
+    (file name, page number); ``relevant``: (file name, question) -> its answer pages (numbered from 1)."""
+    import pyarrow.dataset as pads
+
+    stats = json.loads((mine_dir / "mining_stats.json").read_text())
+    rows = pads.dataset(str(mine_dir / "mining_status"), format="parquet").to_table().to_pylist()
+    out = {"filter": stats["settings"].get("filter"), "queries": len(rows), "complete": 0, "negatives": 0,
+           "negatives_answer_pages": 0, "removed": 0, "removed_answer_pages": 0}
+    for r in rows:
+        doc = page_of[r["page_id"]][0]
+        answers = relevant[(doc, r["query"])]
+        out["complete"] += r["status"] == "complete"
+        out["negatives"] += len(r["negatives"])
+        out["negatives_answer_pages"] += sum(page_of[p] in answers for p in r["negatives"])
+        out["removed"] += len(r["false_negatives"])
+        out["removed_answer_pages"] += sum(page_of[p] in answers for p in r["false_negatives"])
+    out["false_negative_rate"] = round(out["negatives_answer_pages"] / max(1, out["negatives"]), 4)
+    return out
+
+
 def main() -> int:
     """Score every (question, page of its document) pair; write the result file."""
     import pyarrow.dataset as pads
@@ -73,8 +99,10 @@ def main() -> int:
     shared = Path(os.environ.get("DOCRERANK_SHARED", REPO.parent / "shared"))  # a worktree sets it
     ap.add_argument("--qa-dev", default=str(shared / "data" / "qa_dev"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "text_judge_qa_dev.json"))
+    ap.add_argument("--mined", nargs="*", default=[], help="mining outputs on the dev set's questions (module doc)")
     args = ap.parse_args()
-    t = pads.dataset(args.pages, format="parquet").to_table(columns=["source_uri", "page_number", "text"]).to_pylist()
+    t = pads.dataset(args.pages, format="parquet").to_table(
+        columns=["page_id", "source_uri", "page_number", "text"]).to_pylist()
     pages = {(r["source_uri"].rsplit("/", 1)[-1], r["page_number"]): r["text"] or "" for r in t}
     queries = [json.loads(line) for line in (Path(args.qa_dev) / "queries.jsonl").read_text().splitlines() if line]
     rows, halves, no_text = [], {0: [], 1: []}, {"answer_pages": 0, "other_pages": 0}
@@ -99,6 +127,12 @@ def main() -> int:
         "device": "CPU", "command": "python bench/judge_qa_dev.py --pages " + args.pages,
         "date": dt.date.today().isoformat(),
     }
+    if args.mined:
+        page_of = {r["page_id"]: (r["source_uri"].rsplit("/", 1)[-1], r["page_number"]) for r in t}
+        relevant = {(q["pdf"].rsplit("/", 1)[-1], q["query"]): {(q["pdf"].rsplit("/", 1)[-1], p + 1)
+                                                                for p in q["relevant_pages"]} for q in queries}
+        result["mining"] = [mined_false_negatives(Path(d), page_of, relevant) for d in args.mined]
+        result["command"] += " --mined " + " ".join(args.mined)
     result["value"] = result["all"]["max"]["auc"]
     result["ratio"] = round(result["value"] / result["baseline"], 3)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +143,8 @@ def main() -> int:
             f"{u} at {o['threshold']} ({o['score']}): FRR {o['false_rejection_rate']} FAR {o['false_acceptance_rate']}"
             for u, o in r["operating_points"].items()))
     print("pairs without text:", result["pairs_without_text"])
+    for m in result.get("mining", []):
+        print("mining", json.dumps(m))
     return 0
 
 

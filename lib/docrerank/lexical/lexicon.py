@@ -106,8 +106,8 @@ SEGMENT_CUES = frozenset("segment segments business businesses division division
 ROLES = (
     ("plaintiff", "plaintiffs", "defendant", "defendants", "appellant", "appellants", "appellee", "appellees",
      "petitioner", "petitioners", "respondent", "respondents", "claimant", "claimants"),
-    ("judge", "judges", "attorney", "attorneys", "prosecutor", "prosecutors", "clerk", "clerks", "magistrate",
-     "magistrates"),
+    ("judge", "judges", "attorney", "attorneys", "prosecutor", "prosecutors", "clerk", "clerks"),  # not "magistrate":
+    # a magistrate judge is a judge, and a page that names one may answer the question
     ("officer", "officers", "agent", "agents", "investigator", "investigators", "inspector", "inspectors",
      "detective", "detectives"),
     ("author", "authors", "editor", "editors", "reviewer", "reviewers", "contributor", "contributors"),

@@ -19,7 +19,7 @@ class MineFilterConfig(Config):
     prompt: str = "verify"
     """Prompt template with prompt_a and prompt_b (the build's verify prompts)."""
     threshold: Optional[float] = Field(None, gt=0, lt=1)
-    """p(answerable) threshold of the two prompts. Default: 0.5 for a model judge; 0.3 for the text judge, its
+    """p(answerable) threshold of the two prompts. Default: 0.5 for a model judge; 0.4 for the text judge, its
     measured operating point for mining, where a false negative kept is the costly error (README, "The
     model-free engines on real documents")."""
     rule: Literal["either", "both"] = "either"
