@@ -146,7 +146,6 @@ def test_every_dev_question_changes_in_one_place_only(vocab):
         pytest.skip(f"dev set not found at {path} (../shared is not part of a fresh clone; set DOCRERANK_SHARED)")
     n = 0
     for q in (json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()):
-        spans = question_spans(q, vocab)
         for r in rewrite(q, "", vocab, list(ATTRIBUTES), 12, "s"):
             n += 1
             i = next(i for i, (a, b) in enumerate(zip(q, r.text)) if a != b)
@@ -259,3 +258,14 @@ def test_hand_labelled_dev_questions_are_typed_right(vocab2):
                 typed += 1
                 wrong += not any(a < sp.end and sp.start < b and t == kinds[sp.kind] for a, b, t in labels)
     assert typed >= 40 and wrong == 0, (typed, wrong)
+
+
+def test_company_picks_prefer_the_same_kind_of_organisation():
+    from docrerank.lexical.spans import Span
+    from docrerank.lexical.values import name_values
+
+    vocab = Vocabulary.from_texts(["Kennedy Space Center\nKennedy Space Center\nHarlow Research Center\nAcme Corp."])
+    q = "How many charts are sourced from Annual totals of Pew Research Center survey data?"
+    span = Span(q.index("Pew"), q.index("Pew") + 19, "Pew Research Center", "company")
+    # a research center first, though the space center is seen more often; never a corporation
+    assert name_values(span, q, vocab) == ["Harlow Research Center", "Kennedy Space Center"]

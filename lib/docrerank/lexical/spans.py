@@ -1,15 +1,15 @@
 """Typed spans for the ``rules`` engine: what kind of value a piece of a question is, and which values of each
 kind the corpus holds.
 
-Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), ``month`` (a month name before a
-day or a year: "Oct. 24, 2016"), ``reference`` (a part of the document by its number: "Table 2", "Section 3.4",
-"page 15"), numbers by unit (``percent``, ``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company`` (organisations), ``person``,
-``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society of Indian Law Firms"),
-typed by what the run itself or the corpus shows: an organisation word at its end or head ("3M Company",
-"University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in the corpus ("Boeing" <- "The Boeing Company"); an
-honorific or a role next to it ("Mr. Hanson", "Jane Doe, Chief Executive Officer"); a place name; a trademark
-sign or a model code ("GPT-4", "iOS 9"). A run nothing types stays untyped, and the rules engine leaves it
-alone. Pure, no dependencies.
+Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), ``month`` (a month name before a day
+or a year: "Oct. 24, 2016"), ``reference`` (a part of the document by its number: "Table 2", "Section 3.4", "page
+15"), numbers by unit (``percent``, ``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company``
+(organisations), ``person``, ``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society
+of Indian Law Firms"), typed by what the run itself or the corpus shows: an organisation word at its end or head
+("3M Company", "University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in
+the corpus ("Boeing" <- "The Boeing Company"); an honorific or a role next to it ("Mr. Hanson", "Jane Doe, Chief
+Executive Officer"); a place name; a trademark sign or a model code ("GPT-4", "iOS 9"). A run nothing types stays
+untyped, and the rules engine leaves it alone. Pure, no dependencies.
 """
 
 from __future__ import annotations

@@ -70,10 +70,13 @@ def name_values(span: Span, q: str, vocab: Vocabulary) -> list[str]:
         return [c for c in vocab.codes.get(mine.group(1), {}) if c != span.text
                 and (CODE.fullmatch(c).group(2) or "") == (mine.group(2) or "")
                 and len(CODE.fullmatch(c).group(3).split(".")[0]) == len(mine.group(3).split(".")[0])]
-    words = set(span.text.lower().split()) - ORG_SUFFIXES - ORG_HEADS - {"of", "and", "&", "the"}
     n = len(span.text.split())
-    place = PLACES.get(span.text.lower())
     mine_org, mine_words = org_word(span.text), span.text.lower().split()
+    # a name sharing a word with the span is the same name or its kin ("Activision Publishing"), except the
+    # word that says what kind of organisation it is ("Research" in "Pew Research Center")
+    kind_word = {mine_words[-2]} if n >= 3 and mine_words[-1] in ORG_SUFFIXES else set()
+    words = set(mine_words) - ORG_SUFFIXES - ORG_HEADS - {"of", "and", "&", "the"} - kind_word
+    place = PLACES.get(span.text.lower())
     out, spelled = [], {}
     for name, count in vocab.names.get(span.kind, {}).items():  # one spelling per name: in the span's case style
         best = spelled.get(name.lower())
