@@ -109,7 +109,24 @@ def fast_controller(monkeypatch):
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
-def config(data, out: Path, name: str, stage: int, steps: int):
+def test_worker_threads_follow_the_config_and_the_local_default_uses_two_cores():
+    from docrerank.core.config import load_config
+    from docrerank.train.config import TrainConfig
+    from docrerank.train.step import worker_threads
+
+    def cfg(**scaling):
+        return TrainConfig.model_validate({"output": "/tmp/x", "data": {"sources": [{"path": "/tmp/e"}]},
+                                           "scaling": scaling})
+
+    assert [worker_threads(cfg(cpus_per_worker=c)) for c in (0.5, 1, 1.5, 4)] == [1, 1, 2, 4]
+    assert worker_threads(cfg(cpus_per_worker=1.5, threads=3)) == 3
+    local = load_config(TrainConfig, str(Path(__file__).parents[1] / "jobs" / "configs" / "train_local.yaml"))
+    # 2 torch threads, and the worker plus one read task fit the 2 CPUs of the machine the default is for
+    assert worker_threads(local) == 2
+    assert local.scaling.cpus_per_worker + local.data.read_cpus == 2
+
+
+def config(data, out: Path, name: str, stage: int, steps: int, threads: int = 0):
     from docrerank.train.config import TrainConfig
 
     return TrainConfig.model_validate({
@@ -120,7 +137,7 @@ def config(data, out: Path, name: str, stage: int, steps: int):
         "model": {"path": data["model"], "max_pixels": MAX_PIXELS, "max_seq_len": 256},
         "optim": {"lr": 1e-3, "warmup_steps": 1, "max_steps": steps},
         "deepspeed": {"stage": stage},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "device": "cpu", "max_failures": 1},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": threads, "device": "cpu", "max_failures": 1},
         "checkpoint": {"every_steps": 1, "num_to_keep": 2},
     })
 
@@ -166,6 +183,7 @@ def test_zero2_worker_killed_then_stopped_run_resumed_by_rerunning(data, ray_loc
 
     assert log[3]["lr"] == pytest.approx(1e-3 * lr_multiplier(3, warmup_steps=1, total_steps=4))  # schedule restored
     assert all(r["examples"] == 8 and r["grad_norm"] > 0 for r in log)
+    assert all(r["threads"] == 1 for r in log)  # cpus_per_worker 0.5, rounded up
     assert (out / "model" / "adapter" / "adapter_config.json").is_file()
     assert (out / "model" / "merged" / "model.safetensors").is_file()
     meta = json.loads((out / "_meta" / "train_reranker.json").read_text())
@@ -176,7 +194,7 @@ def test_zero3_on_two_workers(data, ray_local):
     from docrerank.train.ray_train import run_training
 
     out = data["root"] / "z3"
-    summary = run_training(config(data, out, "z3", stage=3, steps=2))
+    summary = run_training(config(data, out, "z3", stage=3, steps=2, threads=2))
     assert summary["steps"] == 2 and summary["workers"] == 2
     # the realised mix: 2 steps x 2 workers x 1 group of the 8 planned, half from each source
     mix = json.loads((out / "mix.json").read_text())
@@ -185,6 +203,7 @@ def test_zero3_on_two_workers(data, ray_local):
     assert mix["total"]["examples"] == 16 and mix["total"]["negatives"] == {"generated": 12}
     log = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    assert all(r["threads"] == 2 for r in log)  # scaling.threads reached the worker (rank 0 logs)
     ckpt = Path(summary["checkpoint"])
     # ZeRO-3 shards: one optimizer and one weight partition file per rank
     assert len(list(ckpt.glob("state/zero_pp_rank_*_optim_states.pt"))) == 2

@@ -57,13 +57,17 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
         "lora": {"enabled": False},
         "optim": {"lr": 2e-4, "warmup_steps": 2, "epochs": 3},
         "deepspeed": {"stage": 2},
-        "scaling": {"device": "cpu", "use_ray": False},
+        "scaling": {"device": "cpu", "use_ray": False, "threads": 2},
     })
     val = read_groups(cfg.data.validation)
     untrained = build_scorer(cfg.model, cfg.lora, seed=cfg.seed)
     before = evaluate(PlainEngine(untrained, cfg, 1, "cpu"), untrained, val, 8, cfg.loss)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     res = train_local(cfg, device="cpu")
+    assert torch.get_num_threads() == 1  # restored: the test process goes on
+    torch.set_num_threads(threads)
     after = res.metrics
     assert res.steps == 36 and after["val_pairs"] == 72
     # chance is 0.5 and the untrained head is near or below it; after 3 epochs 0.81-0.93 in our runs (72 pairs;
@@ -74,6 +78,7 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
     assert after["val_loss"] < before["val_loss"]
     log = [json.loads(x) for x in (split / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 37))
+    assert all(r["threads"] == 2 for r in log if "loss" in r)  # scaling.threads, without Ray too
 
     # the exported model, loaded by plain transformers, gives the trained scores
     merged = split / "out" / "model" / "merged"

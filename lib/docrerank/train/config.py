@@ -280,7 +280,11 @@ class ScalingConfig(Config):
     """auto: cuda when the cluster has GPUs, else cpu."""
 
     cpus_per_worker: float = Field(1.0, gt=0)
-    """CPUs reserved by each worker (also its torch threads, at least 1); leave some for Ray Data."""
+    """CPUs Ray reserves for each worker; leave some for Ray Data's read tasks (``data.read_cpus``)."""
+
+    threads: int = Field(0, ge=0)
+    """torch threads of each CPU worker (also without Ray); 0: ``cpus_per_worker`` rounded up. May exceed the
+    reservation, e.g. 2 threads on a 1.5-CPU reservation so that training uses both cores of a 2-core machine."""
 
     max_failures: int = Field(3, ge=-1)
     """Worker failures to recover from (from the last checkpoint) before the run fails; -1: unlimited."""

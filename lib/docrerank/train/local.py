@@ -19,6 +19,7 @@ from docrerank.train.step import (
     evaluate,
     make_engine,
     prefetch,
+    set_worker_threads,
     step_batches,
     total_steps_for,
     train_loop,
@@ -40,9 +41,19 @@ def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
     """Train in this process, without Ray (one worker; DeepSpeed or plain torch): the same plan, step and export.
     Metrics go to ``<output>/metrics.jsonl`` (local outputs), the realised mix to ``<output>/mix.json``; no
     checkpoints are written."""
+    device = resolve_device(device if device != "auto" else cfg.scaling.device)
+    threads_before = set_worker_threads(cfg, device)
+    try:
+        return _train(cfg, device)
+    finally:
+        import torch
+
+        torch.set_num_threads(threads_before)  # this process may go on (tests, notebooks)
+
+
+def _train(cfg: TrainConfig, device: str) -> LocalResult:
     from docrerank.train.backbones import build_scorer  # imports torch and transformers
 
-    device = resolve_device(device if device != "auto" else cfg.scaling.device)
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
     total = total_steps_for(sum(len(t["group_ids"]) for t in tasks), cfg, 1)
     mix = record_mix(tasks, cfg.output, limit=total * cfg.data.groups_per_device * cfg.optim.grad_accum)

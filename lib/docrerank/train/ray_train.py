@@ -31,6 +31,7 @@ from docrerank.train.step import (
     evaluate,
     make_engine,
     prefetch,
+    set_worker_threads,
     step_batches,
     total_steps_for,
     train_loop,
@@ -146,14 +147,12 @@ def train_loop_per_worker(config: dict) -> None:
     device, total_steps = config["device"], config["total_steps"]
     if device == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
-    import torch
     import torch.distributed as dist
 
     import ray.train
     from docrerank.train.backbones import build_scorer
 
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    set_worker_threads(cfg, device)
     rank = ray.train.get_context().get_world_rank()
     scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=cfg.seed)
     engine = make_engine(scorer, cfg, total_steps, device)

@@ -177,6 +177,22 @@ def make_engine(scorer: torch.nn.Module, cfg: TrainConfig, total_steps: int, dev
     return engine
 
 
+def worker_threads(cfg: TrainConfig) -> int:
+    """torch threads of a CPU worker: ``scaling.threads``, or ``scaling.cpus_per_worker`` rounded up (at least 1)."""
+    return cfg.scaling.threads or max(1, math.ceil(cfg.scaling.cpus_per_worker))
+
+
+def set_worker_threads(cfg: TrainConfig, device: str) -> int:
+    """Apply ``worker_threads`` to torch in this process (CPU only: on GPU torch's default is left alone); returns
+    the previous thread count, for a caller that shares its process to restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(worker_threads(cfg))
+    return before
+
+
 def _to(inputs: dict, device: str) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
 
@@ -200,7 +216,10 @@ def peak_memory_mb(device: str) -> float:
 
 def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, device: str = "cpu") -> dict[str, float]:
     """One optimizer step over ``micro_batches`` (the gradient accumulation of one worker); metrics summed over
-    workers: loss (mean), lr (the one applied), grad_norm, examples, tokens, samples/s, tokens/s, memory."""
+    workers: loss (mean), lr (the one applied), grad_norm, examples, tokens, samples/s, tokens/s, memory, and
+    rank 0's torch threads."""
+    import torch
+
     engine.train()
     t0 = time.perf_counter()
     lr = float(engine.get_lr()[0])
@@ -213,8 +232,6 @@ def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, devi
         n += mb.examples
         tokens += mb.tokens
     if device == "cuda":
-        import torch
-
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     loss_sum, n, tokens = all_reduce([loss_sum, n, tokens])
@@ -222,7 +239,7 @@ def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, devi
     norm = engine.get_global_grad_norm()
     return {"loss": loss_sum / max(n, 1), "lr": lr, "grad_norm": float(norm) if norm is not None else math.nan,
             "examples": int(n), "tokens": int(tokens), "step_s": dt_max, "samples_per_s": n / dt_max,
-            "tokens_per_s": tokens / dt_max, "memory_mb": peak_memory_mb(device)}
+            "tokens_per_s": tokens / dt_max, "memory_mb": peak_memory_mb(device), "threads": torch.get_num_threads()}
 
 
 def evaluate(engine, scorer, groups: list[Group], groups_per_batch: int, loss_cfg: LossConfig,
