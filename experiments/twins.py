@@ -11,10 +11,11 @@ alike, against BM25 and the zero-shot encoder, on documents never trained on).
 3. ``jobs.build_dataset`` on the training half's pages, its questions as given positives (one per answer page),
    ``rules`` negatives, the ``text`` judge, k = 3, ``diverse``; a quarter of its documents (by the build's
    seeded hash) are held out for validation.
-4. ``jobs.mine_negatives`` (BM25 top 10, 3 sampled, the text judge as false-negative filter).
+4. ``jobs.mine_negatives`` for every given positive (BM25 top 10, 3 sampled, the text judge as false-negative
+   filter), also those the rules engine found no negative for.
 5. ``jobs.train_reranker`` twice, alike but for the mix: the Base mix (mined and generated groups, 1:1) and
    mined-only, as many groups and steps each; MiniLM cross-encoder, long pages by windows, validated every
-   ``val_every_steps`` by NDCG@5 of BM25's top 20 of the validation documents' questions, best step exported.
+   ``val_every_steps`` by NDCG@5 of BM25's top 10 of the validation documents' questions, best step exported.
 6. ``jobs.evaluate`` on the test half (every page of its documents is the corpus, its questions with all their
    answer pages; BM25's top 20 reranked): BM25, the zero-shot encoder, mined-only, Base mix, and each reranker
    fused with BM25 (weight chosen on the validation documents).
@@ -36,12 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "lib")]
 
 TRAIN = {  # both twins; only data.sources differs
-    "model": {"backbone": "text", "max_seq_len": 256, "max_windows": 3, "window_overlap": 32,
+    "model": {"backbone": "text", "max_seq_len": 192, "max_windows": 3, "window_overlap": 32,
               "gradient_checkpointing": False},
     "lora": {"enabled": False},
     "loss": {"kind": "listwise"},
-    "optim": {"lr": 2.0e-5, "warmup_steps": 6, "epochs": 4, "max_steps": 60},
-    "data": {"groups_per_device": 4, "val_every_steps": 10, "chunk_groups": 4},
+    "optim": {"lr": 4.0e-5, "warmup_steps": 4, "epochs": 8, "max_steps": 40},
+    "data": {"groups_per_device": 4, "val_every_steps": 20, "chunk_groups": 4},
     "deepspeed": {"enabled": False},
     "scaling": {"use_ray": False, "device": "cpu"},
     "seed": 0,
@@ -112,6 +113,18 @@ def write_beir(pages: list[dict], questions: list[dict], dest: Path) -> int:
     return len(queries)
 
 
+def write_mine_queries(pages: list[dict], questions: list[dict], dest: Path) -> None:
+    """The training half's questions, one row per answer page (``page_id``, ``query``), for the mining job: every
+    given positive gets mined negatives, also those the rules engine found no negative for."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = {(p["name"], p["page_number"]): p["page_id"] for p in pages}
+    rows = [{"page_id": ids[(q["doc"], n)], "query": q["question"]} for q in questions for n in q["pages"]
+            if (q["doc"], n) in ids]
+    pq.write_table(pa.Table.from_pylist(rows), dest)
+
+
 def job(name: str, argv: list[str], log: list) -> None:
     """Run ``jobs.<name>`` in this process (one Ray for all); RuntimeError when it fails."""
     import importlib
@@ -130,7 +143,7 @@ def train_yaml(work: Path, name: str, sources: list[dict], num_groups: int, extr
     cfg = json.loads(json.dumps(TRAIN))
     cfg.update(output=str(work / f"train_{name}"), name=name)
     cfg["data"].update(sources=sources, num_groups=num_groups, validation=str(work / "build" / "examples_heldout"),
-                       ranking_validation={"path": str(work / "val_candidates"), "max_queries": 64})
+                       ranking_validation={"path": str(work / "val_candidates"), "max_queries": 64, "top_k": 10})
     path = work / f"train_{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path, extra
@@ -205,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (build / "stats.json").exists():
         job("build_dataset", [f"output={build}", f"pages={work / 'pages_train'}", f"positives_file={positives}",
                               "select.k=3", "select.strategy=diverse", f"holdout_fraction={args.holdout}"], log)
-    if not (build / "mining_stats.json").exists():
+    if not (build / "mining_stats.json").exists():  # every given positive, with or without generated negatives
+        mine_q = work / "mine_queries.parquet"
+        write_mine_queries(pages, train_q, mine_q)
         job("mine_negatives", ["--config", str(REPO / "jobs/configs/mine_local.yaml"), f"input={build}",
-                               f"output={build}"], log)
+                               f"output={build}", f"queries={mine_q}"], log)
     if not (work / "val_candidates" / "candidates.parquet").exists():
         from docrerank.eval.candidates import write_candidates
         from docrerank.eval.config import DatasetSpec

@@ -291,7 +291,8 @@ def load_build_split(build_output: str, split: str = "heldout", name: str | None
     ex_files = storage.list_files(ex_loc, suffixes=(".parquet",))
     if not ex_files:
         raise ValueError(f"{ex_loc.uri}: no Parquet files; is {build_output!r} a dataset build output?")
-    page_cols = ["page_id", "text", "image_format", "source_uri", "page_number"] + (["image"] if load_images else [])
+    page_cols = ["page_id", "text", "image_format"] + (["image"] if load_images else []) + (
+        ["source_uri", "page_number"] if questions else [])
     examples = storage.read_parquet_dir(ex_loc, columns=["group_id", "query", "page_id", "label"])
 
     def in_part(page_id: str) -> bool:

@@ -238,6 +238,9 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     sources = [s.model_copy(update={"path": fix(s.path)}) for s in cfg.data.sources]
     data = cfg.data.model_copy(update={"validation": fix(cfg.data.validation), "sources": sources})
+    rv = cfg.data.ranking_validation
+    if rv is not None:
+        data.ranking_validation = rv.model_copy(update={"path": fix(rv.path), "questions": fix(rv.questions)})
     model_path = cfg.model.path
     if model_path and not model_path.startswith("pkg:") and Path(model_path).is_dir():
         model_path = fix(model_path)
