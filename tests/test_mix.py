@@ -112,7 +112,7 @@ def test_local_mix_configs_are_twins_of_train_local():
             assert twin[key] == base[key], key
     same = {k: v for k, v in twin["data"].items() if k != "sources"}
     assert same == {k: v for k, v in base["data"].items() if k != "sources"}
-    assert twin["data"]["num_groups"] == base["data"]["num_groups"] == 60
+    assert twin["data"]["num_groups"] == base["data"]["num_groups"] == 160
     assert twin["output"] == "out/train_local_mined" and base["output"] == "out/train_local"
     assert [s["path"] for s in base["data"]["sources"]] == ["out/local/mined", "out/local/examples"]
     assert [s["path"] for s in twin["data"]["sources"]] == ["out/local/mined"]

@@ -95,3 +95,76 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
                   padding=True, return_tensors="pt")
         logits = model(**enc).logits
     assert torch.allclose(logits[:, 1] - logits[:, 0], want, atol=1e-5)
+
+
+def test_ranking_validation_keeps_and_exports_the_best_step(split):
+    """NDCG@5 of BM25's top 20 of held-out queries, before training and every 3 steps; the exported model is the
+    best step's (its NDCG on the same candidates is the best value logged)."""
+    from docrerank.eval.candidates import write_candidates
+    from docrerank.eval.config import DatasetSpec
+    from docrerank.rerank.reranker import Reranker
+    from docrerank.testing.examples import make_beir
+    from docrerank.train.local import train_local
+    from docrerank.train.validate import load_ranking_set, ndcg, rank_by
+
+    make_beir(split / "beir_val", split / "corpus", years=[2023], dpi=12)
+    info = write_candidates(DatasetSpec(path=str(split / "beir_val")), str(split / "cands"), top_k=20)
+    assert info["queries"] == 24 and info["pages"] == 24
+    out = split / "ranked"
+    cfg = TrainConfig.model_validate({
+        "output": str(out),
+        "data": {"sources": [{"path": str(split / "examples" / "train")}], "groups_per_device": 4,
+                 "val_every_steps": 3, "ranking_validation": {"path": str(split / "cands"), "max_queries": 8}},
+        "model": {"backbone": "text", "max_seq_len": 96, "gradient_checkpointing": False},
+        "lora": {"enabled": False},
+        "optim": {"lr": 2e-4, "warmup_steps": 1, "max_steps": 6},
+        "deepspeed": {"enabled": False},
+        "scaling": {"device": "cpu", "use_ray": False},
+    })
+    res = train_local(cfg, device="cpu")
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r["val_ndcg@5"] for r in log if "val_ndcg@5" in r}
+    assert sorted(by_step) == [0, 3, 6]
+    best = max(by_step, key=lambda s: (by_step[s], -s))
+    assert res.metrics["best_step"] == res.metrics["exported_step"] == best
+    assert res.metrics["best_val_ndcg@5"] == by_step[best]
+
+    rset = load_ranking_set(cfg.data.ranking_validation)
+    rr = Reranker.load(str(out), device="cpu")
+    total = 0.0
+    for q, cands in rset.candidates.items():
+        scores = rr.score(rset.queries[q], [rset.texts[p] for p in cands])
+        total += ndcg(rank_by(dict(zip(cands, map(float, scores)))), rset.qrels[q], 5)
+    assert abs(total / len(rset.candidates) - by_step[best]) < 1e-4
+
+
+def test_ranking_set_from_a_build_output_by_part_and_questions(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from docrerank.train.config import RankingValidationConfig
+    from docrerank.train.validate import load_ranking_set, part_of
+
+    pages, ex = [], []
+    for d in range(10):
+        doc = f"{d:032x}"
+        pages += [{"page_id": f"{doc}-p{n:05d}", "doc_id": doc, "source_uri": f"/x/r{d}.pdf", "page_number": n,
+                   "text": f"page {n} of {d}"} for n in (1, 2)]
+        ex += [{"group_id": f"g{d}", "query": f"q{d}", "page_id": f"{doc}-p00002", "label": 1},
+               {"group_id": f"g{d}", "query": f"n{d}", "page_id": f"{doc}-p00002", "label": 0}]
+    for name, rows in (("pages", pages), ("examples_heldout", ex)):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "part-0.parquet")
+    val = load_ranking_set(RankingValidationConfig(path=str(tmp_path)))
+    docs = {p.split("-p")[0] for p in next(iter(val.candidates.values()))}
+    assert docs and all(part_of(d) == "validation" for d in docs)
+    assert len(val.queries) == len(docs) and all(len(c) == 2 * len(docs) for c in val.candidates.values())
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "both pages", "doc": "r0.pdf", "page_number": 1,
+                                                  "relevant": [{"doc": "r0.pdf", "page_number": 1},
+                                                               {"doc": "r0.pdf", "page_number": 2}]}) + "\n")
+    part = part_of(f"{0:032x}")
+    q = load_ranking_set(RankingValidationConfig(path=str(tmp_path), part=part, questions=str(tmp_path / "q.jsonl")))
+    assert list(q.queries.values()) == ["both pages"] and len(next(iter(q.qrels.values()))) == 2
+    with pytest.raises(ValueError, match="no query"):
+        other = "test" if part == "validation" else "validation"
+        load_ranking_set(RankingValidationConfig(path=str(tmp_path), part=other, questions=str(tmp_path / "q.jsonl")))

@@ -260,29 +260,45 @@ def _read_schema_names(root: storage.Location, file: str) -> list[str]:
 
 
 def load_build_split(build_output: str, split: str = "heldout", name: str | None = None,
-                     load_images: bool = True) -> Benchmark:
+                     load_images: bool = True, part: str = "all", questions: str | None = None,
+                     seed: int = 0) -> Benchmark:
     """A benchmark from a dataset build output: the positive queries of one split over its documents' pages.
 
     ``split`` "heldout" reads ``examples_heldout/``, "train" reads ``examples/``. Each group's positive row
     (label 1) is a query (id = group_id) whose relevant page is its page_id. The corpus is every page in
     ``pages/`` of the documents those examples come from (all their pages, not only the judged ones), plus any
     example page missing from ``pages/``; without ``pages/`` it is the pages seen in the examples.
+
+    ``part`` ``validation`` / ``test`` keeps half of those documents (``train.validate.part_of``, seeded by
+    ``seed``): choices such as a fusion weight are made on one part, results reported on the other.
+    ``questions``: a questions file (``train.validate.read_questions``) whose questions about these documents are
+    the queries, with every page they list as relevant, instead of the split's positives (which exist only for the
+    positives that got negatives, one page each).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from docrerank.train.validate import part_of, read_questions
+
     if split not in BUILD_SPLITS:
         raise ValueError(f"split must be one of {list(BUILD_SPLITS)}, got {split!r}")
+    if part not in ("all", "validation", "test"):
+        raise ValueError(f"part must be 'all', 'validation' or 'test', got {part!r}")
     root = storage.resolve(build_output)
-    name = name or f"{root.path.rstrip('/').rsplit('/', 1)[-1]}-{split}"
+    name = name or f"{root.path.rstrip('/').rsplit('/', 1)[-1]}-{split}" + ("" if part == "all" else f"-{part}")
     ex_loc = root.join(BUILD_SPLITS[split])
     ex_files = storage.list_files(ex_loc, suffixes=(".parquet",))
     if not ex_files:
         raise ValueError(f"{ex_loc.uri}: no Parquet files; is {build_output!r} a dataset build output?")
-    page_cols = ["page_id", "text", "image_format"] + (["image"] if load_images else [])
+    page_cols = ["page_id", "text", "image_format"] + (["image"] if load_images else []) + (
+        ["source_uri", "page_number"] if questions else [])
     examples = storage.read_parquet_dir(ex_loc, columns=["group_id", "query", "page_id", "label"])
 
+    def in_part(page_id: str) -> bool:
+        return part == "all" or part_of(page_id.rsplit("-p", 1)[0], seed) == part
+
+    examples = examples.filter(pa.array([in_part(p) for p in examples.column("page_id").to_pylist()], pa.bool_()))
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     positives = examples.filter(pc.equal(examples.column("label"), 1))
@@ -304,6 +320,11 @@ def load_build_split(build_output: str, split: str = "heldout", name: str | None
                 pages.setdefault(row["page_id"], row)
     else:
         log.info("%s: no pages/ table; the corpus is the %d pages seen in the examples", name, len(example_pages))
+    if questions:
+        if not pages:
+            raise ValueError(f"{root.uri}: questions={questions!r} needs the build's pages/ table (file names)")
+        names = {(r["source_uri"].rsplit("/", 1)[-1], r["page_number"]): p for p, r in pages.items()}
+        queries, qrels = read_questions(questions, names)
     missing = sorted(example_pages - set(pages))
     if missing:  # pages absent from pages/ come from the example rows, which carry the page
         rows = storage.read_parquet_dir(ex_loc, columns=page_cols)

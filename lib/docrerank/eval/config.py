@@ -39,6 +39,45 @@ class DatasetSpec(Config):
     run_file: Optional[str] = None
     """A first-stage run (TREC format) for this dataset; required when ``first_stage.kind`` is ``run``."""
 
+    part: Literal["all", "validation", "test"] = "all"
+    """build: half of the split's documents (a seeded hash of the document id): ``validation`` for choices (the
+    fusion weight, the training's best step), ``test`` for the reported numbers; ``all``: every document."""
+
+    questions: Optional[str] = None
+    """build: a questions file (JSONL like ``positives_file``, optionally ``relevant``: every page that answers)
+    whose questions about the split's documents are the queries, instead of the split's positive groups."""
+
+    seed: int = 0
+    """build: seed of the split into parts (the training's ``data.ranking_validation.seed`` must match)."""
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the data (to keep validation and test apart)."""
+        return (self.path.rstrip("/"), self.split, self.part, self.seed, self.questions)
+
+
+class FusionConfig(Config):
+    """Fuse each reranker's scores with the first stage's (``rerank/fusion.py``) and report the fused system too;
+    the reranker's weight is chosen on a validation dataset, never on the reported ones."""
+
+    method: Literal["none", "interpolate", "rrf"] = "none"
+    """``interpolate``: weighted sum of min-max normalised scores per query; ``rrf``: weighted reciprocal rank
+    fusion; ``none``: no fused systems."""
+
+    validation: Optional[DatasetSpec] = None
+    """The dataset the weight is chosen on (e.g. the build's held-out ``part: validation``); required unless
+    ``weight`` is set; must not be one of ``datasets``."""
+
+    weights: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    """Candidate weights of the reranker (0: the first stage alone, 1: the reranker alone); the best on the
+    validation dataset's primary metric wins (ties: the first in this list)."""
+
+    weight: Optional[float] = Field(None, ge=0, le=1)
+    """A fixed weight instead of choosing one."""
+
+    rrf_k: int = Field(60, ge=1)
+    """rrf: the rank offset k."""
+
 
 class FirstStageConfig(Config):
     """The retriever whose top-k the rerankers re-sort."""
@@ -77,6 +116,9 @@ class EvalConfig(Config):
     rerankers: list[RerankerSpec] = Field(default_factory=list)
     """Rerankers, evaluated side by side on the same first-stage candidates; empty = retrieval only."""
 
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    """Also report each reranker fused with the first stage (``<first>+<reranker>+fused``)."""
+
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     """Metrics (ndcg, recall, mrr, precision, map with @k), trec_eval definitions."""
 
@@ -110,6 +152,15 @@ class EvalConfig(Config):
             raise ValueError("first_stage.model: required when first_stage.kind is colpali")
         if self.primary not in self.metrics:
             raise ValueError(f"primary: {self.primary!r} is not in metrics {self.metrics}")
+        f = self.fusion
+        if f.method != "none":
+            if f.weight is None and f.validation is None:
+                raise ValueError("fusion.validation: required to choose the weight (or set fusion.weight)")
+            if f.validation is not None and any(d.key == f.validation.key for d in self.datasets):
+                raise ValueError(f"fusion.validation: {f.validation.path} (part {f.validation.part}) is also one of "
+                                 "datasets; choose the weight on data that is not reported")
+            if any(not 0 <= w <= 1 for w in f.weights) or not f.weights:
+                raise ValueError(f"fusion.weights: expected weights in [0, 1], got {f.weights}")
         names = [r.name for r in self.rerankers if r.name]
         if len(set(names)) != len(names):
             raise ValueError(f"rerankers[].name: names must be unique, got {names}")

@@ -34,7 +34,8 @@ def load_dataset(spec: DatasetSpec, load_images: bool):
         loc = storage.resolve(spec.path)
         fmt = "build" if any(storage.exists(loc.join(d)) for d in ("examples_heldout", "examples")) else "beir"
     if fmt == "build":
-        return load_build_split(spec.path, split=spec.split or "heldout", name=spec.name, load_images=load_images)
+        return load_build_split(spec.path, split=spec.split or "heldout", name=spec.name, load_images=load_images,
+                                part=spec.part, questions=spec.questions, seed=spec.seed)
     return load_beir(spec.path, name=spec.name, split=spec.split, load_images=load_images,
                      text_column=spec.text_column, language=spec.language)
 
@@ -77,9 +78,91 @@ def rerank_run(reranker, bench, first: dict[str, dict[str, float]], top_k: int) 
     return run, info
 
 
-def _fingerprint(spec: RerankerSpec, cfg: EvalConfig, dataset: str) -> dict:
+def _fingerprint(spec: RerankerSpec, cfg: EvalConfig, dataset: DatasetSpec, name: str) -> dict:
     return {"reranker": spec.model_dump(mode="json"), "first_stage": cfg.first_stage.model_dump(mode="json"),
-            "dataset": dataset, "max_queries": cfg.max_queries, "dtype": cfg.dtype}
+            "dataset": name, "data": dataset.model_dump(mode="json", exclude={"name"}),
+            "max_queries": cfg.max_queries, "dtype": cfg.dtype}
+
+
+class _Runner:
+    """Loads datasets and rerankers once and makes (or reuses) their runs: the parts of one evaluation."""
+
+    def __init__(self, cfg: EvalConfig, out, device: str, names: list[str], progress: Callable[[str], None]):
+        self.cfg, self.out, self.device, self.names, self.progress = cfg, out, device, names, progress
+        self.loaded: dict[str, Any] = {}
+        from docrerank.rerank.reranker import find_model_dir, read_card
+
+        # page images are read only when something looks at them (a vlm reranker, a ColPali first stage)
+        self.need_images = cfg.first_stage.kind == "colpali" or any(
+            read_card(find_model_dir(r.path))["backbone"] == "vlm" for r in cfg.rerankers)
+
+    def first_stage(self, spec: DatasetSpec):
+        """(benchmark, first-stage run, runs directory) of a dataset; the first stage's run file is written."""
+        from docrerank.eval.retrievers import retrieve, write_trec_run
+
+        cfg = self.cfg
+        bench = load_dataset(spec, load_images=self.need_images)
+        if cfg.max_queries:
+            keep = sorted(bench.queries)[:cfg.max_queries]
+            bench.queries = {q: bench.queries[q] for q in keep}
+            bench.qrels = {q: bench.qrels[q] for q in keep}
+        self.progress(f"[{bench.name}] {len(bench.queries)} queries, {len(bench.corpus_ids)} pages; first stage "
+                      f"{cfg.first_stage.label}")
+        runs_dir = self.out.join("runs", bench.name)
+        storage.makedirs(runs_dir)
+        first = retrieve(bench, cfg.first_stage.kind, cfg.first_stage.top_k, run_file=spec.run_file,
+                         model=cfg.first_stage.model, device=self.device, batch_size=cfg.first_stage.batch_size)
+        write_trec_run(runs_dir.join(f"{cfg.first_stage.label}.trec").uri, first, cfg.first_stage.label)
+        return bench, first, runs_dir
+
+    def reranked(self, rspec: RerankerSpec, rname: str, spec: DatasetSpec, bench, first, runs_dir):
+        """(run, info) of one reranker on one dataset: reused from its run file when made with the same settings."""
+        from docrerank.eval.retrievers import read_trec_run, write_trec_run
+        from docrerank.rerank.reranker import Reranker
+
+        cfg = self.cfg
+        system = f"{cfg.first_stage.label}+{rname}"
+        run_loc, meta_loc = runs_dir.join(f"{system}.trec"), runs_dir.join(f"{system}.json")
+        fp = _fingerprint(rspec, cfg, spec, bench.name)
+        if cfg.resume and storage.exists(run_loc) and storage.exists(meta_loc):
+            meta = json.loads(storage.read_bytes(meta_loc))
+            if meta.get("fingerprint") == fp:
+                self.progress(f"[{bench.name}] {system}: reusing {run_loc.uri}")
+                return read_trec_run(run_loc.uri), {**meta.get("info", {}), "reused": True}
+        if rname not in self.loaded:
+            self.loaded[rname] = Reranker.load(rspec.path, device=self.device, dtype=cfg.dtype,
+                                               batch_size=rspec.batch_size, max_pixels=rspec.max_pixels,
+                                               max_seq_len=rspec.max_seq_len, name=rname)
+        rr = self.loaded[rname]
+        run, info = rerank_run(rr, bench, first, cfg.first_stage.top_k)
+        info["backbone"] = rr.backbone
+        write_trec_run(run_loc.uri, run, system)
+        storage.write_bytes_atomic(meta_loc, json.dumps({"fingerprint": fp, "info": info}, indent=2).encode())
+        self.progress(f"[{bench.name}] {system}: {info['pairs']} pairs in {info['seconds']} s")
+        return run, info
+
+    def fusion_weights(self) -> dict[str, dict]:
+        """Each reranker's fusion weight: fixed, or the best on ``fusion.validation`` (with every weight's value)."""
+        from docrerank.eval.metrics import evaluate
+        from docrerank.rerank.fusion import choose_weight
+
+        f, primary = self.cfg.fusion, self.cfg.primary
+        if f.method == "none" or not self.cfg.rerankers:
+            return {}
+        if f.weight is not None:
+            return {n: {"method": f.method, "weight": f.weight, "chosen_on": None} for n in self.names}
+        bench, first, runs_dir = self.first_stage(f.validation)
+        out = {}
+        for rspec, rname in zip(self.cfg.rerankers, self.names):
+            run, _ = self.reranked(rspec, rname, f.validation, bench, first, runs_dir)
+            weight, values = choose_weight(first, run, lambda r: evaluate(bench.qrels, r, [primary])[0][primary],
+                                           f.weights, f.method, f.rrf_k)
+            out[rname] = {"method": f.method, "weight": weight, "chosen_on": bench.name,
+                          "queries": len(bench.qrels), f"validation {primary} by weight": values}
+            self.progress(f"[{bench.name}] {rname}: fusion weight {weight} ({primary} "
+                          f"{100 * values[weight]:.1f} on validation; reranker alone {100 * values.get(1.0, 0):.1f},"
+                          f" first stage alone {100 * values.get(0.0, 0):.1f})")
+        return out
 
 
 def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = None) -> dict:
@@ -88,9 +171,10 @@ def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = 
     ``progress`` receives one line per dataset and reranker (default: the log; the job prints them)."""
     progress = progress or log.info
     from docrerank.eval.metrics import evaluate, paired_test
-    from docrerank.models.hub import resolve_device
     from docrerank.eval.report import write_report
-    from docrerank.eval.retrievers import read_trec_run, retrieve, write_trec_run
+    from docrerank.eval.retrievers import write_trec_run
+    from docrerank.models.hub import resolve_device
+    from docrerank.rerank.fusion import fuse_run
 
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
@@ -99,60 +183,44 @@ def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = 
     names = [reranker_name(r) for r in cfg.rerankers]
     if len(set(names)) != len(names):
         raise ValueError(f"rerankers: two rerankers would be reported as the same name ({names}); set names")
-    loaded: dict[str, Any] = {}
     results: dict[str, Any] = {"datasets": {}, "primary": cfg.primary, "first_stage": first_name,
                                "top_k": cfg.first_stage.top_k, "device": device,
                                "setup": {"device": device, **({"first-stage model": cfg.first_stage.model}
                                                                  if cfg.first_stage.model else {}),
                                          **{f"reranker {n}": r.path for n, r in zip(names, cfg.rerankers)}}}
-    from docrerank.rerank.reranker import Reranker, find_model_dir, read_card
-
-    # page images are read only when something looks at them (a vlm reranker, a ColPali first stage)
-    need_images = cfg.first_stage.kind == "colpali" or any(
-        read_card(find_model_dir(r.path))["backbone"] == "vlm" for r in cfg.rerankers)
+    runner = _Runner(cfg, out, device, names, progress)
+    fusion = runner.fusion_weights()
+    if fusion:
+        results["fusion"] = fusion
+        results["setup"].update({f"fusion {n}": f"{f['method']}, reranker weight {f['weight']}"
+                                 + (f" (chosen on {f['chosen_on']})" if f["chosen_on"] else " (fixed)")
+                                 for n, f in fusion.items()})
     for spec in cfg.datasets:
-        bench = load_dataset(spec, load_images=need_images)
-        if cfg.max_queries:
-            keep = sorted(bench.queries)[:cfg.max_queries]
-            bench.queries = {q: bench.queries[q] for q in keep}
-            bench.qrels = {q: bench.qrels[q] for q in keep}
+        bench, first, runs_dir = runner.first_stage(spec)
         name = bench.name
-        progress(f"[{name}] {len(bench.queries)} queries, {len(bench.corpus_ids)} pages; first stage {first_name}")
-        runs_dir = out.join("runs", name)
-        storage.makedirs(runs_dir)
-        first = retrieve(bench, cfg.first_stage.kind, cfg.first_stage.top_k, run_file=spec.run_file,
-                         model=cfg.first_stage.model, device=device, batch_size=cfg.first_stage.batch_size)
-        write_trec_run(runs_dir.join(f"{first_name}.trec").uri, first, first_name)
         means, per_query = evaluate(bench.qrels, first, cfg.metrics)
         systems = {first_name: {"metrics": means}}
         per_query_all = {first_name: per_query}
         tests: dict[str, Any] = {}
-        for rspec, rname in zip(cfg.rerankers, names):
-            system = f"{first_name}+{rname}"
-            run_loc, meta_loc = runs_dir.join(f"{system}.trec"), runs_dir.join(f"{system}.json")
-            fp = _fingerprint(rspec, cfg, name)
-            info: Optional[dict] = None
-            if cfg.resume and storage.exists(run_loc) and storage.exists(meta_loc):
-                meta = json.loads(storage.read_bytes(meta_loc))
-                if meta.get("fingerprint") == fp:
-                    run, info = read_trec_run(run_loc.uri), {**meta.get("info", {}), "reused": True}
-                    progress(f"[{name}] {system}: reusing {run_loc.uri}")
-            if info is None:
-                if rname not in loaded:
-                    loaded[rname] = Reranker.load(rspec.path, device=device, dtype=cfg.dtype,
-                                                  batch_size=rspec.batch_size, max_pixels=rspec.max_pixels,
-                                                  max_seq_len=rspec.max_seq_len, name=rname)
-                rr = loaded[rname]
-                run, info = rerank_run(rr, bench, first, cfg.first_stage.top_k)
-                info["backbone"] = rr.backbone
-                write_trec_run(run_loc.uri, run, system)
-                storage.write_bytes_atomic(meta_loc, json.dumps({"fingerprint": fp, "info": info}, indent=2).encode())
-                progress(f"[{name}] {system}: {info['pairs']} pairs in {info['seconds']} s")
+
+        def add(system: str, run: dict, info: Optional[dict]) -> None:
             r_means, r_per_query = evaluate(bench.qrels, run, cfg.metrics)
-            systems[system] = {"metrics": r_means, "rerank": info}
+            systems[system] = {"metrics": r_means, **({"rerank": info} if info is not None else {})}
             per_query_all[system] = r_per_query
             tests[system] = {m: paired_test(per_query[m], r_per_query[m], n_resamples=cfg.n_resamples)
                              for m in cfg.metrics}
+
+        fused = {}
+        for rspec, rname in zip(cfg.rerankers, names):
+            run, info = runner.reranked(rspec, rname, spec, bench, first, runs_dir)
+            add(f"{first_name}+{rname}", run, info)
+            if rname in fusion:
+                f = fusion[rname]
+                fused[rname] = fuse_run(first, run, f["weight"], f["method"], cfg.fusion.rrf_k)
+        for rname, run in fused.items():  # after the pure rerankers, so the table reads pure then fused
+            system = f"{first_name}+{rname}+fused"
+            write_trec_run(runs_dir.join(f"{system}.trec").uri, run, system)
+            add(system, run, None)
         results["datasets"][name] = {"num_queries": len(bench.qrels), "num_pages": len(bench.corpus_ids),
                                      "dropped_queries": getattr(bench, "dropped_queries", 0),
                                      "systems": systems, "tests": tests, "per_query": per_query_all}

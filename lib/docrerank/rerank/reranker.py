@@ -60,17 +60,21 @@ class Reranker:
         # ... for pages with at least this many pairs in one call. On the CPU (compute-bound) it pays from 2; on a
         # GPU a full batch of whole pairs beats small continuation batches, so only pages with a batch of queries.
         self.min_prefix_pairs: Optional[int] = MIN_PREFIX_PAIRS if device == "cpu" else None
+        # text cross-encoders: long pages scored by overlapping windows (train/windows.py), as trained
+        self.max_windows, self.window_overlap, self.window_pool = 1, 32, "max"
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str, device: str = "auto", dtype: str = "auto", batch_size: Optional[int] = None,
              max_pixels: Optional[int] = None, max_seq_len: Optional[int] = None,
-             attn_implementation: Optional[str] = None, name: Optional[str] = None) -> "Reranker":
+             attn_implementation: Optional[str] = None, name: Optional[str] = None,
+             max_windows: Optional[int] = None) -> "Reranker":
         """Load a reranker from a training output or a base checkpoint (see ``find_model_dir``).
 
         ``device``: auto (cuda when available), cpu or cuda. ``dtype``: auto (bfloat16 on cuda, float32 on cpu).
         ``max_pixels`` / ``max_seq_len`` default to what the model was trained with (``reranker.json``), else
-        1024 visual tokens / 2048 tokens (vlm) and 256 tokens (text).
+        1024 visual tokens / 2048 tokens (vlm) and 256 tokens (text). ``max_windows`` (text cross-encoders): windows
+        per page, default as trained (``reranker.json``), else 1 (the page truncated).
         """
         from docrerank.models.hub import resolve_device
 
@@ -82,7 +86,11 @@ class Reranker:
         if backbone == "vlm":
             return cls._load_vlm(model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len,
                                  attn_implementation, name)
-        return cls._load_text(model_dir, card, device, dtype, batch_size, max_seq_len, name)
+        rr = cls._load_text(model_dir, card, device, dtype, batch_size, max_seq_len, name)
+        rr.max_windows = max_windows or card.get("max_windows") or 1
+        rr.window_overlap = card.get("window_overlap", 32)
+        rr.window_pool = card.get("window_pool", "max")
+        return rr
 
     @classmethod
     def _load_vlm(cls, model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len, attn, name):
@@ -146,8 +154,7 @@ class Reranker:
         bs = batch_size or self.batch_size
         order = self._order(queries, pages)
         if self.backbone != "vlm":
-            for s in range(0, len(order), bs):
-                idx = order[s:s + bs]
+            for idx in self._text_batches(order, bs):
                 out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx])
             return out
         # vlm: page pixels are computed once per distinct page, by a thread pool, a window of units ahead of the
@@ -207,9 +214,25 @@ class Reranker:
             log.warning("page %s cannot be scored: %s: %s", page.key, type(e).__name__, e)
             return None
 
-    def rank(self, query: str, pages: Sequence[Any], top_k: Optional[int] = None) -> list[tuple[int, float]]:
-        """``(index, score)`` of the best ``top_k`` pages (all by default): score descending, ties by index."""
+    def rank(self, query: str, pages: Sequence[Any], top_k: Optional[int] = None,
+             first_scores: Optional[Sequence[float]] = None, fusion_weight: Optional[float] = None,
+             fusion: str = "interpolate") -> list[tuple[int, float]]:
+        """``(index, score)`` of the best ``top_k`` pages (all by default): score descending, ties by index.
+
+        With ``first_scores`` (the first stage's score of each page) and ``fusion_weight`` (the reranker's share,
+        chosen on validation data, e.g. by ``jobs.evaluate``'s ``fusion``), the scores are fused with the first
+        stage's (``rerank/fusion.py``: ``interpolate`` or ``rrf``) before ranking."""
         scores = self.score(query, pages)
+        if fusion_weight is not None:
+            from docrerank.rerank.fusion import fuse
+
+            if first_scores is None or len(first_scores) != len(pages):
+                raise ValueError(f"rank: fusion_weight needs first_scores, one per page ({len(pages)}), got "
+                                 f"{None if first_scores is None else len(first_scores)}")
+            ids = [str(i) for i in range(len(pages))]
+            rer = {d: float(s) for d, s in zip(ids, scores) if s == s}
+            fused = fuse(dict(zip(ids, map(float, first_scores))), rer, fusion_weight, fusion)
+            scores = [fused.get(d, float("nan")) for d in ids]
         key = [float("-inf") if s != s else float(s) for s in scores]  # NaN (unscorable) ranks last
         ranked = sorted(range(len(scores)), key=lambda i: (-key[i], i))
         return [(i, float(scores[i])) for i in ranked[:top_k]]
@@ -224,13 +247,32 @@ class Reranker:
                 if p.key not in pixels:
                     pixels[p.key] = pixel_count(p)
             return sorted(range(len(pages)), key=lambda i: (pixels[pages[i].key], pages[i].key, len(queries[i]), i))
+        from docrerank.train.windows import window_count
+
         tok = self.model[0]
         qlen = [len(x) for x in tok(queries, add_special_tokens=False)["input_ids"]]
         plen = {}
         for p in pages:
             if p.key not in plen:
-                plen[p.key] = min(len(tok(p.text, add_special_tokens=False)["input_ids"]), self.max_seq_len)
-        return sorted(range(len(pages)), key=lambda i: (qlen[i] + plen[pages[i].key], i))
+                plen[p.key] = len(tok(p.text, add_special_tokens=False)["input_ids"])
+        windows = self.max_windows if self.mode != "biencoder" else 1
+        self._windows = [window_count(plen[p.key], q, self.max_seq_len, windows, self.window_overlap)
+                         for q, p in zip(qlen, pages)]
+        return sorted(range(len(pages)), key=lambda i: (self._windows[i], min(qlen[i] + plen[pages[i].key],
+                                                                              self.max_seq_len), i))
+
+    def _text_batches(self, order: list[int], bs: int) -> list[list[int]]:
+        """Pairs in ``order`` cut into batches of at most ``bs`` sequences (a pair counts its windows; a pair's
+        windows never straddle two batches)."""
+        batches, cur, size = [], [], 0
+        for i in order:
+            n = self._windows[i]
+            if cur and size + n > bs:
+                batches.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size += n
+        return batches + ([cur] if cur else [])
 
     def _forward(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
         """Scores of one batch of pairs (one forward pass); ``pixels``: precomputed page pixels by page key."""
@@ -269,10 +311,14 @@ class Reranker:
         texts = [p.text or "" for p in pages]
         if self.mode == "biencoder":  # model: an Embedder (unit rows: cosine = dot product)
             return (model.embed(queries, len(queries)) * model.embed(texts, len(texts))).sum(-1)
-        enc = tok(queries, texts, truncation="only_second", max_length=self.max_seq_len, padding=True,
-                  return_tensors="pt")
+        from docrerank.train.windows import encode_pairs, pool_windows
+
+        enc = encode_pairs(tok, queries, texts, self.max_seq_len, self.max_windows, self.window_overlap)
+        window_of = enc.pop("window_of", None)
         logits = model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
         scores = logits[:, 1] - logits[:, 0] if self.mode == "cross" else logits[:, 0]
+        if window_of is not None:
+            scores = pool_windows(scores, window_of.to(scores.device), self.window_pool)
         return scores.to(torch.float32).cpu().numpy()
 
 

@@ -183,16 +183,23 @@ class TextScoring:
         self.model, self.tokenizer, self.cfg, self.path = model, tokenizer, cfg, path
 
     def encode(self, batch: Batch) -> dict[str, Any]:
-        """Tokenized (query, page text) pairs; the page text is truncated to ``max_seq_len``."""
-        texts = [batch.texts[p] for p in batch.page_of]
-        enc = self.tokenizer(batch.queries, texts, truncation="only_second", max_length=self.cfg.seq_len,
-                             padding=True, return_tensors="pt")
-        return dict(enc)
+        """Tokenized (query, page text) pairs: the page truncated to ``max_seq_len``, or, ``model.max_windows`` > 1,
+        up to that many overlapping windows of it per pair (``train/windows.py``)."""
+        from docrerank.train.windows import encode_pairs
 
-    def forward(self, **inputs):
-        """float32 scores of ``encode``'s inputs, one per example."""
+        texts = [batch.texts[p] for p in batch.page_of]
+        return encode_pairs(self.tokenizer, batch.queries, texts, self.cfg.seq_len, self.cfg.max_windows,
+                            self.cfg.window_overlap)
+
+    def forward(self, window_of=None, **inputs):
+        """float32 scores of ``encode``'s inputs, one per example (its windows pooled by ``model.window_pool``)."""
         logits = self.model(**inputs).logits.float()
-        return logits[:, 1] - logits[:, 0]
+        scores = logits[:, 1] - logits[:, 0]
+        if window_of is None:
+            return scores
+        from docrerank.train.windows import pool_windows
+
+        return pool_windows(scores, window_of, self.cfg.window_pool)
 
 
 @functools.cache

@@ -39,6 +39,18 @@ class ModelConfig(Config):
     (lower max_pixels or raise this; nothing is truncated); default 2048. text: the page text is truncated to
     fit (the query never is); default 256."""
 
+    max_windows: int = Field(1, ge=1, le=64)
+    """text: score a long page by up to this many overlapping windows of ``max_seq_len`` tokens (the query, then a
+    passage of the page, from its start) and pool the windows' scores (``window_pool``); all windows of a pair go
+    into one forward pass. 1: the page truncated to one window. Recorded in ``reranker.json``."""
+
+    window_overlap: int = Field(32, ge=0)
+    """text, ``max_windows`` > 1: page tokens shared by consecutive windows (at most half a window's page part)."""
+
+    window_pool: Literal["max", "logsumexp"] = "max"
+    """text, ``max_windows`` > 1: a pair's score from its windows' scores: ``max`` (MaxP: the best passage decides)
+    or ``logsumexp`` (a smooth maximum: in training every window gets gradient)."""
+
     prompt: str = MONOQWEN_PROMPT
     """vlm: the text after the page image in the user turn; ``{query}`` is replaced by the query."""
 
@@ -146,6 +158,42 @@ class DataSource(Config):
         return any(v is not None for v in (self.kinds, self.attributes, self.exclude_attributes))
 
 
+class RankingValidationConfig(Config):
+    """Validation by retrieval quality: NDCG@k of the reranked candidates of held-out queries, every
+    ``data.val_every_steps`` steps, before the first step and at the end; the best step's weights are exported."""
+
+    path: str
+    """A candidates table (Parquet: ``query_id``, ``query``, ``page_id``, ``text``, ``relevance``; optional ``image``,
+    ``image_format``, ``first_score``; in first-stage order; ``docrerank.eval.candidates`` writes one) or a
+    dataset build's output, whose held-out positives are asked of every page of their part's documents."""
+
+    part: Literal["all", "validation", "test"] = "validation"
+    """Build outputs: which held-out documents (a seeded hash splits them in two; the evaluation's ``part``):
+    ``validation`` (choose here, and choose fusion weights), ``test`` (report only), ``all``."""
+
+    questions: Optional[str] = None
+    """Build outputs: a questions file (JSONL, the ``positives_file`` layout, optionally with ``relevant`` pages)
+    whose questions about the part's documents are the queries, instead of the held-out positives."""
+
+    top_k: Optional[int] = Field(None, ge=1)
+    """Candidates tables: rerank each query's first ``top_k`` candidates; default: all of them."""
+
+    k: int = Field(5, ge=1)
+    """The cutoff of NDCG@k (the primary metric of the evaluation: 5)."""
+
+    max_queries: int = Field(64, ge=1)
+    """At most this many queries (a seeded sample) keep validation cheap."""
+
+    keep_best: bool = True
+    """Export the weights of the best validated step (step 0 included: the untrained model), not the last."""
+
+    batch_pairs: int = Field(32, ge=1)
+    """(query, page) pairs per forward pass."""
+
+    seed: int = 0
+    """Seed of the document split into parts and of the query sample."""
+
+
 class DataConfig(Config):
     """Examples, the mix and batching."""
 
@@ -161,6 +209,10 @@ class DataConfig(Config):
 
     val_every_steps: int = Field(0, ge=0)
     """Validate every N optimizer steps (0: only at the end)."""
+
+    ranking_validation: Optional[RankingValidationConfig] = None
+    """Also validate by NDCG@k of reranked held-out candidates and keep the best step (see its keys); none: the
+    last step's weights are exported."""
 
     num_groups: Optional[int] = Field(None, ge=1)
     """Groups per epoch of the whole mix: the counted sources' counts plus what the weighted sources share by
@@ -356,6 +408,9 @@ class TrainConfig(Config):
             raise ValueError("deepspeed.offload_params needs deepspeed.stage=3, got stage 2")
         if self.model.backbone == "text" and self.model.seq_len > 512:
             raise ValueError(f"model.max_seq_len: the text backbone holds at most 512 tokens, got {self.model.seq_len}")
+        if self.model.backbone == "vlm" and self.model.max_windows > 1:
+            raise ValueError(f"model.max_windows: windows split the page text of the text backbone, got "
+                             f"{self.model.max_windows} with backbone vlm")
         if "{query}" not in self.model.prompt:
             raise ValueError("model.prompt: expected a template containing '{query}'")
         return self

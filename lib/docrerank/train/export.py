@@ -76,7 +76,8 @@ def reranker_card(cfg: TrainConfig) -> dict:
                 "prompt": m.prompt, "true_token": m.true_token, "false_token": m.false_token,
                 "max_pixels": m.max_pixels, "max_seq_len": m.seq_len}
     return {"backbone": "text", "score": "logits[:, 1] - logits[:, 0] over (query, page text)",
-            "max_seq_len": m.seq_len}
+            "max_seq_len": m.seq_len, "max_windows": m.max_windows, "window_overlap": m.window_overlap,
+            "window_pool": m.window_pool}
 
 
 def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Optional[torch.dtype] = None) -> None:

@@ -11,7 +11,7 @@ from docrerank.core import storage
 from docrerank.models.hub import resolve_device
 from docrerank.train.config import TrainConfig
 from docrerank.train.examples import iter_plan, read_groups
-from docrerank.train.export import export_model, trainable_state
+from docrerank.train.export import export_model
 from docrerank.train.mix import plan_from_config, record_mix
 from docrerank.train.step import (
     MetricsLog,
@@ -24,6 +24,7 @@ from docrerank.train.step import (
     total_steps_for,
     train_loop,
 )
+from docrerank.train.validate import best_or_last, final_ranking, make_validator
 
 
 @dataclass
@@ -60,15 +61,21 @@ def _train(cfg: TrainConfig, device: str) -> LocalResult:
     scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=cfg.seed)
     engine = make_engine(scorer, cfg, total, device)
     val = read_groups(cfg.data.validation, cfg.data.val_max_groups) if cfg.data.validation else None
+    validator = make_validator(cfg.data.ranking_validation, scorer, engine, cfg.model.backbone, device)
     out = storage.resolve(cfg.output)
     log = MetricsLog(out.path) if "://" not in out.uri else NullLog()
     try:
         steps = prefetch(step_batches(scorer, iter_plan(tasks), cfg.data.groups_per_device, cfg.optim.grad_accum))
-        last = train_loop(engine, scorer, steps, cfg, total_steps=total, device=device, log=log, val_groups=val)
+        last = train_loop(engine, scorer, steps, cfg, total_steps=total, device=device, log=log, val_groups=val,
+                          validator=validator)
         final = evaluate(engine, scorer, val, cfg.data.groups_per_device, cfg.loss, device) if val else {}
+        final.update(final_ranking(validator, last))
         if final:
             log.log(last, final)
     finally:
         log.close()
-    uri = export_model(trainable_state(scorer), cfg, device) if cfg.export else None
+    state = best_or_last(validator, scorer)
+    if validator is not None and state is not None:
+        scorer.load_state_dict(state, strict=False)  # the returned scorer is the exported one
+    uri = export_model(state, cfg, device) if cfg.export else None
     return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri, mix=mix)

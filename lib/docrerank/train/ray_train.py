@@ -23,7 +23,7 @@ from docrerank.core import storage
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import all_reduce
 from docrerank.train.examples import Group, packed_schema, read_groups, read_task
-from docrerank.train.export import export_model, trainable_state, upload_dir
+from docrerank.train.export import export_model, upload_dir
 from docrerank.train.mix import plan_from_config, record_mix, scan_source
 from docrerank.train.step import (
     MetricsLog,
@@ -36,6 +36,7 @@ from docrerank.train.step import (
     total_steps_for,
     train_loop,
 )
+from docrerank.train.validate import best_or_last, final_ranking, make_validator
 
 log = logging.getLogger("docrerank.train")
 
@@ -174,6 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     groups = (Group.from_row(r) for b in batches for r in b.to_pylist() if not position.done(r["seq"]))
     steps = prefetch(step_batches(scorer, groups, cfg.data.groups_per_device, cfg.optim.grad_accum))
     val = read_groups(cfg.data.validation, cfg.data.val_max_groups) if cfg.data.validation else None
+    validator = make_validator(cfg.data.ranking_validation, scorer, engine, cfg.model.backbone, device)
     pending: list[int] = []
     saved: dict = {"step": start_step}
 
@@ -206,17 +208,22 @@ def train_loop_per_worker(config: dict) -> None:
         return all_reduce([1.0 if ok else 0.0], "min")[0] > 0
 
     last = train_loop(engine, scorer, steps, cfg, total_steps=total_steps, device=device, log=mlog,
-                      start_step=start_step, val_groups=val, sync_continue=sync_continue, after_step=after_step)
+                      start_step=start_step, val_groups=val, sync_continue=sync_continue, after_step=after_step,
+                      validator=validator)
     final = dict(saved.get("metrics", {}))
     if val:
         scores = evaluate(engine, scorer, val, cfg.data.groups_per_device, cfg.loss, device)
         mlog.log(last, scores)
         final.update(scores)
+    ranking = final_ranking(validator, last)
+    if ranking:
+        mlog.log(last, ranking)
+        final.update(ranking)
     if saved["step"] != last:
         save(last, final)
     mlog.close()
     if cfg.export:
-        state = trainable_state(scorer)  # collective under ZeRO-3
+        state = best_or_last(validator, scorer)  # collective under ZeRO-3
         if rank == 0:
             export_model(state, cfg, device)
     if upload and rank == 0:
@@ -230,6 +237,9 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     sources = [s.model_copy(update={"path": fix(s.path)}) for s in cfg.data.sources]
     data = cfg.data.model_copy(update={"validation": fix(cfg.data.validation), "sources": sources})
+    rv = cfg.data.ranking_validation
+    if rv is not None:
+        data.ranking_validation = rv.model_copy(update={"path": fix(rv.path), "questions": fix(rv.questions)})
     model_path = cfg.model.path
     if model_path and not model_path.startswith("pkg:") and Path(model_path).is_dir():
         model_path = fix(model_path)

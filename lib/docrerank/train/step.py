@@ -346,15 +346,20 @@ class NullLog:
 def train_loop(engine, scorer, steps: Iterable[list[Prepared]], cfg: TrainConfig, *, total_steps: int,
                device: str, log=None, start_step: int = 0, val_groups: Optional[list[Group]] = None,
                sync_continue: Callable[[bool], bool] = lambda ok: ok,
-               after_step: Optional[Callable[[int, dict, list[Prepared]], None]] = None) -> int:
+               after_step: Optional[Callable[[int, dict, list[Prepared]], None]] = None,
+               validator: Optional[Callable[[int], dict]] = None) -> int:
     """Optimizer steps from ``start_step`` until ``total_steps`` or the data ends; returns the last step.
 
     ``sync_continue`` lets distributed workers agree to stop together when one runs out of data;
-    ``after_step(step, metrics, micro_batches)`` is where checkpoints and data positions hook in.
+    ``after_step(step, metrics, micro_batches)`` is where checkpoints and data positions hook in;
+    ``validator(step)`` (ranking validation, ``train/validate.py``) runs before the first step and with the
+    validation, its metrics logged with the step's.
     """
     log = log or NullLog()
     step = start_step
     it = iter(steps)
+    if validator is not None and start_step == 0:
+        log.log(0, validator(0))
     while step < total_steps:
         # An exhausted iterator gives [], so every worker calls sync_continue the same number of times.
         micro = next(it, [])
@@ -364,6 +369,8 @@ def train_loop(engine, scorer, steps: Iterable[list[Prepared]], cfg: TrainConfig
         step += 1
         if val_groups and cfg.data.val_every_steps and step % cfg.data.val_every_steps == 0:
             metrics.update(evaluate(engine, scorer, val_groups, cfg.data.groups_per_device, cfg.loss, device))
+        if validator is not None and cfg.data.val_every_steps and step % cfg.data.val_every_steps == 0:
+            metrics.update(validator(step))
         if step % cfg.log_every_steps == 0 or step == total_steps:
             log.log(step, metrics)
         if after_step is not None:
