@@ -27,6 +27,16 @@ def _reasons(out):
     return {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]): r["error"] for r in q}
 
 
+REASONS = {
+    ("locked_bad.pdf", None): "encrypted",
+    ("empty.pdf", None): "empty",
+    ("junk.pdf", None): "not_a_document",
+    ("memo_copy.pdf", None): "duplicate",
+    ("__crash_me__.pdf", 2): "worker_crash",
+    ("__hang_me__.pdf", 1): "timeout",
+}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
@@ -59,15 +69,7 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsy
     assert "this run: 48 pages rendered in" in printed and str(out / "ingest_stats.json") in printed
     stats = json.loads((out / "ingest_stats.json").read_text())
     assert stats["balanced"] and stats["documents"]["input"] == 11
-    reasons = _reasons(out)
-    assert reasons == {
-        ("locked_bad.pdf", None): "encrypted",
-        ("empty.pdf", None): "empty",
-        ("junk.pdf", None): "not_a_document",
-        ("memo_copy.pdf", None): "duplicate",
-        ("__crash_me__.pdf", 2): "worker_crash",
-        ("__hang_me__.pdf", 1): "timeout",
-    }
+    assert _reasons(out) == REASONS
     pages = _table(out, "pages")
     got = {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]) for r in pages.select(["source_uri", "page_number"]).to_pylist()}
     assert ("__crash_me__.pdf", 1) in got and ("__crash_me__.pdf", 3) in got and ("__hang_me__.pdf", 2) in got
@@ -86,8 +88,10 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsy
 
 def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path):
     out = tmp_path / "out"
-    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5")
-    run_ingest(cfg)
+    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5", "password_map={'locked_ok.pdf': s3cret}",
+               "probe_local_max=0")  # the workers probe, not the driver
+    first = run_ingest(cfg)
+    assert first["balanced"] and _reasons(out) == REASONS and first["this_run"]["documents_opened"] == 7
     assert not (out / "_meta").exists()  # the library records nothing: the job does (runtime.run_job)
     ids = sorted(_table(out, "pages").column("page_id").to_pylist())
     again = run_ingest(cfg)
