@@ -19,6 +19,13 @@ class ShardWriteError(RuntimeError):
     """Writing a task's shards failed for a reason other than memory: the output is unusable, not the input."""
 
 
+def warm_up() -> None:
+    """Import what rendering and writing need, so a worker's first task does not wait for it."""
+    import pyarrow.fs  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import pymupdf  # noqa: F401
+
+
 def probe_file(source_uri: str, passwords: dict, settings: dict) -> dict:
     """Read and probe one file: ``{"doc": row}`` or ``{"quarantine": row}``."""
     from docrerank.core import storage

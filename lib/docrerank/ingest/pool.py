@@ -33,7 +33,8 @@ class WorkerPool:
         if size < 1:
             raise ValueError(f"size: expected >= 1 workers, got {size}")
         remote = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RESTARTS)(IngestWorker)
-        self.actors = [remote.options(scheduling_strategy="SPREAD").remote(**worker_kwargs) for _ in range(size)]
+        spread = remote.options(scheduling_strategy="SPREAD")
+        self.actors = [spread.remote(**worker_kwargs, warm=True) for _ in range(size)]
 
     def map(self, method: str, calls: Iterable[tuple]) -> Iterator[tuple[int, Any]]:
         """Run ``method(*args)`` for each ``args`` in ``calls`` on the actors; yield ``(index of the call, result)``

@@ -21,13 +21,21 @@ class IngestWorker:
         output: the job's output directory or URI (shards go under ``pages/`` and ``quarantine/``).
         passwords: ``Passwords`` as a dict; settings: ``RenderSettings`` as a dict.
         memory_mb: the child's address-space limit in MiB (0: none); timeout_s: the limit of one call.
+        warm: start the child and load its libraries now rather than at the first call.
     """
 
-    def __init__(self, output: str, passwords: dict, settings: dict, memory_mb: int, timeout_s: float):
+    def __init__(self, output: str, passwords: dict, settings: dict, memory_mb: int, timeout_s: float,
+                 warm: bool = False):
         from docrerank.core.isolate import IsolatedWorker
 
         self.output, self.passwords, self.settings, self.timeout_s = output, passwords, settings, timeout_s
-        self.worker = IsolatedWorker(memory_limit_mb=memory_mb)
+        # Each new child loads its libraries before its first call, outside that call's timeout.
+        self.worker = IsolatedWorker(memory_limit_mb=memory_mb, warmup=(f"{CHILD}:warm_up", ()))
+        if warm:  # now (on a pool: while the driver still probes and plans), not at the first task
+            try:
+                self.worker.start()
+            except Exception:  # noqa: BLE001 - only an optimisation: the first call starts a fresh child and says why
+                self.worker.close(kill=True)
 
     def close(self) -> None:
         """Stop the child process."""
