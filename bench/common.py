@@ -51,17 +51,12 @@ def shared_dir() -> Path:
     return Path(os.environ.get("DOCRERANK_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
-def qa_dev_pairs(top: int, max_queries: int | None = None, shared: Path | None = None):
-    """Real (query, page) pairs as the evaluation makes them: the QA dev set's questions, each with its BM25 top
-    ``top`` pages among all pages of the set's PDFs (text layers by PyMuPDF), queries in file order.
-
-    Returns (queries, pages, info): one query string and one page row (``page_id``, ``text``) per pair; raises
-    FileNotFoundError when the QA dev set is not there."""
+def qa_dev_corpus(shared: Path | None = None) -> tuple[list[str], list[str], list[dict]]:
+    """The QA dev set: (page ids ``<pdf stem>-p<N>``, their text layers by PyMuPDF, the question rows); raises
+    FileNotFoundError when it is not there."""
     import json
 
     import pymupdf
-
-    from docrerank.eval.retrievers import BM25Retriever
 
     qa = (shared or shared_dir()) / "data" / "qa_dev"
     if not (qa / "queries.jsonl").is_file():
@@ -74,6 +69,18 @@ def qa_dev_pairs(top: int, max_queries: int | None = None, shared: Path | None =
                 ids.append(f"{pdf.stem}-p{k + 1}")
                 texts.append(page.get_text("text"))
     rows = [json.loads(line) for line in (qa / "queries.jsonl").read_text().splitlines() if line.strip()]
+    return ids, texts, rows
+
+
+def qa_dev_pairs(top: int, max_queries: int | None = None, shared: Path | None = None):
+    """Real (query, page) pairs as the evaluation makes them: the QA dev set's questions, each with its BM25 top
+    ``top`` pages among all pages of the set's PDFs, queries in file order.
+
+    Returns (queries, pages, info): one query string and one page row (``page_id``, ``text``) per pair; raises
+    FileNotFoundError when the QA dev set is not there."""
+    from docrerank.eval.retrievers import BM25Retriever
+
+    ids, texts, rows = qa_dev_corpus(shared)
     rows = rows[:max_queries] if max_queries else rows
     run = BM25Retriever(ids, texts).search({r["qid"]: r["query"] for r in rows}, k=top)
     text_of = dict(zip(ids, texts))
