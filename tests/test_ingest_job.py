@@ -131,3 +131,23 @@ def test_real_pdfs(ray_local, shared_pdfs, tmp_path):
     assert abs(poster["height"] / poster["width"] - 2) < 0.01
     readable = {p.name for p in shared_pdfs.glob("*.pdf")} - {"bad__empty_0bytes.pdf", "bad__invalid_not_pdf.pdf", "bad__poppler-67295-0.pdf"}
     assert set(by) == readable
+
+
+def test_the_pool_feeds_only_workers_that_started(ray_local, corpus, tmp_path):
+    from dataclasses import asdict
+
+    from docrerank.ingest.pool import WorkerPool
+    from docrerank.ingest.render import Passwords, RenderSettings
+
+    kwargs = {"output": str(tmp_path), "passwords": asdict(Passwords()), "settings": asdict(RenderSettings()),
+              "memory_mb": 2048, "timeout_s": 60.0}
+    pool = WorkerPool(3, kwargs)  # the test cluster has 2 CPUs: the third worker cannot be placed
+    try:
+        files = ["memo.pdf", "slides.pdf", "book.pdf", "empty.pdf", "junk.pdf"]
+        got = dict(pool.map("probe", [([str(corpus / f)],) for f in files]))
+        assert sorted(got) == [0, 1, 2, 3, 4]  # done, though one worker never started
+        assert 1 <= len(pool._ready) <= 2 and len(pool._starting) >= 1
+        assert [got[k][0]["doc"]["num_pages"] for k in range(3)] == [1, 2, 40]
+        assert [got[k][0]["quarantine"]["error"] for k in (3, 4)] == ["empty", "not_a_document"]
+    finally:
+        pool.close()

@@ -10,11 +10,15 @@ and its queued calls retried; every call is idempotent (shards under determinist
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+log = logging.getLogger("docrerank.ingest")
+
 IN_FLIGHT = 2  # calls queued per actor: one running, one waiting, so the child never idles between tasks
 RESTARTS = 3  # a worker process that dies (node lost, killed) is restarted this often, its calls retried
+WAIT_LOG_S = 60.0  # while no call finishes and workers are still starting, say so this often
 
 
 class WorkerPool:
@@ -35,28 +39,49 @@ class WorkerPool:
         remote = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RESTARTS)(IngestWorker)
         spread = remote.options(scheduling_strategy="SPREAD")
         self.actors = [spread.remote(**worker_kwargs, warm=True) for _ in range(size)]
+        self._starting = {actor.ready.remote(): actor for actor in self.actors}  # done once the actor is up
+        self._ready: list[Any] = []
 
     def map(self, method: str, calls: Iterable[tuple]) -> Iterator[tuple[int, Any]]:
         """Run ``method(*args)`` for each ``args`` in ``calls`` on the actors; yield ``(index of the call, result)``
-        as calls finish (not in order). An exception raised by a call is raised here."""
+        as calls finish (not in order). Only actors that have started get calls, so a worker the cluster cannot
+        place yet holds up nothing. An exception raised by a call (or by starting a worker) is raised here."""
         import ray
 
         todo = enumerate(calls)
-        pending: dict[Any, tuple[int, Any]] = {}
+        running: dict[Any, tuple[int, Any]] = {}
+        exhausted = False
 
         def submit(actor) -> None:
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending[getattr(actor, method).remote(*nxt[1])] = (nxt[0], actor)
+            nonlocal exhausted
+            nxt = None if exhausted else next(todo, None)
+            if nxt is None:
+                exhausted = True
+            else:
+                running[getattr(actor, method).remote(*nxt[1])] = (nxt[0], actor)
 
-        for _ in range(IN_FLIGHT):
-            for actor in self.actors:
+        for actor in self._ready:
+            for _ in range(IN_FLIGHT):
                 submit(actor)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index, actor = pending.pop(done[0])
+        waited = 0.0
+        while running or (not exhausted and self._starting):
+            done, _ = ray.wait([*running, *self._starting], num_returns=1, timeout=WAIT_LOG_S)
+            if not done:
+                waited += WAIT_LOG_S
+                log.info("waiting for ingest workers: %d of %d started after %.0fs", len(self._ready),
+                         len(self.actors), waited)
+                continue
+            ref = done[0]
+            if ref in self._starting:
+                actor = self._starting.pop(ref)
+                ray.get(ref)
+                self._ready.append(actor)
+                for _ in range(IN_FLIGHT):
+                    submit(actor)
+                continue
+            index, actor = running.pop(ref)
             submit(actor)
-            yield index, ray.get(done[0])
+            yield index, ray.get(ref)
 
     def close(self) -> None:
         """Stop the actors (their child processes go with them)."""

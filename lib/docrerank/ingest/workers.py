@@ -41,6 +41,10 @@ class IngestWorker:
         """Stop the child process."""
         self.worker.close()
 
+    def ready(self) -> bool:
+        """True: the worker is constructed (its child started, when ``warm``)."""
+        return True
+
     # ------------------------------------------------------------------------------------------------ probe
     def probe(self, uris: list[str]) -> list[dict]:
         """``{"doc": documents row}`` or ``{"quarantine": row}`` for each URI, in order."""
