@@ -87,13 +87,13 @@ class WorkerPool:
         """Stop the actors (their child processes go with them)."""
         import ray
 
-        try:  # politely first: each actor stops its child
-            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+        try:  # politely first: each started actor stops its child
+            ray.get([actor.close.remote() for actor in self._ready], timeout=30)
         except Exception:  # noqa: BLE001 - a dead or stuck actor is killed below all the same
             pass
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self._ready, self._starting = [], [], {}
 
     def __enter__(self) -> "WorkerPool":
         return self
