@@ -176,8 +176,13 @@ def run_build(cfg: BuildConfig) -> dict:
     stats = {"this_run": {"pages": sum(statuses.values()), "status": statuses,
                           "seconds": round(time.perf_counter() - t0, 2), "resumed_pages": len(done)},
              **funnel_stats(out)}
+    stats["sources"] = {"pages": src.pages.uri}  # where mining finds the pages (jobs.mine_negatives)
     if src.ingest_stats:
         stats["ingest"] = {k: src.ingest_stats[k] for k in ("documents", "pages", "balanced")}
     runtime.write_json(out.join("stats.json"), stats)
     write_card(out, cfg, stats)
+    if cfg.viewer:
+        from docrerank.viewer.site import write_viewer_or_warn
+
+        write_viewer_or_warn(cfg.output)
     return stats

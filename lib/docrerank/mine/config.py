@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
 
 
@@ -18,15 +19,24 @@ class MineFilterConfig(Config):
     judge (hf / vllm / http, as in the build's ``verify.engine``)."""
     prompt: str = "verify"
     """Prompt template with prompt_a and prompt_b (the build's verify prompts)."""
-    threshold: float = Field(0.5, gt=0, lt=1)
-    """p(answerable) threshold of the two prompts (the build's 0.5 suits a VLM judge; the text judge scores a
-    whole question by the share of its words on the page and needs more, e.g. 0.7, see mine_local.yaml)."""
+    threshold: Optional[float] = Field(None, gt=0, lt=1)
+    """p(answerable) threshold of the two prompts. Default: 0.5 for a model judge; 0.4 for the text judge, its
+    measured operating point for mining, where a false negative kept is the costly error (README, "The
+    model-free engines on real documents")."""
     rule: Literal["either", "both"] = "either"
     """``either``: a page is removed when either prompt finds it answerable (the build's rule for negatives);
     ``both``: only when both do (the build's rule for positives; removes fewer pages)."""
     prefilter: Literal["none", "text"] = "text"
     """Before a model judge, remove pages whose text layer already shows them answerable (both text estimates
     >= threshold; no model call for them). Pages without text always go to the model."""
+
+    @model_validator(mode="after")
+    def _threshold(self):
+        if self.threshold is None:  # the judge's own operating point (resolved here, so stages read a number)
+            from docrerank.engines.verify import default_threshold
+
+            self.threshold = default_threshold("text" if self.engine == "text" else "model", "mine")
+        return self
 
 
 class ColPaliOptions(Config):
@@ -54,7 +64,8 @@ class MineConfig(Config):
     """A build output: pages/ and the kept positives of queries/ (or the positive rows of examples/ and
     examples_heldout/ when queries/ is absent); its _meta/build_dataset.json gives the held-out split."""
     pages: str | None = None
-    """A pages table (directory of Parquet) instead of ``<input>/pages``."""
+    """A pages table (directory of Parquet); default: the one the build of ``input`` read (its stats.json
+    ``sources.pages``), whatever its source was (PDFs, ``pages=``, a query-page set)."""
     queries: str | None = None
     """A query-page set instead of the build's positives: Parquet (file or directory) with ``page_id`` and
     ``query`` (or ``text``), optional ``query_id``."""
@@ -88,6 +99,8 @@ class MineConfig(Config):
     """CPUs per mining actor (small values leave room for Ray Data on a small machine)."""
     resume: bool = True
     """Skip shards finished by an earlier run with the same settings; false deletes this job's outputs first."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self):
