@@ -42,3 +42,53 @@ def write_result(name: str, metric: str, unit: str, baseline: float, value: floa
     (RESULTS / f"{name}.json").write_text(json.dumps(rec, indent=2) + "\n")
     print(json.dumps(rec, indent=2))
     return rec
+
+
+def shared_dir() -> Path:
+    """``$DOCRERANK_SHARED`` or the ``../shared`` beside the checkout (real PDFs and the QA dev set)."""
+    import os
+
+    return Path(os.environ.get("DOCRERANK_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def qa_dev_corpus(shared: Path | None = None) -> tuple[list[str], list[str], list[dict]]:
+    """The QA dev set: (page ids ``<pdf stem>-p<N>``, their text layers by PyMuPDF, the question rows); raises
+    FileNotFoundError when it is not there."""
+    import json
+
+    import pymupdf
+
+    qa = (shared or shared_dir()) / "data" / "qa_dev"
+    if not (qa / "queries.jsonl").is_file():
+        raise FileNotFoundError(f"the QA dev set is not at {qa} (set DOCRERANK_SHARED)")
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    ids, texts = [], []
+    for pdf in sorted((qa / "pdfs").glob("*.pdf")):
+        with pymupdf.open(pdf) as doc:
+            for k, page in enumerate(doc):
+                ids.append(f"{pdf.stem}-p{k + 1}")
+                texts.append(page.get_text("text"))
+    rows = [json.loads(line) for line in (qa / "queries.jsonl").read_text().splitlines() if line.strip()]
+    return ids, texts, rows
+
+
+def qa_dev_pairs(top: int, max_queries: int | None = None, shared: Path | None = None):
+    """Real (query, page) pairs as the evaluation makes them: the QA dev set's questions, each with its BM25 top
+    ``top`` pages among all pages of the set's PDFs, queries in file order.
+
+    Returns (queries, pages, info): one query string and one page row (``page_id``, ``text``) per pair; raises
+    FileNotFoundError when the QA dev set is not there."""
+    from docrerank.eval.retrievers import BM25Retriever
+
+    ids, texts, rows = qa_dev_corpus(shared)
+    rows = rows[:max_queries] if max_queries else rows
+    run = BM25Retriever(ids, texts).search({r["qid"]: r["query"] for r in rows}, k=top)
+    text_of = dict(zip(ids, texts))
+    queries, pages = [], []
+    for r in rows:
+        for pid in run[r["qid"]]:
+            queries.append(r["query"])
+            pages.append({"page_id": pid, "text": text_of[pid]})
+    info = {"source": "QA dev set (../shared/data/qa_dev): questions x BM25 top-%d over its %d pages" % (top, len(ids)),
+            "queries": len(rows), "pairs": len(queries), "distinct_pages": len({p["page_id"] for p in pages})}
+    return queries, pages, info

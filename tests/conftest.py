@@ -15,7 +15,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ["DOCRERANK_FAULT_INJECT"] = "crash:__crash_me__:2,hang:__hang_me__:1"
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_PDFS = REPO.parent / "shared" / "data" / "pdfs"
+SHARED = Path(os.environ.get("DOCRERANK_SHARED", REPO.parent / "shared"))  # a worktree elsewhere sets it
+SHARED_PDFS = SHARED / "data" / "pdfs"
 
 
 @pytest.fixture(scope="session")

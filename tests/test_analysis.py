@@ -37,8 +37,10 @@ class FakeEmbedder:
 
     def __init__(self, table: dict[str, list[float]]):
         self.table = table
+        self.seen: list[str] = []  # every text embedded, in order
 
     def embed(self, texts, batch_size=64):
+        self.seen += list(texts)
         v = np.array([self.table[t] for t in texts], dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -155,7 +157,8 @@ def test_fake_scorer_numbers_are_reported_exactly():
         return [score_of[(q, p["page_id"])] for q, p in zip(queries, pages)]
 
     res = analyse_groups(groups, emb, scorer=scorer, batch_size=5)
-    assert sum(len(q) for q, _ in calls) == 16 and max(len(q) for q, _ in calls) <= 5
+    assert [len(q) for q, _ in calls] == [16]  # one call: the scorer batches and dedupes pages itself
+    assert sorted(emb.seen) == sorted(texts)  # each distinct query and page text embedded once
     assert set(calls[0][1][0]) == {"page_id", "image", "image_format", "text"}
     assert calls[0][1][0]["image"] == b"img-gen-page-0"
     g = res["by_kind"]["generated"]["score"]

@@ -27,6 +27,16 @@ def _reasons(out):
     return {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]): r["error"] for r in q}
 
 
+REASONS = {
+    ("locked_bad.pdf", None): "encrypted",
+    ("empty.pdf", None): "empty",
+    ("junk.pdf", None): "not_a_document",
+    ("memo_copy.pdf", None): "duplicate",
+    ("__crash_me__.pdf", 2): "worker_crash",
+    ("__hang_me__.pdf", 1): "timeout",
+}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
@@ -59,15 +69,7 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsy
     assert "this run: 48 pages rendered in" in printed and str(out / "ingest_stats.json") in printed
     stats = json.loads((out / "ingest_stats.json").read_text())
     assert stats["balanced"] and stats["documents"]["input"] == 11
-    reasons = _reasons(out)
-    assert reasons == {
-        ("locked_bad.pdf", None): "encrypted",
-        ("empty.pdf", None): "empty",
-        ("junk.pdf", None): "not_a_document",
-        ("memo_copy.pdf", None): "duplicate",
-        ("__crash_me__.pdf", 2): "worker_crash",
-        ("__hang_me__.pdf", 1): "timeout",
-    }
+    assert _reasons(out) == REASONS
     pages = _table(out, "pages")
     got = {(r["source_uri"].rsplit("/", 1)[1], r["page_number"]) for r in pages.select(["source_uri", "page_number"]).to_pylist()}
     assert ("__crash_me__.pdf", 1) in got and ("__crash_me__.pdf", 3) in got and ("__hang_me__.pdf", 2) in got
@@ -86,8 +88,10 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsy
 
 def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path):
     out = tmp_path / "out"
-    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5")
-    run_ingest(cfg)
+    cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5", "password_map={'locked_ok.pdf': s3cret}",
+               "probe_local_max=0")  # the workers probe, not the driver
+    first = run_ingest(cfg)
+    assert first["balanced"] and _reasons(out) == REASONS and first["this_run"]["documents_opened"] == 7
     assert not (out / "_meta").exists()  # the library records nothing: the job does (runtime.run_job)
     ids = sorted(_table(out, "pages").column("page_id").to_pylist())
     again = run_ingest(cfg)
@@ -127,3 +131,23 @@ def test_real_pdfs(ray_local, shared_pdfs, tmp_path):
     assert abs(poster["height"] / poster["width"] - 2) < 0.01
     readable = {p.name for p in shared_pdfs.glob("*.pdf")} - {"bad__empty_0bytes.pdf", "bad__invalid_not_pdf.pdf", "bad__poppler-67295-0.pdf"}
     assert set(by) == readable
+
+
+def test_the_pool_feeds_only_workers_that_started(ray_local, corpus, tmp_path):
+    from dataclasses import asdict
+
+    from docrerank.ingest.pool import WorkerPool
+    from docrerank.ingest.render import Passwords, RenderSettings
+
+    kwargs = {"output": str(tmp_path), "passwords": asdict(Passwords()), "settings": asdict(RenderSettings()),
+              "memory_mb": 2048, "timeout_s": 60.0}
+    pool = WorkerPool(3, kwargs)  # the test cluster has 2 CPUs: the third worker cannot be placed
+    try:
+        files = ["memo.pdf", "slides.pdf", "book.pdf", "empty.pdf", "junk.pdf"]
+        got = dict(pool.map("probe", [([str(corpus / f)],) for f in files]))
+        assert sorted(got) == [0, 1, 2, 3, 4]  # done, though one worker never started
+        assert 1 <= len(pool._ready) <= 2 and len(pool._starting) >= 1
+        assert [got[k][0]["doc"]["num_pages"] for k in range(3)] == [1, 2, 40]
+        assert [got[k][0]["quarantine"]["error"] for k in (3, 4)] == ["empty", "not_a_document"]
+    finally:
+        pool.close()

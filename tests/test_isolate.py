@@ -41,3 +41,14 @@ def test_exceptions_keep_their_type(worker):
     with pytest.raises(RemoteError) as e:
         worker.call("json:loads", "{")
     assert e.value.exc_type == "JSONDecodeError"
+
+
+def test_a_new_childs_warm_up_does_not_count_against_the_call_timeout():
+    w = IsolatedWorker(memory_limit_mb=1024, warmup=("time:sleep", (1.0,)))
+    try:
+        pid = w.call("os:getpid", timeout=0.5)  # started and warmed up (1 s) first, then 0.5 s for the call
+        with pytest.raises(ChildCrashed):
+            w.call("os:kill", pid, 9)
+        assert w.call("os:getpid", timeout=0.5) != pid  # the fresh child warmed up again, outside the timeout
+    finally:
+        w.close()

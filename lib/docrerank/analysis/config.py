@@ -37,7 +37,7 @@ class AnalyseConfig(Config):
     """Seed of the group sample."""
 
     batch_size: int = Field(64, ge=1)
-    """Texts per embedder forward pass; also (query, page) pairs per scorer call."""
+    """Texts per embedder forward pass. The reranker scores all pairs in one call, in its own batch size."""
 
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     """Where the embedder and the reranker run; auto = cuda when visible."""

@@ -115,17 +115,13 @@ def analyse_groups(groups: list[list[dict]], embedder, scorer: Scorer | None = N
         return math.nan if a is None or b is None else float(np.dot(a, b))
 
     scores: list[float] | None = None
-    if scorer is not None:
+    if scorer is not None:  # one call: the scorer batches, and encodes each distinct query and page once
         rows = [r for pos, negs in split for r in [pos, *negs]]
-        scores = []
-        for s in range(0, len(rows), batch_size):
-            part = rows[s:s + batch_size]
-            pages = [{"page_id": r["page_id"], "image": r.get("image"), "image_format": r.get("image_format"),
-                      "text": r.get("text") or ""} for r in part]
-            got = [float(x) for x in scorer([r["query"] for r in part], pages)]
-            if len(got) != len(part):
-                raise ValueError(f"scorer: expected {len(part)} scores, got {len(got)}")
-            scores += got
+        pages = [{"page_id": r["page_id"], "image": r.get("image"), "image_format": r.get("image_format"),
+                  "text": r.get("text") or ""} for r in rows]
+        scores = [float(x) for x in scorer([r["query"] for r in rows], pages)] if rows else []
+        if len(scores) != len(rows):
+            raise ValueError(f"scorer: expected {len(rows)} scores, got {len(scores)}")
     per: dict[str, dict[str, Any]] = {}
     at = 0
     for pos, negs in split:

@@ -75,13 +75,21 @@ class IsolatedWorker:
     Args:
         memory_limit_mb: address-space limit of the child (RLIMIT_AS); 0 disables it.
         env: extra environment variables for the child.
+        warmup: ``(target, args)`` called in every new child before its first call (imports, say), under
+            ``startup_timeout`` rather than that call's timeout: starting a child is not the input's fault.
+        startup_timeout: seconds a new child may take to start and warm up.
     """
 
-    def __init__(self, memory_limit_mb: int = 4096, env: dict[str, str] | None = None):
+    def __init__(self, memory_limit_mb: int = 4096, env: dict[str, str] | None = None,
+                 warmup: tuple[str, tuple] | None = None, startup_timeout: float = 300.0):
         if memory_limit_mb < 0:
             raise ValueError(f"memory_limit_mb: expected >= 0, got {memory_limit_mb}")
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout: expected > 0 seconds, got {startup_timeout}")
         self.memory_limit_mb = memory_limit_mb
         self._env = env or {}
+        self._warmup = warmup
+        self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen | None = None
         self.restarts = 0  # children lost to a crash or timeout
 
@@ -98,15 +106,25 @@ class IsolatedWorker:
             close_fds=True,
         )
 
+    def start(self) -> None:
+        """Start the child now (and run the warm-up) unless it is running; raises as :meth:`call` does."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+            if self._warmup is not None:
+                target, args = self._warmup
+                self._call(target, args, self.startup_timeout)
+
     def call(self, target: str, *args: Any, timeout: float | None = None) -> Any:
         """Call ``target`` ("package.module:function") with ``args`` in the child and return its result.
 
         Raises RemoteError if the function raised, ChildCrashed if the child died, ChildTimeout after
         ``timeout`` seconds (the child is then killed). After a crash or timeout the next call starts
-        a fresh child.
+        a fresh child; starting it (and its warm-up) does not count against ``timeout``.
         """
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = self._start()
+        self.start()
+        return self._call(target, args, timeout)
+
+    def _call(self, target: str, args: tuple, timeout: float | None) -> Any:
         proc = self._proc
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

@@ -72,20 +72,29 @@ def read_bytes(loc: Location) -> bytes:
         return f.read()
 
 
+def _local_atomic(loc: Location, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``loc``, flush it to disk, then rename it into place."""
+    parent, name = loc.path.rsplit("/", 1)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never publish a file whose bytes are not on disk yet
+        os.replace(tmp, loc.path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """Write ``data`` so readers never see a partial file."""
     import pyarrow.fs as pafs
 
-    parent = loc.path.rsplit("/", 1)[0]
-    loc.fs.create_dir(parent, recursive=True)
+    loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
     if isinstance(loc.fs, pafs.LocalFileSystem):
-        name = loc.path.rsplit("/", 1)[1]
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, loc.path)
+        _local_atomic(loc, lambda f: f.write(data))
     else:  # object stores: one PUT is atomic
         with loc.fs.open_output_stream(loc.path) as f:
             f.write(data)
@@ -95,15 +104,26 @@ BINARY_COLUMNS_UNCOMPRESSED = ("image",)
 
 
 def write_table_atomic(loc: Location, table, compression: str = "zstd") -> None:
-    """Write a pyarrow Table as one Parquet file, atomically."""
+    """Write a pyarrow Table as one Parquet file, atomically (locally straight into a temp file that is renamed;
+    on object stores one PUT of the whole file)."""
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    buf = io.BytesIO()
-    # Page images are PNG/JPEG, already compressed: compressing or dictionary-encoding them only costs time.
-    codecs = {name: ("none" if name in BINARY_COLUMNS_UNCOMPRESSED else compression) for name in table.column_names}
-    pq.write_table(table, buf, compression=codecs, use_dictionary=[n for n in table.column_names if n not in BINARY_COLUMNS_UNCOMPRESSED],
-                   row_group_size=64)
-    write_bytes_atomic(loc, buf.getvalue())
+    # Page images are PNG/JPEG, already compressed: compressing, dictionary-encoding or keeping min/max statistics
+    # of them only costs time.
+    plain = [n for n in table.column_names if n not in BINARY_COLUMNS_UNCOMPRESSED]
+    codecs = {name: (compression if name in plain else "none") for name in table.column_names}
+
+    def write(f) -> None:
+        pq.write_table(table, f, compression=codecs, use_dictionary=plain, write_statistics=plain, row_group_size=64)
+
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
+        _local_atomic(loc, write)
+    else:
+        buf = io.BytesIO()
+        write(buf)
+        write_bytes_atomic(loc, buf.getvalue())
 
 
 def list_files(loc: Location, suffixes: tuple[str, ...] = (), ignore_prefixes: tuple[str, ...] = (".", "_")) -> list[str]:

@@ -1,7 +1,7 @@
 """PDF and image files -> page rows, with no Ray: render, text layer, stable ids, reasons for failures.
 
 Everything here is a pure function of bytes and settings, so it runs the same in a test, in an isolated
-child process (:mod:`docrerank.core.isolate`) and on a cluster worker.
+child process (:mod:`docrerank.ingest.child`) and on a cluster worker.
 """
 
 from __future__ import annotations
@@ -264,38 +264,3 @@ def render_document_pages(
     finally:
         doc.close()
     return rows, bad
-
-
-# --- entry points for the isolated child process (plain data in, plain data out) --------------------
-
-
-def child_probe(source_uri: str, passwords: dict, settings: dict) -> dict:
-    """Read and probe one file: ``{"doc": row}`` or ``{"quarantine": row}``."""
-    from docrerank.core import storage
-
-    pw, st = Passwords(**passwords), RenderSettings(**settings)
-    try:
-        data = storage.read_bytes(storage.resolve(source_uri))
-    except Exception as e:
-        return {"quarantine": quarantine_row(source_uri, None, None, "probe", "unreadable", f"{type(e).__name__}: {e}")}
-    try:
-        return {"doc": probe_document(data, source_uri, pw, st)}
-    except IngestError as e:
-        return {"quarantine": quarantine_row(source_uri, doc_id_of(data), None, "probe", e.reason, str(e))}
-
-
-def child_render(doc_row: dict, page_numbers: list[int], passwords: dict, settings: dict) -> tuple[list[dict], list[dict]]:
-    """Read one file and render some of its pages: (page rows, quarantine rows)."""
-    from docrerank.core import storage
-
-    uri = doc_row["source_uri"]
-    from docrerank.core import faults
-
-    faults.at_page(uri, page_numbers)
-    try:
-        data = storage.read_bytes(storage.resolve(uri))
-    except Exception as e:
-        msg = f"{type(e).__name__}: {e}"
-        return [], [quarantine_row(uri, doc_row["doc_id"], p, "render", "unreadable", msg) for p in page_numbers]
-    return render_document_pages(data, doc_row, page_numbers, Passwords(**passwords), RenderSettings(**settings))
-

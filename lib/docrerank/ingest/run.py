@@ -1,4 +1,5 @@
-"""The ingest job's Ray Data driver: probe new inputs, plan page-range tasks, render them, resume, balance the books.
+"""The ingest job's driver: probe new inputs, plan page-range tasks, render them on a pool of workers
+(:mod:`docrerank.ingest.pool`), resume, balance the books.
 
 Output layout under ``output``:
   documents/  one row per opened document (what was planned)
@@ -12,7 +13,6 @@ never duplicates a row, and removes quarantine shards of tasks that did not fini
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -23,9 +23,13 @@ from docrerank.core import storage
 from docrerank.ingest.books import balance, load_state, summary_table
 from docrerank.ingest.config import IngestConfig
 from docrerank.ingest.inputs import resolve_inputs
+from docrerank.ingest.pool import WorkerPool
 from docrerank.ingest.render import Passwords, RenderSettings, quarantine_row
 
 log = logging.getLogger("docrerank.ingest")
+
+PROBE_BATCH = 8  # files per probe call when the cluster probes
+LOG_EVERY_S = 30.0  # render progress is logged this often
 
 
 # --- planning ------------------------------------------------------------------------------------------
@@ -59,96 +63,12 @@ def plan_tasks(docs: list[dict], skip: dict[str, set[int]], pages_per_task: int)
     return tasks
 
 
-# --- Ray Data actors ---------------------------------------------------------------------------------
+# --- probing and rendering -----------------------------------------------------------------------------
 
 
-class _IsolatedActor:
-    def __init__(self, passwords: dict, settings: dict, memory_mb: int, timeout_s: float):
-        from docrerank.core.isolate import IsolatedWorker
-
-        self.passwords, self.settings, self.timeout_s = passwords, settings, timeout_s
-        self.worker = IsolatedWorker(memory_limit_mb=memory_mb)
-
-
-class ProbeActor(_IsolatedActor):
-    """Reads and opens documents in an isolated child; emits documents rows or quarantine rows as JSON."""
-
-    def __call__(self, batch: dict) -> dict:
-        from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
-
-        out = []
-        for uri in batch["source_uri"]:
-            try:
-                res = self.worker.call("docrerank.ingest.render:child_probe", uri, self.passwords, self.settings, timeout=self.timeout_s)
-            except ChildCrashed as e:
-                res = {"quarantine": quarantine_row(uri, None, None, "probe", "worker_crash", str(e))}
-            except ChildTimeout as e:
-                res = {"quarantine": quarantine_row(uri, None, None, "probe", "timeout", str(e))}
-            except RemoteError as e:
-                reason = "memory_limit" if e.exc_type == "MemoryError" else "corrupt"
-                res = {"quarantine": quarantine_row(uri, None, None, "probe", reason, str(e))}
-            out.append(json.dumps(res))
-        return {"result": out}
-
-
-class RenderActor(_IsolatedActor):
-    """Renders one task per call in an isolated child and writes its shards; emits a small summary."""
-
-    def __init__(self, output: str, **kw):
-        super().__init__(**kw)
-        self.out = storage.resolve(output)
-
-    def _call(self, doc: dict, pages: list[int]) -> tuple[list[dict], list[dict]]:
-        from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
-
-        try:
-            return self.worker.call("docrerank.ingest.render:child_render", doc, pages, self.passwords, self.settings, timeout=self.timeout_s)
-        except (ChildCrashed, ChildTimeout, RemoteError) as e:
-            if len(pages) > 1:  # find the page that did it: the others still render
-                rows, bad = [], []
-                for p in pages:
-                    r, b = self._call(doc, [p])
-                    rows += r
-                    bad += b
-                return rows, bad
-            if isinstance(e, ChildCrashed):
-                reason = "worker_crash"
-            elif isinstance(e, ChildTimeout):
-                reason = "timeout"
-            else:
-                reason = "memory_limit" if e.exc_type == "MemoryError" else "render_error"
-            return [], [quarantine_row(doc["source_uri"], doc["doc_id"], pages[0], "render", reason, f"page {pages[0]}: {e}")]
-
-    def __call__(self, batch: dict) -> dict:
-        import pyarrow as pa
-
-        from docrerank.core.raydata import write_shards
-        from docrerank.core.schema import pages_schema, quarantine_schema
-
-        summaries = []
-        for task_id, items_json in zip(batch["task_id"], batch["items"]):
-            t0 = time.perf_counter()
-            rows, bad = [], []
-            for item in json.loads(items_json):
-                r, b = self._call(item["doc"], item["pages"])
-                rows += r
-                bad += b
-            tables = {"pages": pa.Table.from_pylist(rows, schema=pages_schema())}
-            if bad:
-                tables["quarantine"] = pa.Table.from_pylist(bad, schema=quarantine_schema())
-            write_shards(self.out, f"part-{task_id}.parquet", tables, marker="pages")  # pages last: task complete
-            summaries.append(json.dumps({
-                "task_id": task_id, "pages": len(rows), "quarantined": collections.Counter(q["error"] for q in bad),
-                "seconds": time.perf_counter() - t0, "image_bytes": sum(len(r["image"]) for r in rows),
-            }))
-        return {"summary": summaries}
-
-
-# --- the job -----------------------------------------------------------------------------------------
-
-
-def _actor_kwargs(cfg: IngestConfig) -> dict:
+def _worker_kwargs(cfg: IngestConfig) -> dict:
     return {
+        "output": cfg.output,
         "passwords": asdict(Passwords(default=list(cfg.passwords), by_name=dict(cfg.password_map))),
         "settings": asdict(RenderSettings(**cfg.render.model_dump())),
         "memory_mb": cfg.worker_memory_mb,
@@ -156,49 +76,28 @@ def _actor_kwargs(cfg: IngestConfig) -> dict:
     }
 
 
-def probe_inputs(uris: list[str], cfg: IngestConfig, workers: int) -> tuple[list[dict], list[dict]]:
+def probe_inputs(uris: list[str], cfg: IngestConfig, pool: WorkerPool | None) -> tuple[list[dict], list[dict]]:
     """Probe every URI: (documents rows, doc-level quarantine rows), in input order.
 
-    Up to ``cfg.probe_local_max`` files are probed from the driver, in one isolated child process (starting
-    a pool of actors costs more than opening a few hundred files); more go to the cluster.
+    Up to ``cfg.probe_local_max`` files are probed from the driver, in one isolated child process, while the
+    pool's actors start; more are probed by the pool, ``PROBE_BATCH`` files per call.
     """
-    import ray.data
+    from docrerank.ingest.workers import IngestWorker
 
-    if not uris:
-        return [], []
-    if len(uris) <= cfg.probe_local_max:
-        actor = ProbeActor(**_actor_kwargs(cfg))
+    if len(uris) <= cfg.probe_local_max or pool is None:
+        local = IngestWorker(**_worker_kwargs(cfg))
         try:
-            results = actor({"source_uri": uris})["result"]
+            results = local.probe(uris)
         finally:
-            actor.worker.close()
-        docs, bad = [], []
-        for r in map(json.loads, results):
-            (docs if "doc" in r else bad).append(r.get("doc") or r.get("quarantine"))
-        return docs, bad
-    ds = ray.data.from_items([{"source_uri": u} for u in uris], override_num_blocks=min(len(uris), 4 * workers))
-    ds = ds.map_batches(
-        ProbeActor, batch_size=8, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=1, fn_constructor_kwargs=_actor_kwargs(cfg)
-    )
+            local.close()
+    else:
+        batches = [uris[s:s + PROBE_BATCH] for s in range(0, len(uris), PROBE_BATCH)]
+        got = dict(pool.map("probe", [(b,) for b in batches]))
+        results = [r for k in range(len(batches)) for r in got[k]]
     docs, bad = [], []
-    for row in ds.iter_rows():
-        res = json.loads(row["result"])
-        (docs if "doc" in res else bad).append(res.get("doc") or res.get("quarantine"))
+    for r in results:
+        (docs if "doc" in r else bad).append(r.get("doc") or r.get("quarantine"))
     return docs, bad
-
-
-def render_tasks(tasks: list[dict], cfg: IngestConfig, workers: int):
-    """Run render tasks on the cluster; yields one summary dict per finished task."""
-    import ray.data
-
-    rows = [{"task_id": t["task_id"], "items": json.dumps(t["items"])} for t in tasks]
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 20_000))
-    ds = ds.map_batches(
-        RenderActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-        fn_constructor_kwargs={"output": cfg.output, **_actor_kwargs(cfg)},
-    )
-    for row in ds.iter_rows():
-        yield json.loads(row["summary"])
 
 
 def _shard_name(uris: list[str]) -> str:
@@ -219,34 +118,25 @@ def remove_orphan_quarantine(out: storage.Location) -> int:
     return removed
 
 
-def run_ingest(cfg: IngestConfig) -> dict:
-    """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written
-    (``ingest_stats.json``: the books, see :meth:`~docrerank.ingest.books.Books.to_dict`, and ``this_run``).
+def _done(state, doc: dict) -> set[int]:
+    """Pages of ``doc`` already written or quarantined."""
+    return state.pages_done.get(doc["doc_id"], set()) | state.page_quarantine.get(doc["doc_id"], set())
 
-    Raises ValueError for an unusable input or output, RuntimeError when the books do not balance (an input or
-    page neither written nor quarantined).
-    """
+
+def _rate(pages: int, seconds: float) -> float | None:
+    return round(pages / seconds, 2) if seconds > 0 and pages else None
+
+
+def _probe_new(new: list[str], cfg: IngestConfig, pool: WorkerPool | None, state, out: storage.Location) -> list[dict]:
+    """Probe ``new`` inputs, write their documents and quarantine rows, add them to ``state``; return the
+    documents opened (content duplicates of a known document are quarantined as ``duplicate``)."""
     import pyarrow as pa
 
-    from docrerank.core import runtime
     from docrerank.core.schema import documents_schema, quarantine_schema
 
-    t0 = time.perf_counter()
-    out = storage.resolve(cfg.output)
-    if storage.exists(out.join("pages")) and not cfg.resume and storage.list_files(out.join("pages")):
-        raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
-    storage.makedirs(out)
-    inputs = resolve_inputs(cfg.input, cfg.output, cfg.suffixes)
-    log.info("ingest: %d input files from %s", len(inputs), cfg.input)
-    orphans = remove_orphan_quarantine(out)
-    if orphans:
-        log.info("removed %d quarantine shards of unfinished tasks", orphans)
-    state = load_state(out)
-    workers = cfg.num_workers or runtime.cluster_cpus()
-
-    # 1. Probe files the output does not know yet; content duplicates are kept once.
-    new = [u for u in inputs if u not in state.known_uris]
-    docs, bad = probe_inputs(new, cfg, workers)
+    if not new:
+        return []
+    docs, bad = probe_inputs(new, cfg, pool)
     seen = {d["doc_id"]: d["source_uri"] for d in state.documents.values()}
     fresh = []
     for d in docs:
@@ -262,19 +152,70 @@ def run_ingest(cfg: IngestConfig) -> dict:
     for d in fresh:
         state.documents[d["doc_id"]] = d
     log.info("probe: %d new files, %d documents opened, %d quarantined", len(new), len(fresh), len(bad))
+    return fresh
 
-    # 2. Render every page not yet written or quarantined, in bounded tasks.
-    skip = {k: state.pages_done.get(k, set()) | state.page_quarantine.get(k, set()) for k in state.documents}
-    wanted = [d for d in state.documents.values() if d["source_uri"] in set(inputs)]
-    tasks = plan_tasks(wanted, skip, cfg.pages_per_task)
-    n_pages = sum(len(it["pages"]) for t in tasks for it in t["items"])
-    log.info("render: %d pages in %d tasks on %d workers", n_pages, len(tasks), workers)
-    t_render = time.perf_counter()
-    rendered, image_bytes = 0, 0
-    for s in render_tasks(tasks, cfg, workers) if tasks else ():
+
+def _render(tasks: list[dict], pool: WorkerPool, n_pages: int) -> dict:
+    """Render ``tasks`` on the pool; return pages rendered, image bytes, seconds, when the first task finished
+    and the steady rate (pages of the tasks after the first one, over the time from the first to the last)."""
+    t0 = last_log = time.perf_counter()
+    rendered = image_bytes = 0
+    first_at = first_pages = None
+    for _, s in pool.map("render", [(t["task_id"], t["items"]) for t in tasks]):
+        now = time.perf_counter()
         rendered += s["pages"]
         image_bytes += s["image_bytes"]
-    render_s = time.perf_counter() - t_render
+        if first_at is None:
+            first_at, first_pages = now, rendered
+        if now - last_log >= LOG_EVERY_S:
+            last_log = now
+            log.info("render: %d of %d pages, %.1f pages/s", rendered, n_pages, rendered / (now - t0))
+    end = time.perf_counter()
+    steady = _rate(rendered - first_pages, end - first_at) if first_at is not None and len(tasks) > 1 else None
+    return {"rendered": rendered, "image_bytes": image_bytes, "seconds": end - t0, "first_task_at": first_at,
+            "steady_pages_per_second": steady}
+
+
+def run_ingest(cfg: IngestConfig) -> dict:
+    """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written
+    (``ingest_stats.json``: the books, see :meth:`~docrerank.ingest.books.Books.to_dict`, and ``this_run``).
+
+    Raises ValueError for an unusable input or output, RuntimeError when the books do not balance (an input or
+    page neither written nor quarantined).
+    """
+    from docrerank.core import runtime
+
+    t0 = time.perf_counter()
+    out = storage.resolve(cfg.output)
+    if storage.exists(out.join("pages")) and not cfg.resume and storage.list_files(out.join("pages")):
+        raise ValueError(f"output: {cfg.output} already holds pages and resume=false; choose an empty output")
+    storage.makedirs(out)
+    inputs = resolve_inputs(cfg.input, cfg.output, cfg.suffixes)
+    log.info("ingest: %d input files from %s", len(inputs), cfg.input)
+    orphans = remove_orphan_quarantine(out)
+    if orphans:
+        log.info("removed %d quarantine shards of unfinished tasks", orphans)
+    state = load_state(out)
+    workers = cfg.num_workers or runtime.cluster_cpus()
+    new = [u for u in inputs if u not in state.known_uris]
+    input_set = set(inputs)
+    unfinished = any(d["source_uri"] in input_set and len(_done(state, d)) < d["num_pages"]
+                     for d in state.documents.values())
+    # The actors start in the background while the driver lists, probes and plans; a rerun with nothing left
+    # to do starts none.
+    pool = WorkerPool(workers, _worker_kwargs(cfg)) if new or unfinished else None
+    try:
+        # 1. Probe files the output does not know yet; content duplicates are kept once.
+        fresh = _probe_new(new, cfg, pool, state, out)
+        # 2. Render every page not yet written or quarantined, in bounded tasks.
+        wanted = [d for d in state.documents.values() if d["source_uri"] in input_set]
+        tasks = plan_tasks(wanted, {d["doc_id"]: _done(state, d) for d in wanted}, cfg.pages_per_task)
+        n_pages = sum(len(it["pages"]) for t in tasks for it in t["items"])
+        log.info("render: %d pages in %d tasks on %d workers", n_pages, len(tasks), workers)
+        timing = _render(tasks, pool, n_pages) if tasks else {"rendered": 0, "image_bytes": 0, "seconds": 0.0}
+    finally:
+        if pool is not None:
+            pool.close()
 
     # 3. The books, from the output itself.
     books = balance(inputs, load_state(out))
@@ -282,12 +223,15 @@ def run_ingest(cfg: IngestConfig) -> dict:
         **books.to_dict(),
         "this_run": {
             "new_inputs": len(new),
+            "documents_opened": len(fresh),
             "tasks": len(tasks),
             "pages_planned": n_pages,
-            "pages_rendered": rendered,
-            "render_seconds": round(render_s, 3),
-            "pages_per_second": round(rendered / render_s, 2) if render_s > 0 and rendered else None,
-            "mean_image_kib": round(image_bytes / rendered / 1024, 1) if rendered else None,
+            "pages_rendered": timing["rendered"],
+            "render_seconds": round(timing["seconds"], 3),
+            "pages_per_second": _rate(timing["rendered"], timing["seconds"]),
+            "startup_seconds": round(timing["first_task_at"] - t0, 3) if timing.get("first_task_at") else None,
+            "steady_pages_per_second": timing.get("steady_pages_per_second"),
+            "mean_image_kib": round(timing["image_bytes"] / timing["rendered"] / 1024, 1) if timing["rendered"] else None,
             "workers": workers,
             "seconds": round(time.perf_counter() - t0, 3),
         },

@@ -18,8 +18,10 @@ checkpoint's ``config.json``):
 Pages may be encoded image bytes, PIL images, page rows (dicts with ``image``/``text``/``page_id``, as in the
 project's ``pages`` and ``examples`` tables or a BEIR corpus) or text strings (text backbone only).
 
-Speed: pairs are sorted by input length (vlm: page pixels, then page, then query) and scored ``batch_size`` pairs
-per forward pass; within a batch each distinct page goes through the vision tower once, and page pixels are
+Speed: pairs are sorted by input length (vlm: page pixels, then page, then query; text: tokens) and scored
+``batch_size`` pairs per forward pass. text (``rerank/text.py``): each distinct query and page text is tokenized (a
+page only as far as ``max_seq_len`` reaches) or, for a bi-encoder, embedded once per call. vlm: within a batch each
+distinct page goes through the vision tower once, and page pixels are
 prepared by a thread pool ahead of the model. A page with several queries in one call (``min_prefix_pairs``: 2 on
 the CPU, a whole batch on a GPU) has its [image][prompt] prefix encoded once, its queries run against the cached
 keys and values (``models/prefix.py``). Scores come back in input order, in float32. The model runs in bfloat16 on a
@@ -129,8 +131,11 @@ class Reranker:
             rr = cls((tok, embedder), "text", device, batch_size, name, "biencoder")
             rr.max_seq_len = embedder.max_seq_len
             return rr
+        from docrerank.rerank.text import PairEncoder
+
         rr = cls((tok, _inference(model, device)), "text", device, batch_size, name, mode)
         rr.max_seq_len = max_seq_len or card.get("max_seq_len") or 256
+        rr.pairs = PairEncoder(tok, rr.max_seq_len)
         return rr
 
     # ----------------------------------------------------------------------------------------- scoring
@@ -152,11 +157,13 @@ class Reranker:
         if not pages:
             return out
         bs = batch_size or self.batch_size
-        order = self._order(queries, pages)
         if self.backbone != "vlm":
-            for idx in self._text_batches(order, bs):
+            if self.mode == "biencoder" or self.max_windows <= 1:
+                return self._score_text(queries, pages, bs)
+            for idx in self._text_batches(self._window_order(queries, pages), bs):
                 out[idx] = self._forward([queries[i] for i in idx], [pages[i] for i in idx])
             return out
+        order = self._order(queries, pages)
         # vlm: page pixels are computed once per distinct page, by a thread pool, a window of units ahead of the
         # forward passes (image decoding and resizing overlap the model). A page with several queries is a
         # "prefix" unit (its [image][prompt] prefix is encoded once); the other pairs go in plain batches.
@@ -239,14 +246,17 @@ class Reranker:
 
     # ----------------------------------------------------------------------------------------- internals
     def _order(self, queries: list[str], pages: list[Page]) -> list[int]:
-        """Pair indices sorted so that a batch holds inputs of similar length (little padding) and pairs that
-        share a page sit together; deterministic (ties by index)."""
-        if self.backbone == "vlm":
-            pixels: dict[str, int] = {}
-            for p in pages:
-                if p.key not in pixels:
-                    pixels[p.key] = pixel_count(p)
-            return sorted(range(len(pages)), key=lambda i: (pixels[pages[i].key], pages[i].key, len(queries[i]), i))
+        """vlm: pair indices sorted by page pixels (similar inputs batch together), then page (pairs that share a
+        page sit together), then query length; deterministic (ties by index)."""
+        pixels: dict[str, int] = {}
+        for p in pages:
+            if p.key not in pixels:
+                pixels[p.key] = pixel_count(p)
+        return sorted(range(len(pages)), key=lambda i: (pixels[pages[i].key], pages[i].key, len(queries[i]), i))
+
+    def _window_order(self, queries: list[str], pages: list[Page]) -> list[int]:
+        """text with windows: pair indices sorted by window count, then input length (little padding); sets
+        ``self._windows`` (windows per pair) for ``_text_batches``. Deterministic (ties by index)."""
         from docrerank.train.windows import window_count
 
         tok = self.model[0]
@@ -254,9 +264,8 @@ class Reranker:
         plen = {}
         for p in pages:
             if p.key not in plen:
-                plen[p.key] = len(tok(p.text, add_special_tokens=False)["input_ids"])
-        windows = self.max_windows if self.mode != "biencoder" else 1
-        self._windows = [window_count(plen[p.key], q, self.max_seq_len, windows, self.window_overlap)
+                plen[p.key] = len(tok(p.text or "", add_special_tokens=False)["input_ids"])
+        self._windows = [window_count(plen[p.key], q, self.max_seq_len, self.max_windows, self.window_overlap)
                          for q, p in zip(qlen, pages)]
         return sorted(range(len(pages)), key=lambda i: (self._windows[i], min(qlen[i] + plen[pages[i].key],
                                                                               self.max_seq_len), i))
@@ -273,6 +282,29 @@ class Reranker:
             cur.append(i)
             size += n
         return batches + ([cur] if cur else [])
+
+    def _score_text(self, queries: list[str], pages: list[Page], bs: int):
+        """text without windows: a bi-encoder embeds each distinct query and page text once; a cross-encoder
+        tokenizes each once and runs the pairs sorted by token length, ``bs`` per forward pass (``rerank/text.py``)."""
+        import numpy as np
+        import torch
+
+        from docrerank.rerank.text import biencoder_scores, cross_scores
+
+        texts = [p.text or "" for p in pages]
+        model = self.model[1]
+        if self.mode == "biencoder":
+            self.forwards += -(-len(set(queries) | set(texts)) // bs)
+            return biencoder_scores(model, queries, texts, bs)
+        pairs = self.pairs.encode(queries, texts)
+        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), i))
+        out = np.zeros(len(pairs), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
+                out[idx] = cross_scores(model, self.pairs.batch([pairs[i] for i in idx]), self.mode, self.device)
+                self.forwards += 1
+        return out
 
     def _forward(self, queries: list[str], pages: list[Page], pixels: Optional[dict] = None):
         """Scores of one batch of pairs (one forward pass); ``pixels``: precomputed page pixels by page key."""
@@ -305,20 +337,25 @@ class Reranker:
         return self.model.score_pairs(queries, [keys[p.key] for p in pages], pre, self.device).float().cpu().numpy()
 
     def _forward_text(self, queries: list[str], pages: list[Page]):
-        import torch
+        """Scores of one batch of text pairs (one forward pass)."""
+        from docrerank.rerank.text import biencoder_scores, cross_scores
 
-        tok, model = self.model
         texts = [p.text or "" for p in pages]
         if self.mode == "biencoder":  # model: an Embedder (unit rows: cosine = dot product)
-            return (model.embed(queries, len(queries)) * model.embed(texts, len(texts))).sum(-1)
+            return biencoder_scores(self.model[1], queries, texts, len(queries) + len(texts))
+        if self.max_windows <= 1:
+            return cross_scores(self.model[1], self.pairs.batch(self.pairs.encode(queries, texts)), self.mode,
+                                self.device)
+        import torch
+
         from docrerank.train.windows import encode_pairs, pool_windows
 
+        tok, model = self.model
         enc = encode_pairs(tok, queries, texts, self.max_seq_len, self.max_windows, self.window_overlap)
-        window_of = enc.pop("window_of", None)
+        window_of = enc.pop("window_of")
         logits = model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
         scores = logits[:, 1] - logits[:, 0] if self.mode == "cross" else logits[:, 0]
-        if window_of is not None:
-            scores = pool_windows(scores, window_of.to(scores.device), self.window_pool)
+        scores = pool_windows(scores, window_of.to(scores.device), self.window_pool)
         return scores.to(torch.float32).cpu().numpy()
 
 
