@@ -20,6 +20,7 @@ LAYERS = [
     ["build", "rerank", "analysis"],
     ["eval"],
     ["mine"],
+    ["hub"],
     ["testing"],
 ]
 LAYER = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}

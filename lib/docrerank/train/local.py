@@ -59,5 +59,5 @@ def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
             log.log(last, final)
     finally:
         log.close()
-    uri = export_model(trainable_state(scorer), cfg, device) if cfg.export else None
+    uri = export_model(trainable_state(scorer), cfg, device, metrics=final) if cfg.export else None
     return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri, mix=mix)
