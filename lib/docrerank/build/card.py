@@ -118,8 +118,12 @@ def _size_category(n: int) -> str:
 
 
 def hub_configs(out: storage.Location) -> list[dict]:
-    """``(config, splits, schema)`` of the example tables present under ``out`` (see ``HUB_TABLES``), as
-    ``[{"config_name", "data_files": [{"split", "path"}], "features"}]``."""
+    """The example tables present under ``out`` (see ``HUB_TABLES``) as ``[{"config_name", "data_files": [{"split",
+    "path"}], "features", "splits": [{"name", "num_bytes", "num_examples"}]}]``; rows from the Parquet footers.
+
+    ``datasets`` checks each split's ``num_examples`` when it loads (a card that no longer matches its files fails
+    loudly) and keys its cache on this block, so ``num_bytes`` (here the Parquet bytes, not the Arrow size) makes a
+    rebuilt folder load afresh instead of from the cache of the previous build."""
     import pyarrow.parquet as pq
 
     configs: dict[str, dict] = {}
@@ -127,11 +131,14 @@ def hub_configs(out: storage.Location) -> list[dict]:
         files = storage.list_files(out.join(table), suffixes=(".parquet",))
         if not files:
             continue
-        c = configs.setdefault(config, {"config_name": config, "data_files": [], "features": None})
+        c = configs.setdefault(config, {"config_name": config, "data_files": [], "features": None, "splits": []})
         c["data_files"].append({"split": split, "path": f"{table}/*.parquet"})
         if c["features"] is None:
             schema = pq.read_schema(files[0], filesystem=out.fs)
             c["features"] = [hf_feature(f.name, f.type) for f in schema]
+        rows = sum(pq.read_metadata(f, filesystem=out.fs).num_rows for f in files)
+        size = sum(info.size for info in out.fs.get_file_info(files))
+        c["splits"].append({"name": split, "num_bytes": size, "num_examples": rows})
     return list(configs.values())
 
 
@@ -149,7 +156,8 @@ def front_matter(out: storage.Location, n_examples: int, license: Optional[str] 
                                                              "document-pages"],
                  "size_categories": [_size_category(n_examples)],
                  "configs": [{"config_name": c["config_name"], "data_files": c["data_files"]} for c in configs],
-                 "dataset_info": [{"config_name": c["config_name"], "features": c["features"]} for c in configs]})
+                 "dataset_info": [{"config_name": c["config_name"], "features": c["features"], "splits": c["splits"]}
+                                  for c in configs]})
     body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     lic = "" if license else ("# license: set the license of the source documents before publishing "
                               "(e.g. cc-by-4.0), or pass license= to jobs.push_to_hub\n")
