@@ -17,7 +17,6 @@ GPU; the official recipe resizes pages with its own pixel bounds, so ``--max-pix
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def official_scores(model_dir: str, pairs: list, max_pixels: int, device: str) -> list[float]:
     """The official recipe: messages -> processor chat template -> processor -> last hidden state @ (W_yes - W_no)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from docrerank.models.prompt_format import QWEN3_INSTRUCTION, QWEN3_SYSTEM, shipped
     from docrerank.models.qwen_vl import to_rgb
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     ships = shipped(model_dir)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -59,13 +57,12 @@ def official_scores(model_dir: str, pairs: list, max_pixels: int, device: str) -
 def main(argv: list[str] | None = None) -> int:
     """Run the check; exit 0 when the rankings agree (Spearman >= 0.99), 1 otherwise, 2 without a reference."""
     import numpy as np
-    from scipy.stats import spearmanr
-
     from common import write_result
     from docrerank.ingest.sample_corpus import make_corpus
     from docrerank.models.prompt_format import resolve_format, shipped
     from docrerank.rerank.reranker import Reranker
     from docrerank.testing.examples import render_pages, sample_questions
+    from scipy.stats import spearmanr
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="Qwen/Qwen3-VL-Reranker-2B")

@@ -90,7 +90,6 @@ def text_model(tmp_path_factory):
     """A text reranker exported by the training code: MiniLM with a LoRA whose B factors are perturbed (so the
     merged weights differ from the base) and a random 2-label head."""
     import torch
-
     from docrerank.train.backbones import build_scorer
     from docrerank.train.config import TrainConfig
     from docrerank.train.export import export_model, trainable_state
@@ -121,9 +120,8 @@ PAIRS = [("What was the total revenue in 2021?", "Total revenue in 2021 was 4.2 
 
 def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_model):
     import torch
-    from sentence_transformers import CrossEncoder
-
     from docrerank.rerank.reranker import Reranker
+    from sentence_transformers import CrossEncoder
 
     out, scorer = text_model
     merged = out / "model" / "merged"
@@ -217,12 +215,14 @@ def test_push_dataset_sends_one_commit_that_loads(build, tmp_path, monkeypatch):
     assert front(readme)["license"] == "cc-by-4.0" and "# license:" not in readme
     assert 'load_dataset("me/hnq", "examples")' in readme and str(out) not in readme
     loaded = datasets.load_dataset(str(repo_dir), "examples")
-    assert loaded["train"].num_rows + loaded["test"].num_rows == json.loads((out / "stats.json").read_text())["examples"]
+    n = json.loads((out / "stats.json").read_text())["examples"]
+    assert loaded["train"].num_rows + loaded["test"].num_rows == n
 
 
 def test_push_model_with_its_evaluation_and_the_plan_command(text_model, tmp_path, capsys):
     from docrerank.hub.config import PushConfig
     from docrerank.hub.push import push
+
     from jobs.push_to_hub import main
 
     out, _ = text_model

@@ -68,7 +68,8 @@ def test_what_the_checkpoint_ships_wins_over_the_defaults(tmp_path):
     (ckpt / "1_LogitScore").mkdir(parents=True)
     (ckpt / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_LogitScore", "type": "sentence_transformers.cross_encoder.modules.LogitScore"}]))
+        {"idx": 1, "name": "1", "path": "1_LogitScore",
+         "type": "sentence_transformers.cross_encoder.modules.LogitScore"}]))
     (ckpt / "1_LogitScore" / "config.json").write_text(json.dumps({"true_token_id": 11, "false_token_id": 7}))
     (ckpt / "chat_template.jinja").write_text(QWEN3_RERANKER_TEMPLATE.format(system="Say yes or no.",
                                                                              instruction="Find the page."))
@@ -98,12 +99,11 @@ def test_what_the_checkpoint_ships_wins_over_the_defaults(tmp_path):
 
 
 def test_zero_shot_scores_are_yes_minus_no_of_a_plain_forward(tiny):
-    from transformers import AutoModelForImageTextToText
-
     from docrerank.models import qwen_vl
     from docrerank.models.hub import load_tokenizer
     from docrerank.rerank.reranker import Reranker
     from docrerank.testing.examples import render_pages
+    from transformers import AutoModelForImageTextToText
 
     pages = [img for _, img, _ in render_pages(tiny["corpus"] / "pdfs" / sorted(
         p.name for p in (tiny["corpus"] / "pdfs").glob("*.pdf"))[0], 20)][:2]
@@ -130,11 +130,12 @@ def test_zero_shot_scores_are_yes_minus_no_of_a_plain_forward(tiny):
                            ).logits[0, -1].float()
         want.append(float(logits[yes] - logits[no]))
     assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4), (got, want)
-    assert len(set(round(float(s), 4) for s in got)) == len(pairs)  # the pairs are told apart
+    assert len({round(float(s), 4) for s in got}) == len(pairs)  # the pairs are told apart
 
 
 def test_evaluate_runs_it_as_a_zero_shot_baseline(tiny, tmp_path):
     from docrerank.testing.examples import make_beir
+
     from jobs.evaluate import main
 
     beir = make_beir(tmp_path / "beir", tiny["corpus"], companies=[0], years=[2021], dpi=20)
@@ -181,5 +182,6 @@ def test_lora_step_export_and_reload_give_the_trained_scores(tiny):
     pages = [batch.images[i] for i in batch.page_of]
     got = torch.tensor(Reranker.load(str(out), device="cpu").score(batch.queries, pages))
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    base = torch.tensor(Reranker.load(tiny["model"], device="cpu", max_pixels=MAX_PIXELS).score(batch.queries, pages))
+    base_rr = Reranker.load(tiny["model"], device="cpu", max_pixels=MAX_PIXELS)
+    base = torch.tensor(base_rr.score(batch.queries, pages))
     assert not torch.allclose(base, want, atol=1e-3)  # the step changed the scores

@@ -53,9 +53,10 @@ def detect_kind(root: Path, kind: str = "auto") -> str:
     is_model = model_dir_of(root) is not None
     if kind == "auto":
         if is_dataset == is_model:
+            found = "both" if is_dataset else "neither"
             raise ValueError(f"path {str(root)!r}: expected a dataset build output (stats.json and examples/) or a "
-                             f"training output (model/merged/reranker.json), found {'both' if is_dataset else 'neither'}"
-                             "; set kind=dataset or kind=model")
+                             f"training output (model/merged/reranker.json), found {found}; set kind=dataset or "
+                             "kind=model")
         return "dataset" if is_dataset else "model"
     if kind == "dataset" and not is_dataset:
         raise ValueError(f"path {str(root)!r}: kind=dataset but there is no stats.json and examples/")

@@ -256,7 +256,8 @@ def make_tiny_qwen3_vl_reranker(path: str | Path, *, sentence_transformers: bool
     yes, no = (tok.convert_tokens_to_ids(w) for w in ("yes", "no"))
     _write_json(path / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_LogitScore", "type": "sentence_transformers.cross_encoder.modules.LogitScore"},
+        {"idx": 1, "name": "1", "path": "1_LogitScore",
+         "type": "sentence_transformers.cross_encoder.modules.LogitScore"},
     ])
     (path / "1_LogitScore").mkdir(exist_ok=True)
     _write_json(path / "1_LogitScore" / "config.json", {"true_token_id": yes, "false_token_id": no,

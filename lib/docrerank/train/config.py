@@ -12,7 +12,6 @@ from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM  # noqa: F401 - docum
 from docrerank.models.prompt_format import MONOQWEN_PROMPT
 
 
-
 class ModelConfig(Config):
     """The scoring model."""
 

@@ -20,7 +20,7 @@ LICENSE_LINE = ("# license: set the license of the base model and of the trainin
 
 
 def hub_id(path: Optional[str]) -> Optional[str]:
-    """``path`` when it reads as a Hugging Face hub id (``owner/name``, not a local path, URI or ``pkg:``), else None."""
+    """``path`` when it reads as a hub id (``owner/name``, not a local path, URI or ``pkg:``), else None."""
     if not path or path.startswith(("pkg:", "/", ".", "~")) or "://" in path or path.count("/") != 1:
         return None
     return None if Path(path).exists() else path
@@ -132,7 +132,7 @@ def model_card(cfg: TrainConfig, card: dict, metrics: Optional[dict] = None, mix
     """The text of ``README.md``: front matter, what the model is, usage (for ``where``, default the merged model
     directory), training setup, data mix, validation ``metrics`` and the ``evaluation`` Markdown when given.
     ``card``: the ``reranker.json`` content."""
-    m, lora, o = cfg.model, cfg.lora, cfg.optim
+    m, o = cfg.model, cfg.optim
     where = where or str(Path(cfg.output) / "model" / "merged")
     base = m.path or (DEFAULT_VLM if m.backbone == "vlm" else DEFAULT_TEXT)
     lines = [front_matter(cfg, license), f"# {cfg.name}", "",
