@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -49,8 +49,10 @@ class VerifyConfig(Config):
     """``text``: the model-free text-layer judge; or an engine config of a VLM judge."""
     prompt: str = "verify"
     """Prompt template with prompt_a and prompt_b."""
-    threshold: float = Field(0.5, gt=0, lt=1)
-    """p(answerable) threshold: positives need both >= it, negatives both < it."""
+    threshold: Optional[float] = Field(None, gt=0, lt=1)
+    """p(answerable) threshold: positives need both >= it, negatives both < it. Default: 0.5 for a model judge;
+    for the text judge its measured operating points, 0.5 for positives and for negatives (README, "The
+    model-free engines on real documents")."""
     max_positives: int = Field(1, ge=1)
     """Generated positives kept per page (the most confidently answerable first); given positives are all kept."""
     prefilter: Literal["none", "text"] = "text"
@@ -167,6 +169,9 @@ class BuildConfig(Config):
     """Workers of the model-free stages; default: the cluster's CPUs."""
     plan: PlanOptions = Field(default_factory=PlanOptions)
     """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
+    viewer: bool = True
+    """Write the dataset viewer at the end, ``<output>/viewer/index.html`` (a static page a browser opens from disk;
+    ``jobs.view_dataset`` writes it for any build output)."""
 
     @model_validator(mode="after")
     def _one_source(self):
