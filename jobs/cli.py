@@ -14,16 +14,17 @@ import sys
 JOBS = {
     "pipeline": "several jobs as one, from one config (ingest -> build -> mine -> analyse -> train -> evaluate)",
     "ingest": "PDFs and images -> pages/ (and quarantine/)",
-    "build_dataset": "pages -> hard-negative training data (queries/, examples/, export/, card.md, viewer/)",
+    "build_dataset": "pages -> hard-negative training data (queries/, examples/, export/, card.md, README.md, viewer/)",
     "view_dataset": "a browsable HTML viewer of a build output (<output>/viewer/index.html)",
     "mine_negatives": "document-mined negatives for a build's positives",
     "analyse_negatives": "how hard and how diverse the negatives are",
     "train_reranker": "train a reranker on example sets (Ray Train + DeepSpeed)",
     "evaluate": "rerankers against a first stage on benchmarks or a build's held-out split",
     "rerank": "score (query, page) pairs from Parquet",
+    "push_to_hub": "publish a build output or a trained reranker to the Hugging Face Hub, with its card",
 }
 ALIASES = {"build": "build_dataset", "view": "view_dataset", "mine": "mine_negatives", "analyse": "analyse_negatives",
-           "analyze": "analyse_negatives", "train": "train_reranker", "eval": "evaluate"}
+           "analyze": "analyse_negatives", "train": "train_reranker", "eval": "evaluate", "push": "push_to_hub"}
 
 
 def usage() -> str:

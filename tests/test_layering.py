@@ -20,6 +20,7 @@ LAYERS = [
     ["build", "rerank", "analysis"],
     ["eval"],
     ["mine"],
+    ["hub"],
     ["pipeline"],
     ["testing"],
 ]

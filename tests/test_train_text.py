@@ -86,7 +86,7 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
     assert json.loads((merged / "reranker.json").read_text())["backbone"] == "text"
     model = AutoModelForSequenceClassification.from_pretrained(merged, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(merged, local_files_only=True)
-    assert model.config.id2label == {0: "False", 1: "True"}
+    assert model.config.num_labels == 1  # the 2-label head folded at export: logit = logit(True) - logit(False)
     batch = collate_groups(val[:3])
     trained = res.scorer.eval()
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
         enc = tok(batch.queries, [batch.texts[p] for p in batch.page_of], truncation="only_second", max_length=128,
                   padding=True, return_tensors="pt")
         logits = model(**enc).logits
-    assert torch.allclose(logits[:, 1] - logits[:, 0], want, atol=1e-5)
+    assert torch.allclose(logits[:, 0], want, atol=1e-5)
 
 
 def test_ranking_validation_keeps_and_exports_the_best_step(split):

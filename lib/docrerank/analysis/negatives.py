@@ -278,11 +278,15 @@ def write_outputs(result: dict[str, Any], output: str) -> list[str]:
     runtime.write_json(written[0], result)
     card = out.join("card.md")
     if storage.exists(card):
-        text = storage.read_bytes(card).decode()
-        storage.write_bytes_atomic(card, replace_section(text, card_section(result)).encode())
+        for name in ("card.md", "README.md"):  # README.md: the same card with its Hub front matter
+            loc = out.join(name)
+            if storage.exists(loc):
+                text = storage.read_bytes(loc).decode()
+                storage.write_bytes_atomic(loc, replace_section(text, card_section(result)).encode())
+                written.append(loc)
         stats_loc = out.join("stats.json")
         stats = json.loads(storage.read_bytes(stats_loc)) if storage.exists(stats_loc) else {}
         stats["negatives_analysis"] = result
         runtime.write_json(stats_loc, stats)
-        written += [card, stats_loc]
+        written.append(stats_loc)
     return [w.uri for w in written]

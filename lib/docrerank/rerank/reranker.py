@@ -10,7 +10,9 @@ Backbones (read from the ``reranker.json`` the training job writes beside the me
 checkpoint's ``config.json``):
 
 - ``vlm``: a Qwen2-VL-family model scoring logit(True) - logit(False) at the end of the MonoQwen2-VL prompt. A base
-  checkpoint (no ``reranker.json``) is the zero-shot baseline of the paper (e.g. Qwen2-VL-2B-Instruct).
+  checkpoint (no ``reranker.json``) is the zero-shot baseline of the paper (e.g. Qwen2-VL-2B-Instruct). A
+  Qwen3-VL-Reranker (2B/8B) is detected from its files or name and scored in its own format, logit(yes) - logit(no)
+  (``models/prompt_format.py``): the strongest open zero-shot baseline.
 - ``text``: a cross-encoder over (query, page text layer): a 2-label classifier as trained here (logit 1 - logit 0),
   a 1-label cross-encoder (its logit), or, for a plain encoder without a classification head (e.g. the base
   all-MiniLM-L6-v2), the cosine of mean-pooled embeddings (a bi-encoder zero-shot baseline).
@@ -58,7 +60,8 @@ class Reranker:
         self.forwards = 0  # forward passes run (for benchmarks and tests)
         self.preprocess_threads = min(8, os.cpu_count() or 1)
         self.unscored = 0  # pairs that got NaN (unreadable page images)
-        self.prefix_reuse = backbone == "vlm"  # vlm: encode a page's [image][prompt] prefix once for its queries
+        # vlm: encode a page's [image][prompt] prefix once for its queries (formats with the image first)
+        self.prefix_reuse = backbone == "vlm" and getattr(getattr(model, "fmt", None), "image_first", True)
         # ... for pages with at least this many pairs in one call. On the CPU (compute-bound) it pays from 2; on a
         # GPU a full batch of whole pairs beats small continuation batches, so only pages with a batch of queries.
         self.min_prefix_pairs: Optional[int] = MIN_PREFIX_PAIRS if device == "cpu" else None
@@ -99,11 +102,18 @@ class Reranker:
         from docrerank.train.backbones import build_scorer
         from docrerank.train.config import LoraConfig, ModelConfig
 
-        fields = {k: card[k] for k in ("prompt", "true_token", "false_token") if card.get(k)}
+        keys = ("prompt_format", "prompt", "instruction", "system_prompt", "true_token", "false_token")
+        fields = {k: card[k] for k in keys if card.get(k)}
         cfg = ModelConfig(backbone="vlm", path=str(model_dir), dtype=dtype, gradient_checkpointing=False,
                           max_pixels=max_pixels or card.get("max_pixels") or ModelConfig().max_pixels,
                           max_seq_len=max_seq_len or card.get("max_seq_len"), attn_implementation=attn, **fields)
         scorer = build_scorer(cfg, LoraConfig(enabled=False), device=device)
+        trained_ids = (card.get("true_token_id"), card.get("false_token_id"))
+        if None not in trained_ids and tuple(scorer.answer_ids) != trained_ids:
+            raise ValueError(f"{model_dir}: reranker.json was trained on answer token ids {trained_ids}, this "
+                             f"checkpoint's tokenizer gives {tuple(scorer.answer_ids)}")
+        log.info("%s: vlm reranker, prompt format %s, answer tokens %s/%s", model_dir, scorer.fmt.name,
+                 scorer.fmt.true_token, scorer.fmt.false_token)
         return cls(_inference(scorer, device), "vlm", device, batch_size, name)
 
     @classmethod

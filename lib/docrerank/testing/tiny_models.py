@@ -2,7 +2,9 @@
 
 ``make_tiny_qwen2_vl(path)`` writes a Qwen2-VL model (config, safetensors weights, tokenizer with the Qwen2
 special tokens and the Qwen2-VL chat template, ``preprocessor_config.json``), so code under test loads it by
-path exactly as it would load ``Qwen/Qwen2-VL-2B-Instruct``. ``make_tiny_causal_lm(path)`` does the same for a
+path exactly as it would load ``Qwen/Qwen2-VL-2B-Instruct``. ``make_tiny_qwen3_vl_reranker(path)`` writes a Qwen3-VL
+model laid out as a Qwen3-VL-Reranker checkpoint ("yes"/"no" single tokens; optionally the sentence-transformers
+files with a LogitScore module and a reranker chat template). ``make_tiny_causal_lm(path)`` does the same for a
 Qwen2 or Llama causal LM. Nothing is downloaded; torch/transformers/tokenizers are imported inside the functions.
 """
 
@@ -66,10 +68,11 @@ stocks, options, acquisitions, income tax, Apple, IBM, Coca-Cola, table, chart, 
 """
 
 
-def make_tiny_tokenizer(path: str | Path | None = None, vocab_size: int = 600):
+def make_tiny_tokenizer(path: str | Path | None = None, vocab_size: int = 600, answer_words: tuple = ()):
     """Build a byte-level BPE tokenizer with the Qwen2 special tokens and the Qwen2-VL chat template.
 
-    Trained deterministically on a small built-in corpus; "Yes", "No", "True" and "False" are single tokens.
+    Trained deterministically on a small built-in corpus; "Yes", "No", "True" and "False" are single tokens, and so
+    are ``answer_words`` (e.g. ``("yes", "no")``: a different corpus, so different ids for everything).
     Returns a ``PreTrainedTokenizerFast``; saves it to ``path`` when given.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -85,7 +88,8 @@ def make_tiny_tokenizer(path: str | Path | None = None, vocab_size: int = 600):
         show_progress=False,
     )
     # Answer words repeated at line starts (as after "assistant\n") so BPE merges them into single tokens.
-    lines = _CORPUS_TEXT.strip().splitlines() + [w for w in ANSWER_WORDS for _ in range(50)]
+    words = ANSWER_WORDS + [w for w in answer_words if w not in ANSWER_WORDS]
+    lines = _CORPUS_TEXT.strip().splitlines() + [w for w in words for _ in range(50)]
     tok.train_from_iterator(lines, trainer=trainer)
     tok.add_special_tokens(QWEN2_SPECIAL_TOKENS)
     hf_tok = PreTrainedTokenizerFast(
@@ -97,7 +101,7 @@ def make_tiny_tokenizer(path: str | Path | None = None, vocab_size: int = 600):
         model_max_length=32768,
     )
     hf_tok.padding_side = "left"
-    for word in ANSWER_WORDS:
+    for word in words:
         ids = hf_tok.encode(word, add_special_tokens=False)
         assert len(ids) == 1, f"tiny tokenizer must hold {word!r} as one token, got {ids}"
     if path is not None:
@@ -132,6 +136,7 @@ def make_tiny_qwen2_vl(
     vocab_size: int | None = None,
     dtype: str | None = None,
     init_device: str = "cpu",
+    answer_words: tuple = (),
 ) -> Path:
     """Write a random-weight Qwen2-VL-family checkpoint with its tokenizer to ``path``; returns ``path``.
 
@@ -149,7 +154,7 @@ def make_tiny_qwen2_vl(
     if arch not in VL_ARCHS:
         raise ValueError(f"arch: got {arch!r}, expected one of {VL_ARCHS}")
     path = Path(path)
-    tok = make_tiny_tokenizer(path)
+    tok = make_tiny_tokenizer(path, answer_words=answer_words)
     ids = _special_ids(tok)
     head_dim = hidden_size // num_heads
     if head_dim % 8 != 0:
@@ -214,6 +219,53 @@ def make_tiny_qwen2_vl(
             "image_std": [0.26862954, 0.26130258, 0.27577711],
         },
     )
+    return path
+
+
+# A reranker chat template in the layout the Qwen3-VL-Reranker serving examples use: the pair's roles ("query",
+# "document"), the instruction as the system message with a default; written here, not copied.
+QWEN3_RERANKER_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<Instruct>: "
+    "{{{{ messages | selectattr('role', 'eq', 'system') | map(attribute='content') | first "
+    "| default('{instruction}') }}}}<Query>:"
+    "{{{{ messages | selectattr('role', 'eq', 'query') | map(attribute='content') | first }}}}\n<Document>:"
+    "{{{{ messages | selectattr('role', 'eq', 'document') | map(attribute='content') | first }}}}"
+    "<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+def make_tiny_qwen3_vl_reranker(path: str | Path, *, sentence_transformers: bool = True,
+                                system: str | None = None, instruction: str | None = None, seed: int = 0,
+                                **kwargs: Any) -> Path:
+    """Write a random-weight Qwen3-VL checkpoint in the Qwen3-VL-Reranker layout to ``path``; returns ``path``.
+
+    The tokenizer holds "yes" and "no" as single tokens. With ``sentence_transformers`` it also ships what a
+    sentence-transformers CrossEncoder checkpoint of the reranker carries: ``modules.json`` (a Transformer and a
+    ``LogitScore`` module), ``1_LogitScore/config.json`` (the token ids of "yes" and "no"),
+    ``config_sentence_transformers.json`` and a reranker chat template (``chat_template.jinja``) with ``system``
+    and the default ``instruction`` (the official ones when None). ``kwargs``: ``make_tiny_qwen2_vl``'s.
+    """
+    from docrerank.models.prompt_format import QWEN3_INSTRUCTION, QWEN3_SYSTEM
+
+    path = make_tiny_qwen2_vl(path, arch="qwen3_vl", seed=seed, answer_words=("yes", "no"), **kwargs)
+    if not sentence_transformers:
+        return path
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    yes, no = (tok.convert_tokens_to_ids(w) for w in ("yes", "no"))
+    _write_json(path / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_LogitScore",
+         "type": "sentence_transformers.cross_encoder.modules.LogitScore"},
+    ])
+    (path / "1_LogitScore").mkdir(exist_ok=True)
+    _write_json(path / "1_LogitScore" / "config.json", {"true_token_id": yes, "false_token_id": no,
+                                                        "module_input_name": "causal_logits"})
+    _write_json(path / "config_sentence_transformers.json", {"model_type": "CrossEncoder",
+                                                             "activation_fn": "torch.nn.modules.activation.Sigmoid"})
+    text = QWEN3_RERANKER_TEMPLATE.format(system=system or QWEN3_SYSTEM, instruction=instruction or QWEN3_INSTRUCTION)
+    (path / "chat_template.jinja").write_text(text)
     return path
 
 

@@ -1,5 +1,6 @@
-"""Scoring models: ``vlm`` (Qwen2-VL-family, MonoQwen2-VL input, logit(True) - logit(False)) and ``text``
-(a cross-encoder over query and page text). Each scorer turns a ``Batch`` into model inputs on the CPU
+"""Scoring models: ``vlm`` (Qwen2-VL-family, MonoQwen2-VL input, logit(True) - logit(False), or the
+Qwen3-VL-Reranker format, logit(yes) - logit(no): ``models.prompt_format``) and ``text`` (a cross-encoder over
+query and page text). Each scorer turns a ``Batch`` into model inputs on the CPU
 (``encode``) and inputs into float32 scores (``forward``), so the same module serves DeepSpeed and plain torch.
 
 VLM inputs go through ``models.qwen_vl``, the input path the hf engine and the Reranker use too (chat template,
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from docrerank.models import qwen_vl
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM, load_tokenizer, resolve_dtype, resolve_model_path
+from docrerank.models.prompt_format import MONOQWEN, PromptFormat, resolve_format
 from docrerank.train.config import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -74,18 +76,16 @@ class VLMScoring:
         self.image_token_id = base.config.image_token_id
         self.merge_size = getattr(image_processor, "merge_size", 2)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = [tokenizer.encode(w, add_special_tokens=False) for w in (cfg.true_token, cfg.false_token)]
-        if any(len(i) != 1 for i in ids) or ids[0] == ids[1]:
-            raise ValueError(f"model.true_token/false_token: expected two different single tokens, got {ids}")
-        self.answer_ids = (ids[0][0], ids[1][0])
+        self.fmt = prompt_format_of(cfg, path)  # monoqwen or qwen3_reranker, with what the checkpoint ships
+        self.answer_ids = self.fmt.answer_token_ids(tokenizer)
         w = base.get_output_embeddings().weight.detach()
         # A plain attribute, not a buffer: DeepSpeed's bf16 cast must not round it (scores stay float32).
-        self._w_diff = (w[ids[0][0]].float() - w[ids[1][0]].float()).clone()
+        self._w_diff = (w[self.answer_ids[0]].float() - w[self.answer_ids[1]].float()).clone()
 
     # ------------------------------------------------------------------------------------- inputs
     def prompt_ids(self, query: str) -> list[int]:
         """Token ids of one example with a single ``<|image_pad|>`` placeholder (generation prompt on)."""
-        return vlm_prompt_ids(self.tokenizer, self.cfg.prompt, query)
+        return self.fmt.prompt_ids(self.tokenizer, query)
 
     def image_tokens(self, grid_thw: Any) -> int:
         """Language-model tokens of one page image of grid ``grid_thw``."""
@@ -226,8 +226,13 @@ def __getattr__(name: str) -> Any:
 def vlm_prompt_ids(tokenizer: Any, prompt: str, query: str) -> list[int]:
     """MonoQwen2-VL input ids: user turn = one image placeholder then ``prompt`` with the query; generation
     prompt on."""
-    content = [{"type": "image"}, {"type": "text", "text": prompt.format(query=query)}]
-    return qwen_vl.prompt_ids(tokenizer, [{"role": "user", "content": content}])
+    return PromptFormat(MONOQWEN, prompt=prompt).prompt_ids(tokenizer, query)
+
+
+def prompt_format_of(cfg: ModelConfig, path: str) -> PromptFormat:
+    """The vlm prompt format of the checkpoint at ``path`` under ``cfg`` (see ``models.prompt_format``)."""
+    return resolve_format(path, cfg.prompt_format, cfg.prompt, cfg.instruction, cfg.system_prompt, cfg.true_token,
+                          cfg.false_token)
 
 
 def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
@@ -235,7 +240,7 @@ def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
     proc = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
     patch = getattr(proc, "patch_size", 14) * getattr(proc, "merge_size", 2)
     image_tokens = cfg.max_pixels // (patch * patch)
-    need = len(vlm_prompt_ids(load_tokenizer(path), cfg.prompt, "")) - 1 + image_tokens
+    need = len(prompt_format_of(cfg, path).prompt_ids(load_tokenizer(path), "")) - 1 + image_tokens
     if need > cfg.seq_len:
         raise ValueError(f"model.max_seq_len={cfg.seq_len} cannot hold a page at model.max_pixels={cfg.max_pixels}: "
                          f"{image_tokens} image tokens + the prompt = {need} tokens before the query")

@@ -9,11 +9,7 @@ from pydantic import Field, model_validator
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM  # noqa: F401 - documented defaults
-
-MONOQWEN_PROMPT = (
-    "Assert the relevance of the previous image document to the following query, answer True or False. "
-    "The query is: {query}"
-)
+from docrerank.models.prompt_format import MONOQWEN_PROMPT
 
 
 class ModelConfig(Config):
@@ -21,7 +17,8 @@ class ModelConfig(Config):
 
     backbone: Literal["vlm", "text"] = "vlm"
     """``vlm``: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model scoring (page image, query) by logit(True) -
-    logit(False), as MonoQwen2-VL. ``text``: a cross-encoder over (query, page text layer)."""
+    logit(False), as MonoQwen2-VL, or a Qwen3-VL-Reranker by logit(yes) - logit(no) (see ``prompt_format``).
+    ``text``: a cross-encoder over (query, page text layer)."""
 
     path: Optional[str] = None
     """Checkpoint directory or hub id (read from the local cache only when HF_HUB_OFFLINE=1). Default:
@@ -51,14 +48,30 @@ class ModelConfig(Config):
     """text, ``max_windows`` > 1: a pair's score from its windows' scores: ``max`` (MaxP: the best passage decides)
     or ``logsumexp`` (a smooth maximum: in training every window gets gradient)."""
 
+    prompt_format: Literal["auto", "monoqwen", "qwen3_reranker"] = "auto"
+    """vlm: ``monoqwen`` (page image, then ``prompt``; answer True/False), ``qwen3_reranker`` (the
+    Qwen3-VL-Reranker format: system prompt, ``<Instruct>: {instruction}<Query>:{query}``, ``<Document>:`` and the
+    page image; answer yes/no), or ``auto``: qwen3_reranker for a checkpoint that ships a sentence-transformers
+    LogitScore module or a reranker chat template, or whose path names a Qwen3-VL-Reranker; else monoqwen."""
+
     prompt: str = MONOQWEN_PROMPT
-    """vlm: the text after the page image in the user turn; ``{query}`` is replaced by the query."""
+    """vlm, monoqwen: the text after the page image in the user turn; ``{query}`` is replaced by the query."""
 
-    true_token: str = "True"
-    """vlm: the answer word whose logit counts for relevance (must be one token)."""
+    instruction: Optional[str] = None
+    """vlm, qwen3_reranker: the ``<Instruct>`` text. Default: the checkpoint's chat template default, else
+    "Given a search query, retrieve relevant candidates that answer the query." (the official default)."""
 
-    false_token: str = "False"
-    """vlm: the answer word whose logit counts against relevance (must be one token)."""
+    system_prompt: Optional[str] = None
+    """vlm, qwen3_reranker: the system prompt. Default: the checkpoint's chat template, else the official
+    'Judge whether the Document meets the requirements ... "yes" or "no".'"""
+
+    true_token: Optional[str] = None
+    """vlm: the answer word whose logit counts for relevance (one token). Default: True (monoqwen); for
+    qwen3_reranker the token id the checkpoint's LogitScore module ships, else yes."""
+
+    false_token: Optional[str] = None
+    """vlm: the answer word whose logit counts against relevance (one token). Default: False (monoqwen); for
+    qwen3_reranker the checkpoint's LogitScore id, else no."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; auto = bfloat16 on GPU, float32 on CPU. Scores are always computed in float32."""

@@ -77,5 +77,5 @@ def _train(cfg: TrainConfig, device: str) -> LocalResult:
     state = best_or_last(validator, scorer)
     if validator is not None and state is not None:
         scorer.load_state_dict(state, strict=False)  # the returned scorer is the exported one
-    uri = export_model(state, cfg, device) if cfg.export else None
+    uri = export_model(state, cfg, device, metrics=final) if cfg.export else None
     return LocalResult(steps=last, metrics=final, scorer=scorer, model_uri=uri, mix=mix)

@@ -225,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.export:
         state = best_or_last(validator, scorer)  # collective under ZeRO-3
         if rank == 0:
-            export_model(state, cfg, device)
+            export_model(state, cfg, device, metrics=final)
     if upload and rank == 0:
         upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
 
