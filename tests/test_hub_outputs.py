@@ -138,6 +138,27 @@ def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_mo
     assert len({round(float(s), 4) for s in got}) == 3
 
 
+def test_an_exported_text_model_is_a_base_for_more_training_with_the_same_scores(text_model):
+    """The export folds the 2-label head into one label; loading that model as a base unfolds it (label 0 zero,
+    label 1 the folded row), so training resumes from exactly the exported scores."""
+    import torch
+    from docrerank.train.backbones import build_scorer
+    from docrerank.train.config import TrainConfig
+
+    out, scorer = text_model
+    cfg = TrainConfig.model_validate({
+        "output": str(out / "again"), "data": {"sources": [{"path": str(out / "none")}]},
+        "model": {"backbone": "text", "path": str(out / "model" / "merged"), "max_seq_len": 64,
+                  "gradient_checkpointing": False},
+        "scaling": {"use_ray": False}})
+    again = build_scorer(cfg.model, cfg.lora, seed=1).eval()
+    assert again.model.config.num_labels == 2
+    enc = scorer.tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], truncation="only_second", max_length=64,
+                           padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert again(**enc).numpy() == pytest.approx(scorer(**enc).numpy(), abs=1e-5)
+
+
 def test_the_model_card_says_what_it_is_and_its_snippets_run(text_model):
     from docrerank.rerank.reranker import Reranker
 

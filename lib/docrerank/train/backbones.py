@@ -267,8 +267,12 @@ def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: 
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=2, id2label={0: "False", 1: "True"}, label2id={"False": 0, "True": 1}, **kwargs)
+        if _one_label_classifier(path):  # a model this project exported (its head folded): train it on
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            unfold_one_label_head(model)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=2, id2label={0: "False", 1: "True"}, label2id={"False": 0, "True": 1}, **kwargs)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
@@ -283,6 +287,46 @@ def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: 
         processor = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
         return scorer_class("vlm")(model, tok, processor, cfg, path)
     return scorer_class("text")(model, tok, cfg, path)
+
+
+HEAD_PATHS = ("classifier", "classifier.out_proj", "score")  # a sequence classifier's last Linear, by architecture
+
+
+def _one_label_classifier(path: str) -> bool:
+    """Whether ``path`` holds a sequence classifier with one label (a text model as training exports it)."""
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(path, local_files_only=True)
+    heads = [a for a in (conf.architectures or []) if a.endswith("ForSequenceClassification")]
+    return bool(heads) and conf.num_labels == 1
+
+
+def unfold_one_label_head(model: Any) -> None:
+    """Make a 1-label sequence classifier the 2-label one this backbone trains, scoring the same: label 0's row
+    is zero, label 1's the old row, so logit 1 - logit 0 is the old logit (in place). The inverse of the export's
+    fold (``train/export.fold_two_label_head``)."""
+    import torch
+
+    for where in HEAD_PATHS:
+        parent, _, name = where.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        head = getattr(owner, name, None)
+        if isinstance(head, torch.nn.Linear) and head.out_features == 1:
+            break
+    else:
+        raise ValueError(f"{type(model).__name__}: no 1-output Linear head at {' / '.join(HEAD_PATHS)} to unfold")
+    two = torch.nn.Linear(head.in_features, 2, bias=head.bias is not None, dtype=head.weight.dtype,
+                          device=head.weight.device)
+    with torch.no_grad():
+        two.weight.zero_()
+        two.weight[1].copy_(head.weight[0])
+        if head.bias is not None:
+            two.bias.zero_()
+            two.bias[1].copy_(head.bias[0])
+    setattr(owner, name, two)
+    model.config.num_labels = 2
+    model.config.id2label, model.config.label2id = {0: "False", 1: "True"}, {"False": 0, "True": 1}
+    model.num_labels = 2
 
 
 def trainable_names(scorer: Any) -> list[str]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.runtime import redact
+from docrerank.train.backbones import HEAD_PATHS
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import world
 
@@ -36,7 +37,6 @@ PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template.jinja")
 # sentence-transformers files of a Qwen3-VL-Reranker base (the LogitScore module's answer ids); copied with its dirs.
 ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
-HEAD_PATHS = ("classifier", "classifier.out_proj", "score")  # a sequence classifier's last Linear, by architecture
 
 
 def trainable_state(scorer: torch.nn.Module) -> Optional[dict]:
