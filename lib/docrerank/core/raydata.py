@@ -11,6 +11,7 @@ the first stage of a chain decides the format its actor receives. Nothing here i
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from docrerank.core import storage
@@ -128,3 +129,24 @@ def remove_orphans(out: storage.Location, tables: Sequence[str], marker: str) ->
                 out.fs.delete_file(f)
                 n += 1
     return n
+
+
+
+@contextlib.contextmanager
+def excluded_from_ray_data(cpus: float = 0, gpus: float = 0):
+    """While inside: Ray Data counts ``cpus`` and ``gpus`` of the cluster as held by others (the model pools) and
+    sizes its own workers from what is left, instead of waiting for resources that never free up."""
+    import warnings
+
+    import ray.data
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    opts = ray.data.DataContext.get_current().execution_options
+    before = opts.exclude_resources
+    with warnings.catch_warnings():  # deprecated in favour of node labels, which pools sharing a node cannot use
+        warnings.simplefilter("ignore")
+        opts.exclude_resources = ExecutionResources(cpu=cpus, gpu=gpus)
+        try:
+            yield
+        finally:
+            opts.exclude_resources = before

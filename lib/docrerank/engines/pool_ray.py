@@ -1,0 +1,563 @@
+"""Model pools on Ray: engine actors in placement groups, the client the stages call, and the job's side of a run
+(place, load, grow, watch the failed requests, summarise, close). Sizes, shapes and checks are ``engines.pool``.
+
+    plan = plan_pools(engines_by_stage, cluster_resources(), also_needs=[{"CPU": 0.9}])
+    with ModelPools.start(plan) as pools:           # placement groups, then one engine per actor, before any data
+        ...VerifyStage(cfg, "positive", pools=pools.handles)...   # in a Ray Data worker: calls go to the pool
+        pools.check()                               # in the driver's loop: new actors join; too many failures raise
+        pools.check(final=True); pools.summary()
+
+An actor runs its engine on one thread and takes calls on an asyncio loop, so several calls are in flight at once:
+those that arrive while the engine runs wait in the actor, and the next run takes all of them (same kind, up to
+``batches_in_flight``). The model never idles between calls, and vLLM's scheduler sees many sequences at once. Each
+actor counts requests and error kinds per stage; the driver polls the counts. An exception inside the engine
+becomes an ``engine_error`` result of that call's requests; a dead actor is restarted by Ray and its calls retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from docrerank.engines.pool import ClusterResources, NodeType, PoolPlan, PoolSpec, stage_error_problems
+
+log = logging.getLogger(__name__)
+
+POLL_S = 5.0  # how often the driver looks at placement, new actors and the error counts
+REFRESH_S = 10.0  # how often a client asks its pool for the current actors
+LOG_EVERY_S = 30.0
+
+
+# --------------------------------------------------------------------------------------------- the actor
+class EngineActor:
+    """One engine of a pool, as a Ray actor (``ray.remote(EngineActor)``): ``call(kind, stage, requests)``."""
+
+    def __init__(self, cfg, factory, pool: str, merge: int):
+        import queue
+        import threading
+
+        if isinstance(factory, str):  # a lazy "module:attr" registry entry
+            import importlib
+
+            module, attr = factory.split(":")
+            factory = getattr(importlib.import_module(module), attr)
+        t0 = time.perf_counter()
+        self.engine = factory(cfg)
+        self.load_s = time.perf_counter() - t0
+        self.pool, self.merge = pool, merge
+        self.queue: queue.Queue = queue.Queue()
+        self.counts: dict[str, Counter] = {}
+        self.examples: dict[str, dict[str, str]] = {}
+        self.busy_s, self.calls, self.runs, self.most_waiting = 0.0, 0, 0, 0
+        self._members: list = []
+        threading.Thread(target=self._loop, name=f"engine-{pool}", daemon=True).start()
+
+    async def info(self) -> dict:
+        """Where the engine runs: pid, node id, GPU ids, engine class, seconds it took to load."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "engine": type(self.engine).__name__, "load_s": round(self.load_s, 2)}
+
+    async def call(self, kind: str, stage: str, requests: list) -> list:
+        """``generate`` or ``judge`` on ``requests`` for ``stage``; waits its turn with the other calls."""
+        import asyncio
+        import concurrent.futures
+
+        if kind not in ("generate", "judge"):
+            raise ValueError(f"call kind: got {kind!r}, expected 'generate' or 'judge'")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((kind, stage, list(requests), fut))
+        return await asyncio.wrap_future(fut)
+
+    async def stats(self) -> dict:
+        """Requests and error kinds per stage (with one example message per kind), calls, engine runs, busy time."""
+        return {"counts": {s: dict(c) for s, c in self.counts.items()}, "examples": self.examples,
+                "calls": self.calls, "runs": self.runs, "busy_s": self.busy_s, "most_waiting": self.most_waiting}
+
+    async def members(self) -> list:
+        """The pool's live actors (set by the driver), for clients to spread their calls over."""
+        return self._members
+
+    async def set_members(self, actors: list) -> None:
+        """Record the pool's live actors."""
+        self._members = list(actors)
+
+    def shutdown(self) -> None:
+        """Stop taking calls and release the engine (GPU memory, HTTP connections)."""
+        self.queue.put(None)
+        close = getattr(self.engine, "close", None)
+        if close:
+            close()
+
+    def _loop(self) -> None:
+        import queue
+
+        held: deque = deque()  # calls of the other kind, taken off the queue while merging
+        while True:
+            first = held.popleft() if held else self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.merge:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                (batch if item[0] == first[0] else held).append(item)
+            self.most_waiting = max(self.most_waiting, len(batch) + len(held) + self.queue.qsize())
+            self._run(batch)
+
+    def _run(self, batch: list) -> None:
+        kind = batch[0][0]
+        requests = [r for item in batch for r in item[2]]
+        t0 = time.perf_counter()
+        try:
+            results = list(getattr(self.engine, kind)(requests))
+            if len(results) != len(requests):
+                raise RuntimeError(f"{type(self.engine).__name__}.{kind} returned {len(results)} results for "
+                                   f"{len(requests)} requests")
+        except Exception as err:  # noqa: BLE001 - confined to this run's requests, counted as their error
+            log.exception("pool %s: %s of %d requests failed", self.pool, kind, len(requests))
+            results = [failed_result(kind, r, f"{type(err).__name__}: {err}") for r in requests]
+        self.busy_s += time.perf_counter() - t0
+        self.runs += 1
+        i = 0
+        for _, stage, reqs, fut in batch:
+            part = results[i:i + len(reqs)]
+            i += len(reqs)
+            self.calls += 1
+            c = self.counts.setdefault(stage, Counter())
+            for res in part:
+                c["requests"] += 1
+                if res.error:
+                    k = res.error.split(":", 1)[0]
+                    c[f"error:{k}"] += 1
+                    self.examples.setdefault(stage, {}).setdefault(k, res.error[:300])
+            fut.set_result(part)
+
+
+def failed_result(kind: str, request, message: str):
+    """The result of ``request`` when the engine call failed as a whole (error kind ``engine_error``)."""
+    from docrerank.engines.requests import GenerateResult, JudgeResult, make_error
+
+    error = make_error("engine_error", message[:300])
+    if kind == "judge":
+        return JudgeResult(error=error, id=request.id)
+    return GenerateResult(errors=[error], error=error, id=request.id)
+
+
+# --------------------------------------------------------------------------------------------- the client
+@dataclass
+class PoolHandles:
+    """What the stages need to reach the pools (picklable: it travels to every Ray Data worker)."""
+
+    pool_of: dict
+    """stage -> pool name."""
+    actors: dict
+    """pool name -> its live actor handles at the start of the run (clients refresh them)."""
+    batch_size: dict
+    """stage -> requests per call."""
+
+    def client(self, stage: str) -> "PoolClient":
+        """The engine ``stage`` calls."""
+        if stage not in self.pool_of:
+            raise KeyError(f"no model pool serves stage {stage!r}; served: {sorted(self.pool_of)}")
+        return PoolClient(self, stage)
+
+
+class PoolClient:
+    """The ``Engine`` a stage gets (``generate``, ``judge``, ``close``): its requests split into calls of the
+    stage's ``batch_size``, all sent at once to the pool's actors (the one with the fewest of this client's calls
+    first), results returned in request order."""
+
+    def __init__(self, handles: PoolHandles, stage: str):
+        self.stage, self.pool = stage, handles.pool_of[stage]
+        self.batch_size = handles.batch_size[stage]
+        self._set(handles.actors[self.pool])
+        self.rng = random.Random(os.getpid() ^ id(self))
+        self.refreshed = time.monotonic()
+
+    def _set(self, actors: Sequence) -> None:
+        if not actors:
+            raise RuntimeError(f"model pool {self.pool}: no live actor to call")
+        self.actors, self.load = list(actors), [0] * len(actors)
+
+    def generate(self, requests) -> list:
+        """Generate through the pool."""
+        return self._call("generate", list(requests))
+
+    def judge(self, requests) -> list:
+        """Judge through the pool."""
+        return self._call("judge", list(requests))
+
+    def close(self) -> None:
+        """Nothing to release: the pool owns the engines."""
+
+    def _refresh(self) -> None:
+        import ray
+
+        if time.monotonic() - self.refreshed < REFRESH_S:
+            return
+        self.refreshed = time.monotonic()
+        try:
+            current = ray.get(self.actors[0].members.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - keep the actors known; a dead one is skipped on its first failure
+            return
+        if current and len(current) != len(self.actors):
+            self._set(current)
+
+    def _pick(self, avoid: set) -> int:
+        choices = [i for i in range(len(self.actors)) if i not in avoid] or list(range(len(self.actors)))
+        least = min(self.load[i] for i in choices)
+        return self.rng.choice([i for i in choices if self.load[i] == least])
+
+    def _call(self, kind: str, requests: list) -> list:
+        import ray
+
+        if not requests:
+            return []
+        self._refresh()
+        chunks = [requests[i:i + self.batch_size] for i in range(0, len(requests), self.batch_size)]
+        out: list = [None] * len(chunks)
+        pending: dict = {}
+
+        def send(i: int, failed: set) -> None:
+            a = self._pick(failed)
+            self.load[a] += 1
+            pending[self.actors[a].call.remote(kind, self.stage, chunks[i])] = (i, a, failed)
+
+        for i in range(len(chunks)):
+            send(i, set())
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i, a, failed = pending.pop(ref)
+            self.load[a] -= 1
+            try:
+                out[i] = ray.get(ref)
+            except ray.exceptions.RayActorError as err:  # gone even after Ray's restarts: another actor takes it
+                failed = failed | {a}
+                if len(failed) >= len(self.actors):
+                    raise RuntimeError(f"model pool {self.pool}: every actor failed a call of stage {self.stage} "
+                                       f"({len(self.actors)} tried): {err}") from err
+                log.warning("pool %s: actor %d failed (%s); retrying the call on another", self.pool, a, err)
+                send(i, failed)
+        return [r for part in out for r in part]
+
+
+# --------------------------------------------------------------------------------------------- the cluster
+def cluster_resources() -> ClusterResources:
+    """The live nodes' resources (CPU, GPU and custom ones) and what the autoscaler, if any, can add."""
+    import ray
+
+    nodes, labels = [], []
+    for n in ray.nodes():
+        if n.get("Alive"):
+            nodes.append({k: v for k, v in n["Resources"].items()
+                          if not k.startswith("node:") and k not in ("memory", "object_store_memory")})
+            labels.append(n.get("Labels") or {})
+    types, autoscaling = _autoscaler_view(labels)
+    return ClusterResources(nodes, types, autoscaling)
+
+
+def _autoscaler_view(labels: list[dict]) -> tuple[Optional[list[NodeType]], bool]:
+    """(node types with their limits when Ray publishes them, whether an autoscaler can add nodes)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: no answer means unknown
+        config = None
+    if config is not None and config.node_group_configs:
+        try:
+            from ray._raylet import RAY_NODE_GROUP_KEY as key
+        except ImportError:
+            key = "ray.io/node-group"
+        running = Counter(lab.get(key) for lab in labels)
+        types = [NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count), running[g.name])
+                 for g in config.node_group_configs]
+        return types, any(t.max_count == -1 or t.max_count > t.count for t in types)
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {} if raw else {}
+        # Without --autoscaling-config, Ray's monitor is read-only and names each node's type "node_<node id>".
+        if any(not str(t).startswith("node_") for t in mapping.values()):
+            return None, True
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return None, bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001
+        return None, False
+
+
+# --------------------------------------------------------------------------------------------- the job's side
+def actor_engine_config(spec: PoolSpec):
+    """The engine config an actor of ``spec`` builds: a vLLM engine spread over a placement group runs its workers
+    through Ray (``distributed_executor_backend: ray``, unless the config chose another)."""
+    cfg = spec.engine
+    if spec.shape.executor == "ray" and "distributed_executor_backend" not in cfg.vllm.engine_kwargs:
+        kw = {**cfg.vllm.engine_kwargs, "distributed_executor_backend": "ray"}
+        cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"engine_kwargs": kw})})
+    return cfg
+
+
+def _pg_state(pg) -> str:
+    """CREATED once every bundle is reserved; else PENDING, or INFEASIBLE when no node could ever hold it."""
+    from ray.util.placement_group import placement_group_table
+
+    t = placement_group_table(pg)
+    if t.get("state") == "CREATED":
+        return "CREATED"
+    return (t.get("stats") or {}).get("scheduling_state") or t.get("state") or "PENDING"
+
+
+@dataclass
+class _Actor:
+    handle: Any
+    pg: Any
+    info_ref: Any
+    info: Optional[dict] = None
+
+
+class ModelPools:
+    """The pools of one job run: ``start(plan)`` places and loads them, ``handles`` reach them, ``check`` watches
+    them, ``close`` ends them (a context manager)."""
+
+    def __init__(self, plan: PoolPlan):
+        self.plan = plan
+        self.pgs: dict[str, list] = {p.name: [] for p in plan.pools}  # placement groups not yet holding an actor
+        self.actors: dict[str, list[_Actor]] = {p.name: [] for p in plan.pools}
+        self.last_check = 0.0
+
+    @classmethod
+    def start(cls, plan: PoolPlan) -> "ModelPools":
+        """Reserve every pool's placement groups, wait for each pool's minimum (failing with the numbers when the
+        cluster cannot give it in ``placement_timeout_s``), then load the engines and wait for the minimum to load."""
+        if plan.problems:
+            raise ValueError("model pools: " + "; ".join(plan.problems))
+        pools = cls(plan)
+        try:
+            pools._place()
+            pools._load()
+        except BaseException:
+            pools.close()
+            raise
+        return pools
+
+    def __enter__(self) -> "ModelPools":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def handles(self) -> PoolHandles:
+        """What the stages get (``handles.client(stage)``)."""
+        return PoolHandles({s: p.name for p in self.plan.pools for s in p.stages},
+                           {p.name: [a.handle for a in self.actors[p.name] if a.info] for p in self.plan.pools},
+                           {s: bs for p in self.plan.pools for s, bs in p.batch_size.items()})
+
+    def resources(self) -> dict:
+        """CPUs and GPUs the pools' placement groups hold now (``cpus``, ``gpus``)."""
+        n = {p.name: (len(self.actors[p.name]), p.shape) for p in self.plan.pools}
+        return {"cpus": sum(k * shape.cpus for k, shape in n.values()),
+                "gpus": sum(k * shape.gpus for k, shape in n.values())}
+
+    def _place(self) -> None:
+        from ray.util.placement_group import placement_group
+
+        grow = self.plan.cluster.can_grow()
+        for p in self.plan.pools:
+            n = p.max_actors if grow else p.actors_now  # on a cluster that grows, ask for all (the autoscaler sees them)
+            self.pgs[p.name] = [placement_group(list(p.shape.bundles), strategy=p.shape.strategy) for _ in range(n)]
+        t0 = last_log = time.monotonic()
+        timeout = max(p.placement_timeout_s for p in self.plan.pools)
+        while True:
+            short, infeasible = [], False
+            for p in self.plan.pools:
+                states = [_pg_state(pg) for pg in self.pgs[p.name]]
+                placed = sum(s == "CREATED" for s in states)
+                if placed < p.min_actors:
+                    short.append((p, placed))
+                    infeasible |= not grow and "INFEASIBLE" in states
+            if not short:
+                return
+            waited = time.monotonic() - t0
+            if infeasible or waited > timeout:
+                self._fail_placement(short, waited, infeasible)
+            if time.monotonic() - last_log > LOG_EVERY_S:
+                last_log = time.monotonic()
+                log.info("model pools: waiting for the cluster (%.0f s): %s", waited,
+                         "; ".join(f"{p.name} {k}/{p.min_actors} actors placed" for p, k in short))
+            time.sleep(min(POLL_S, 0.5 + waited / 10))
+
+    def _fail_placement(self, short: list, waited: float, infeasible: bool) -> None:
+        now = cluster_resources()
+        lines = [f"{p.label()}: {k} of the {p.min_actors} actor(s) it needs placed ({p.needs(p.min_actors)})"
+                 for p, k in short]
+        why = ("no node of the cluster can hold one of its actors" if infeasible
+               else f"not placed within placement_timeout_s={waited:.0f} s")
+        raise RuntimeError(f"model pools: {why}: " + "; ".join(lines) + f"; the cluster has {now.describe()} and "
+                           f"{now.describe_growth()}. Lower engine.ray.min_actors or the GPUs per actor, or use a "
+                           "larger cluster" + ("" if infeasible else " (or raise placement_timeout_s)"))
+
+    def _create_actors(self, pool: PoolSpec) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from docrerank.engines.registry import _BACKENDS
+
+        waiting = self.pgs[pool.name]
+        for pg in [pg for pg in waiting if _pg_state(pg) == "CREATED"]:
+            waiting.remove(pg)
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0,
+                                                        placement_group_capture_child_tasks=True)
+            handle = ray.remote(EngineActor).options(
+                num_cpus=pool.shape.num_cpus, num_gpus=pool.shape.num_gpus, max_restarts=2, max_task_retries=2,
+                scheduling_strategy=strategy).remote(actor_engine_config(pool), _BACKENDS[pool.engine.backend],
+                                                     pool.name, pool.batches_in_flight)
+            self.actors[pool.name].append(_Actor(handle, pg, handle.info.remote()))
+
+    def _collect_loaded(self, pool: PoolSpec, wait_s: float = 0) -> bool:
+        """Record the actors whose engine finished loading; True when the pool's members changed."""
+        import ray
+
+        loading = [a for a in self.actors[pool.name] if a.info is None]
+        if not loading:
+            return False
+        ready, _ = ray.wait([a.info_ref for a in loading], num_returns=len(loading), timeout=wait_s)
+        changed = False
+        for a in loading:
+            if a.info_ref in ready:
+                try:
+                    a.info = ray.get(a.info_ref)
+                except ray.exceptions.RayError as err:
+                    raise RuntimeError(f"model pool {pool.label()}: the engine failed to load: {err}") from err
+                changed = True
+        if changed:
+            live = [a.handle for a in self.actors[pool.name] if a.info]
+            ray.get([h.set_members.remote(live) for h in live])
+        return changed
+
+    def _load(self) -> None:
+        t0 = last_log = time.monotonic()
+        for p in self.plan.pools:
+            self._create_actors(p)
+        while True:
+            short = []
+            for p in self.plan.pools:
+                self._collect_loaded(p, wait_s=0.5)
+                loaded = sum(a.info is not None for a in self.actors[p.name])
+                if loaded < p.min_actors:
+                    short.append(f"{p.name} {loaded}/{p.min_actors}")
+            if not short:
+                break
+            if time.monotonic() - last_log > LOG_EVERY_S:
+                last_log = time.monotonic()
+                log.info("model pools: loading engines (%.0f s): %s", time.monotonic() - t0, "; ".join(short))
+        for p in self.plan.pools:
+            infos = [a.info for a in self.actors[p.name] if a.info]
+            log.info("model pool %s: %d actor(s) loaded (%s)", p.label(), len(infos),
+                     ", ".join(f"{i['engine']} on node {i['node_id'][:8]} in {i['load_s']} s" for i in infos))
+
+    def check(self, final: bool = False) -> None:
+        """Let new actors join (their placement came through), and raise RuntimeError when a stage's requests failed
+        too often (``engines.pool.stage_error_problems``). Cheap to call often: it acts every few seconds."""
+        if not final and time.monotonic() - self.last_check < POLL_S:
+            return
+        self.last_check = time.monotonic()
+        for p in self.plan.pools:
+            self._create_actors(p)
+            self._collect_loaded(p)
+        counts, examples = self._counts()
+        limits = {s: lim for p in self.plan.pools for s, lim in p.limits.items()}
+        problems = stage_error_problems(counts, limits, final, examples)
+        if problems:
+            raise RuntimeError("too many model requests failed: " + "; ".join(problems))
+
+    def _stats(self) -> dict[str, list[dict]]:
+        import ray
+
+        out: dict[str, list[dict]] = {}
+        for p in self.plan.pools:
+            live = [a for a in self.actors[p.name] if a.info]
+            refs = [a.handle.stats.remote() for a in live]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30) if refs else ([], [])
+            out[p.name] = []
+            for ref in ready:
+                try:
+                    out[p.name].append(ray.get(ref))
+                except ray.exceptions.RayError:  # a restarted actor lost its counts; it reports again next time
+                    pass
+        return out
+
+    def _counts(self) -> tuple[dict, dict]:
+        counts: dict[str, Counter] = {}
+        examples: dict[str, dict] = {}
+        for stats in self._stats().values():
+            for s in stats:
+                for stage, c in s["counts"].items():
+                    counts.setdefault(stage, Counter()).update(c)
+                for stage, ex in s["examples"].items():
+                    for k, v in ex.items():
+                        examples.setdefault(stage, {}).setdefault(k, v)
+        return counts, examples
+
+    def summary(self) -> list[dict]:
+        """Per pool: model, stages, actors (where, loaded in how long), requests per stage, calls, engine runs, and
+        the share of the run each actor's engine was busy."""
+        stats = self._stats()
+        out = []
+        for p in self.plan.pools:
+            st = stats.get(p.name, [])
+            infos = [a.info for a in self.actors[p.name] if a.info]
+            requests: Counter = Counter()
+            for s in st:
+                for stage, c in s["counts"].items():
+                    requests[stage] += c.get("requests", 0)
+            out.append({"pool": p.name, "backend": p.engine.backend, "model": p.engine.model, "stages": p.stages,
+                        "actors": len(infos), "min_actors": p.min_actors, "max_actors": p.max_actors,
+                        "gpus_per_actor": p.shape.gpus, "cpus_per_actor": p.shape.cpus,
+                        "nodes": sorted({i["node_id"] for i in infos}), "load_s": [i["load_s"] for i in infos],
+                        "requests": dict(requests), "calls": sum(s["calls"] for s in st),
+                        "engine_runs": sum(s["runs"] for s in st), "busy_s": round(sum(s["busy_s"] for s in st), 2),
+                        "most_waiting_calls": max((s["most_waiting"] for s in st), default=0)})
+        return out
+
+    def close(self) -> None:
+        """Release the engines, end the actors and remove every placement group (pending ones included)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        actors = [a for group in self.actors.values() for a in group]
+        refs = [a.handle.shutdown.remote() for a in actors if a.info]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=30)
+        for a in actors:
+            try:
+                ray.kill(a.handle)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        for pg in [a.pg for a in actors] + [pg for pgs in self.pgs.values() for pg in pgs]:
+            try:
+                remove_placement_group(pg)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = {k: [] for k in self.actors}
+        self.pgs = {k: [] for k in self.pgs}
