@@ -147,6 +147,14 @@ class EngineActor:
             fut.set_result(part)
 
 
+def last_line(err: BaseException) -> str:
+    """The last line of an error's text (for a Ray error wrapping a traceback: the original exception)."""
+    import re
+
+    lines = [x.strip() for x in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if x.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def failed_result(kind: str, request, message: str):
     """The result of ``request`` when the engine call failed as a whole (error kind ``engine_error``)."""
     from docrerank.engines.requests import GenerateResult, JudgeResult, make_error
@@ -348,7 +356,8 @@ class ModelPools:
     @classmethod
     def start(cls, plan: PoolPlan) -> "ModelPools":
         """Reserve every pool's placement groups, wait for each pool's minimum (failing with the numbers when the
-        cluster cannot give it in ``placement_timeout_s``), then load the engines and wait for the minimum to load."""
+        cluster cannot give it in ``placement_timeout_s``), then load an engine in every placed actor and wait for
+        them; actors placed later (an autoscaler adding nodes) join during the run (``check``)."""
         if plan.problems:
             raise ValueError("model pools: " + "; ".join(plan.problems))
         pools = cls(plan)
@@ -448,7 +457,8 @@ class ModelPools:
                 try:
                     a.info = ray.get(a.info_ref)
                 except ray.exceptions.RayError as err:
-                    raise RuntimeError(f"model pool {pool.label()}: the engine failed to load: {err}") from err
+                    raise RuntimeError(f"model pool {pool.label()}: the engine failed to load: {last_line(err)} "
+                                       "(the actor's traceback is in the log above)") from err
                 changed = True
         if changed:
             live = [a.handle for a in self.actors[pool.name] if a.info]
@@ -459,13 +469,13 @@ class ModelPools:
         t0 = last_log = time.monotonic()
         for p in self.plan.pools:
             self._create_actors(p)
-        while True:
+        while True:  # every actor placed by now loads (in parallel): the minimum at least, often all
             short = []
             for p in self.plan.pools:
                 self._collect_loaded(p, wait_s=0.5)
                 loaded = sum(a.info is not None for a in self.actors[p.name])
-                if loaded < p.min_actors:
-                    short.append(f"{p.name} {loaded}/{p.min_actors}")
+                if loaded < len(self.actors[p.name]):
+                    short.append(f"{p.name} {loaded}/{len(self.actors[p.name])}")
             if not short:
                 break
             if time.monotonic() - last_log > LOG_EVERY_S:
