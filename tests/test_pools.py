@@ -61,7 +61,7 @@ def test_a_cluster_too_small_fails_with_the_numbers():
                       ClusterResources([GPU_NODE, GPU_NODE]), also_needs=[{"CPU": 0.9}])
     [problem] = plan.problems
     assert "verify (vllm judge) needs at least 2 actor(s) x 1 GPU(s) = 2 GPUs" in problem
-    assert "in all at least 3 GPUs" in problem and "the cluster has 2 GPUs and 16 CPUs on 2 node(s)" in problem
+    assert "in all at least 3 GPUs and 3.9 CPUs" in problem and "the cluster has 2 GPUs and 16 CPUs on 2 node(s)" in problem
     assert "cannot grow (no autoscaler)" in problem
 
 
@@ -240,3 +240,18 @@ def test_an_engine_that_cannot_load_or_a_pool_that_cannot_be_placed_fails_at_sta
     assert time.monotonic() - t0 < 60
     big = [pg for pg in placement_group_table().values() if pg["bundles"].get(0) == {"CPU": 64.0}]
     assert big and all(pg["state"] == "REMOVED" for pg in big)
+
+
+def test_jobs_asking_for_gpus_the_cluster_lacks_fail_at_start_with_the_numbers(ray_local):
+    """The rerank job's scoring actors and the mining job's ColPali workers are checked the same way."""
+    from docrerank.mine.config import MineConfig
+    from docrerank.mine.run import plan_mine_pools
+    from docrerank.rerank.job import check_actors_fit
+
+    with pytest.raises(ValueError, match=r"2 scoring actor\(s\) .* need 2 CPU, 2 GPU; in all at least 2 GPUs and "
+                                         r"2 CPUs; the cluster has 0 GPUs and 2 CPUs on 1 node\(s\)"):
+        check_actors_fit(2, {"CPU": 1, "GPU": 1})
+    check_actors_fit(2, {"CPU": 1})
+    cfg = load_config(MineConfig, None, ["input=x", "output=y", "retriever=colpali", "colpali.model=m"])
+    assert "need 0.5 CPU, 1 GPU" in plan_mine_pools(cfg).problems[0]
+    assert plan_mine_pools(load_config(MineConfig, None, ["input=x", "output=y"])).pools == []

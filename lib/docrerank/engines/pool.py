@@ -223,12 +223,12 @@ def _merged_ray(cfgs: list) -> dict:
 
 
 def plan_pools(engines: Mapping[str, Any], cluster: ClusterResources,
-               also_needs: Sequence[Mapping[str, float]] = ()) -> PoolPlan:
+               also_needs: Sequence[Mapping[str, float]] = (), also_label: str = "the pipeline's own workers") -> PoolPlan:
     """Group model stages into pools (one per distinct model) and size them against ``cluster``.
 
     ``engines``: stage name -> ``EngineConfig`` (None or a string for a model-free stage: no pool). ``also_needs``:
     bundles that must fit next to the pools' minimum (e.g. one CPU worker of the pipeline, without which nothing
-    runs). Every pool's ``min_actors`` must fit on the live nodes plus what the autoscaler can add; the pools start
+    runs), called ``also_label`` in the problems. Every pool's ``min_actors`` must fit on the live nodes plus what the autoscaler can add; the pools start
     with ``actors_now`` actors, as many as the live nodes hold, up to ``concurrency``."""
     groups: dict[str, list[tuple[str, Any]]] = {}
     for stage, cfg in engines.items():
@@ -250,11 +250,11 @@ def plan_pools(engines: Mapping[str, Any], cluster: ClusterResources,
             {s: (c.ray.max_error_share, c.ray.min_requests) for s, c in members}, merged["batches_in_flight"],
             merged["placement_timeout_s"]))
     if not plan.problems:
-        _check_fit(plan, list(also_needs))
+        _check_fit(plan, list(also_needs), also_label)
     return plan
 
 
-def _check_fit(plan: PoolPlan, also_needs: list) -> None:
+def _check_fit(plan: PoolPlan, also_needs: list, also_label: str) -> None:
     cluster = plan.cluster
     gangs = [(p, _gang(p.shape)) for p in plan.pools for _ in range(p.min_actors)]
     gangs.sort(key=lambda g: (-sum(b.get("GPU", 0) for b in g[1]), -sum(b.get("CPU", 0) for b in g[1])))
@@ -296,13 +296,14 @@ def _check_fit(plan: PoolPlan, also_needs: list) -> None:
         return
     t = plan.totals()
     lines = [f"{p.label()} needs at least {p.needs(p.min_actors)}" for p in plan.pools]
-    extra = sum(b.get("CPU", 0) for b in also_needs)
+    extra = _sum_bundles(also_needs)
+    if also_needs:
+        lines.append(f"{also_label} need {_res(extra)}")
     plan.problems.append(
-        "the cluster cannot hold the model pools' minimum: " + "; ".join(lines) +
-        f"; in all at least {_num(t['min_gpus'])} GPUs and {_num(t['min_cpus'] + extra)} CPUs"
-        + (f" ({_num(extra)} of them for the pipeline's own workers)" if extra else "") +
-        f"; the cluster has {cluster.describe()} and {cluster.describe_growth()}. Lower engine.ray.min_actors "
-        "or engine.ray.num_gpus / tensor_parallel_size, or use a larger cluster")
+        "the cluster cannot hold what the job needs: " + "; ".join(lines) +
+        f"; in all at least {_num(t['min_gpus'] + extra.get('GPU', 0))} GPUs and "
+        f"{_num(t['min_cpus'] + extra.get('CPU', 0))} CPUs; the cluster has {cluster.describe()} and "
+        f"{cluster.describe_growth()}. Lower engine.ray.min_actors or the GPUs per actor, or use a larger cluster")
 
 
 def _gang(shape: ActorShape) -> list[dict]:
