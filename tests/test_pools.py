@@ -43,6 +43,10 @@ def test_build_paper_loads_each_model_once_and_fits_with_three_gpus():
     assert plan.totals()["min_gpus"] == 3 and plan.totals()["max_gpus"] == 10
     assert [p.actors_now for p in plan.pools] == [2, 1, 1]
     assert plan.pool_for("verify_negatives").batch_size == {"verify_positives": 64, "verify_negatives": 64}
+    http = load_config(BuildConfig, REPO / "jobs/configs/build_finance_http.yaml", [])
+    plan = plan_pools(stage_engines(http), ClusterResources([{"CPU": 4}]), also_needs=[{"CPU": 0.9}])
+    assert [p.stages for p in plan.pools] == [["positives", "verify_positives", "verify_negatives"], ["negatives"]]
+    assert plan.problems == [] and plan.totals()["min_cpus"] == 1  # one endpoint client per model
 
 
 def test_pool_identity_ignores_ray_settings_and_merges_them():
