@@ -544,7 +544,8 @@ class ModelPools:
             out.append({"pool": p.name, "backend": p.engine.backend, "model": p.engine.model, "stages": p.stages,
                         "actors": len(infos), "min_actors": p.min_actors, "max_actors": p.max_actors,
                         "gpus_per_actor": p.shape.gpus, "cpus_per_actor": p.shape.cpus,
-                        "nodes": sorted({i["node_id"] for i in infos}), "load_s": [i["load_s"] for i in infos],
+                        "nodes": sorted({i["node_id"] for i in infos}), "pids": [i["pid"] for i in infos],
+                        "load_s": [i["load_s"] for i in infos],
                         "requests": dict(requests), "calls": sum(s["calls"] for s in st),
                         "engine_runs": sum(s["runs"] for s in st), "busy_s": round(sum(s["busy_s"] for s in st), 2),
                         "most_waiting_calls": max((s["most_waiting"] for s in st), default=0)})
