@@ -35,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.core.config import parse_job_args
 
     argv = split_flags(sys.argv[1:] if argv is None else argv)
-    cfg, _ = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
+    cfg, ns = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
     from docrerank.analysis.negatives import analyse_examples, format_analysis, write_outputs
-    from docrerank.core import runtime
+    from docrerank.analysis.plan import plan_analyse
+    from docrerank.core import plan, runtime
     from docrerank.models.embed import Embedder
     from docrerank.models.hub import resolve_device
 
+    def make_plan():
+        return plan_analyse(cfg, plan.local_resources())
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return result, write_outputs(result, cfg.output) if cfg.output else []
 
     done = runtime.run_job("analyse_negatives", cfg, work, summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]},
-                           errors=(ValueError, OSError))
+                           errors=(ValueError, OSError), checks=plan.start_checks(make_plan))
     if done is None:
         return 1
     result, written = done

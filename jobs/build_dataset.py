@@ -15,10 +15,16 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, ns = parse_job_args(BuildConfig, argv, prog="python -m jobs.build_dataset", description=__doc__)
     from docrerank.build.card import attribute_table, funnel_table
+    from docrerank.build.plan import plan_build
     from docrerank.build.run import run_build
-    from docrerank.core import runtime
+    from docrerank.core import plan, runtime
     from docrerank.ingest.books import summary_table
 
+    def make_plan():
+        return plan_build(cfg, plan.detect_resources(ns.address))
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -26,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_ray_data()
         return run_build(cfg)
 
-    stats = runtime.run_job("build_dataset", cfg, work)
+    stats = runtime.run_job("build_dataset", cfg, work, checks=plan.start_checks(make_plan))
     if stats is None:
         return 1
     if stats.get("ingest"):  # the build ran the ingest first: its books, as jobs.ingest prints them

@@ -19,15 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.core.config import parse_job_args
     from docrerank.eval.config import EvalConfig
 
-    cfg, _ = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
-    from docrerank.core import runtime
+    cfg, ns = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
+    from docrerank.core import plan, runtime
+    from docrerank.eval.plan import plan_eval
     from docrerank.eval.report import format_table
     from docrerank.eval.run import run_evaluation
 
+    def make_plan():
+        return plan_eval(cfg, plan.local_resources())
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
     results = runtime.run_job("evaluate", cfg, lambda: run_evaluation(cfg, progress=print),
                               summarise=lambda r: {"average": r["average"], "files": r.get("files")},
-                              errors=(ValueError, RuntimeError, FileNotFoundError, ImportError))
+                              errors=(ValueError, RuntimeError, FileNotFoundError, ImportError),
+                              checks=plan.start_checks(make_plan))
     if results is None:
         return 1
     print(format_table(results))

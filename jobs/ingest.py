@@ -14,10 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.ingest.config import IngestConfig
 
     cfg, ns = parse_job_args(IngestConfig, argv, prog="python -m jobs.ingest", description=__doc__)
-    from docrerank.core import runtime, storage
+    from docrerank.core import plan, runtime, storage
     from docrerank.ingest.books import summary_table
+    from docrerank.ingest.plan import plan_ingest
     from docrerank.ingest.run import run_ingest
 
+    def make_plan():
+        return plan_ingest(cfg, plan.detect_resources(ns.address))
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -25,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_ray_data()
         return run_ingest(cfg)
 
-    stats = runtime.run_job("ingest", cfg, work)
+    stats = runtime.run_job("ingest", cfg, work, checks=plan.start_checks(make_plan))
     if stats is None:
         return 1
     run = stats["this_run"]

@@ -20,9 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.mine.config import MineConfig
 
     cfg, ns = parse_job_args(MineConfig, argv, prog="python -m jobs.mine_negatives", description=__doc__)
-    from docrerank.core import runtime
+    from docrerank.core import plan, runtime
+    from docrerank.mine.plan import plan_mine
     from docrerank.mine.run import run_mine, summary_rows
 
+    def make_plan():
+        return plan_mine(cfg, plan.detect_resources(ns.address))
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -30,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_ray_data()
         return run_mine(cfg)
 
-    stats = runtime.run_job("mine_negatives", cfg, work)
+    stats = runtime.run_job("mine_negatives", cfg, work, checks=plan.start_checks(make_plan))
     if stats is None:
         return 1
     print(f"\nmined negatives for {cfg.output} ({cfg.retriever} top {cfg.top_n}, k={cfg.k}, filter "

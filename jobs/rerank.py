@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.rerank.config import RerankConfig
 
     cfg, ns = parse_job_args(RerankConfig, argv, prog="python -m jobs.rerank", description=__doc__)
-    from docrerank.core import runtime
+    from docrerank.core import plan, runtime
     from docrerank.rerank.job import run_rerank
+    from docrerank.rerank.plan import plan_rerank
 
+    def make_plan():
+        return plan_rerank(cfg, plan.detect_resources(ns.address))
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -28,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_ray_data(progress=False)
         return run_rerank(cfg)
 
-    summary = runtime.run_job("rerank", cfg, work)
+    summary = runtime.run_job("rerank", cfg, work, checks=plan.start_checks(make_plan))
     if summary is None:
         return 1
     print(runtime.format_table(["rerank", "value"], [[k, v] for k, v in summary.items()]))

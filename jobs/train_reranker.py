@@ -19,8 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.train.config import TrainConfig
 
     cfg, ns = parse_job_args(TrainConfig, argv, prog="python -m jobs.train_reranker", description=__doc__)
-    from docrerank.core import runtime
+    from docrerank.core import plan, runtime
+    from docrerank.train.plan import plan_train
 
+    def make_plan():
+        res = plan.detect_resources(ns.address) if cfg.scaling.use_ray else plan.local_resources()
+        return plan_train(cfg, res)
+
+    if ns.plan:
+        return plan.print_plan(make_plan())
     runtime.setup_logging()
 
     def work():
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"steps": res.steps, "device": "local", "workers": 1, "model": res.model_uri,
                 "metrics": res.metrics, "mix": res.mix}
 
-    summary = runtime.run_job("train_reranker", cfg, work)
+    summary = runtime.run_job("train_reranker", cfg, work, checks=plan.start_checks(make_plan))
     if summary is None:
         return 1
     metrics = summary.get("metrics") or {}

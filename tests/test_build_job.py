@@ -51,7 +51,8 @@ def test_local_default_outputs(built):
     for rows in groups.values():
         pos = [r for r in rows if r["label"] == 1]
         negs = [r for r in rows if r["label"] == 0]
-        assert len(pos) == 1 and len(negs) == 3 and len({r["page_id"] for r in rows}) == 1
+        # 1 to k: with two companies in the corpus, "Where is X headquartered?" has one company to swap to
+        assert len(pos) == 1 and 1 <= len(negs) <= 3 and len({r["page_id"] for r in rows}) == 1
         assert pos[0]["kind"] == "positive" and all(r["kind"] == "generated" for r in negs)
         assert all(n["query"] != pos[0]["query"] and n["attribute"] for n in negs)
         assert rows[0]["image"][:4] == b"\x89PNG"
@@ -61,10 +62,12 @@ def test_local_default_outputs(built):
     assert stats["negatives"]["kept"] == len(ex) - len(groups)
     exp = _table(out, "export")
     assert exp.column_names == ["image", "positive_queries", "negative_queries", "answer"]
-    assert all(len(n) == 3 for row in exp.column("negative_queries").to_pylist() for n in row)
+    lens = [len(n) for row in exp.column("negative_queries").to_pylist() for n in row]
+    assert all(1 <= n <= 3 for n in lens) and sum(n == 3 for n in lens) >= len(lens) / 2
     card = (out / "card.md").read_text()
     assert "## Funnel" in card and "negative:" in card
     assert json.loads((out / "stats.json").read_text())["ingest"]["balanced"]
+    assert stats["sources"]["pages"] == str(out / "pages")  # where jobs.mine_negatives will look
 
 
 def test_negatives_are_hard_and_not_answerable(built):
@@ -106,6 +109,7 @@ def test_query_page_set_input_starts_at_negatives(built, tmp_path):
     stats = run_build(load_config(BuildConfig, None, [f"output={out}", f"query_pages={qp}", "verify.max_positives=1"]))
     assert stats["pages"]["processed"] == 6 and stats["positives"]["by_origin"] == {"given": 6}
     assert _table(out, "pages").num_rows == 6  # the set's pages are written as a pages table too
+    assert stats["sources"]["pages"] == str(out / "pages")
 
 
 def _run_job(out, env_extra, wait_for=None):

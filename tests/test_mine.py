@@ -238,3 +238,18 @@ def test_vlm_false_negative_filter_runs_the_verify_prompts(ray_local, build, tmp
     values = [v for j in judged for pair in j.values() for v in (pair if isinstance(pair, list) else [pair])
               if isinstance(v, (int, float))]
     assert values and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_mining_follows_a_build_that_read_its_pages_elsewhere(ray_local, build, tmp_path):
+    """A build started from an existing pages table (``pages=``) has no pages/ of its own: mining finds the table
+    the build recorded (stats.json ``sources.pages``), and says what to set when nothing is recorded."""
+    from docrerank.mine.run import pages_location
+
+    src = tmp_path / "build"
+    shutil.copytree(build["dir"], src, ignore=shutil.ignore_patterns("pages"))
+    shutil.copytree(build["dir"] / "pages", tmp_path / "elsewhere" / "pages")
+    with pytest.raises(ValueError, match="set pages="):
+        pages_location(_cfg({"dir": src}, tmp_path / "none"))
+    (src / "stats.json").write_text(json.dumps({"sources": {"pages": str(tmp_path / "elsewhere" / "pages")}}))
+    stats = run_mine(_cfg({"dir": src}, tmp_path / "out", "limit_queries=4", "heldout=skip"))
+    assert stats["queries"] == 4 and stats["accounted"] == 4 and stats["status"].get("complete", 0) >= 1

@@ -76,14 +76,14 @@ def test_rules_change_exactly_one_attribute(corpus):
 
 
 def test_company_swaps_come_from_the_corpus(corpus):
+    """Companies are typed by what the corpus shows ("Quintara Foods | Annual Report 2021") and replaced by the
+    corpus's other companies only: never its segments or people, never a name from outside the corpus."""
     pages, questions, _, vocab = corpus
     q = questions[1]
     out = [r for r in rewrite(q["question"], pages[(q["doc"], 2)], vocab, ["company"], 12, "s")]
-    assert len(out) == 3 and all("Norvalis Energy" not in r.text for r in out)
-    # companies of the corpus come first (entities typed by their contexts), not its segments or people;
-    # well-known names only pad a corpus this small
-    swapped = {c for c in ("Quintara Foods", "Helmsworth Logistics", "Wind Power", "Maren Holt") if any(c in r.text for r in out)}
-    assert {"Quintara Foods", "Helmsworth Logistics"} & swapped and not {"Wind Power", "Maren Holt"} & swapped
+    assert {r.text for r in out} == {q["question"].replace("Norvalis Energy", c)
+                                     for c in ("Quintara Foods", "Helmsworth Logistics")}
+    assert set(vocab.names["company"]) == {"Norvalis Energy", "Quintara Foods", "Helmsworth Logistics"}
 
 
 def test_user_defined_attribute():
@@ -137,7 +137,7 @@ def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
     cfg = load_config(BuildConfig, None, [
         "output=x", "pages=y", "positives_file=z", "negatives.attributes=[year]",
         "negatives.user_attributes=[{name: product, description: the product line, examples: [X200, Z900, A100]}]"])
-    stage = NegativesStage(cfg, vocabulary={})
+    stage = NegativesStage(cfg, vocabulary=Vocabulary.from_texts(["Battery life in 2019, 2020 and 2022."]).to_dict())
     pos = QueryRow.new("p1", "What was the battery life of the X200 in 2021?", "positive", "given", verdict="kept")
     page = _page("p1", "X200 battery life 2021: 12 hours", [pos])
     stage.process([page], Counter())
@@ -146,6 +146,8 @@ def test_negatives_stage_attribute_mode_with_a_user_defined_attribute():
     assert all(q.parent_id == pos.query_id and q.origin == "rules" for q in negs)
     assert {q.text for q in negs if q.attribute == "product"} == {
         "What was the battery life of the Z900 in 2021?", "What was the battery life of the A100 in 2021?"}
+    assert {q.text for q in negs if q.attribute == "year"} == {
+        f"What was the battery life of the X200 in {y}?" for y in (2019, 2020, 2022)}  # corpus years, not on the page
     # the LLM's attribute list: descriptions from the prompt file, the user's own from the config
     assert stage.attribute_text() == ("- year: the year or period\n"
                                       "- product: the product line (e.g. X200, Z900, A100)")
@@ -256,3 +258,35 @@ def test_verify_rules_and_the_text_judge():
     assert bad[0].error == "timeout: slow" and bad[0].p_a is None and not bad[0].ok
     with pytest.raises(ValueError, match="prompt_a"):
         verify(items, eng, {"name": "x"})
+
+
+def test_given_positives_start_at_the_negatives_unless_reverification_is_asked():
+    """Given positives are labels: kept without a judge (and never over max_positives) by default; with
+    verify.reverify_given the judge drops those it does not find answerable, and keeps every one it does."""
+    from collections import Counter
+
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.stages import PositivesStage, VerifyStage
+    from docrerank.core.config import load_config
+    from docrerank.core.schema import GivenPositive, PageState
+
+    text = "Net sales 2021: $44.5 billion. Net sales 2020: $37.4 billion."
+    given = [GivenPositive("What were net sales in fiscal 2021?", "44.5"),
+             GivenPositive("What were net sales in FY2020?", "37.4"),
+             GivenPositive("Which category grew fastest?", None)]  # a real question the text layer cannot show
+    for reverify, kept in ((False, 3), (True, 2)):
+        cfg = load_config(BuildConfig, None, ["output=x", "pages=y", "positives_file=z", "verify.max_positives=1",
+                                              f"verify.reverify_given={str(reverify).lower()}"])
+        from docrerank.build.stages import Page
+
+        page = Page("p1", b"png", "png", text, PageState(given=list(given)))
+        PositivesStage(cfg).process([page], Counter())
+        VerifyStage(cfg, "positive").process([page], Counter())
+        pos = page.state.of("positive")
+        assert [q.origin for q in pos] == ["given"] * 3
+        assert len([q for q in pos if q.verdict == "kept"]) == kept
+        if reverify:
+            assert pos[2].verdict == "rejected" and pos[2].reason == "not_answerable"
+            assert all(q.p_answerable_a is not None for q in pos)
+        else:
+            assert all(q.p_answerable_a is None for q in pos)  # no judge was asked

@@ -148,3 +148,45 @@ def test_driver_side_modules_import_nothing_heavy():
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("requested, device, offload, prebuilt, can, torch_adam, why", [
+    ("auto", "cpu", False, False, False, True, "CPU run"),
+    ("auto", "cuda", False, True, False, False, "fused_adam (prebuilt op)"),
+    ("auto", "cuda", False, False, True, False, "JIT-compiled"),
+    ("auto", "cuda", False, False, False, True, "torch AdamW (DeepSpeed's fused_adam op is not prebuilt"),
+    ("auto", "cuda", True, False, False, True, "cpu_adam op is not prebuilt"),
+    ("torch", "cuda", False, True, True, True, "deepspeed.optimizer=torch"),
+    ("fused", "cuda", False, True, False, False, "prebuilt"),
+])
+def test_adam_is_decided_from_what_the_worker_can_load(requested, device, offload, prebuilt, can, torch_adam, why):
+    got, reason = dsc.choose_adam(requested, device, offload, prebuilt, can)
+    assert got is torch_adam and why in reason
+    cfg = base(device=device, torch_adam=got, offload_optimizer=offload)
+    assert cfg["optimizer"]["params"]["torch_adam"] is torch_adam
+
+
+def test_fused_adam_required_but_unavailable_fails_with_the_reason():
+    with pytest.raises(ValueError, match="deepspeed.optimizer=fused: DeepSpeed's fused_adam op is not prebuilt"):
+        dsc.choose_adam("fused", "cuda", False, prebuilt=False, can_compile=False)
+
+
+def test_the_worker_probe_and_the_log_line(caplog):
+    import shutil
+
+    import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from docrerank.train.step import adam_ops, make_engine
+
+    prebuilt, can = adam_ops(offload_optimizer=False)
+    assert prebuilt is False  # .ci/install builds DeepSpeed without ops (DS_BUILD_OPS=0)
+    if not shutil.which("nvcc"):
+        assert can is False  # no nvcc: FusedAdam cannot be JIT-compiled here, auto picks torch AdamW
+        assert dsc.choose_adam("auto", "cuda", False, prebuilt, can)[0] is True
+    cfg = TrainConfig.model_validate({"output": "x", "data": {"sources": [{"path": "x"}]},
+                                      "scaling": {"device": "cpu"}, "optim": {"warmup_steps": 0}})
+    with caplog.at_level("INFO", logger="docrerank.train"):
+        engine = make_engine(torch.nn.Linear(2, 1), cfg, total_steps=2, device="cpu")
+    assert "optimizer: torch AdamW (CPU run)" in caplog.text
+    assert type(engine.optimizer).__name__ != "FusedAdam"

@@ -204,3 +204,74 @@ def test_zero3_run_exports_a_model_plain_transformers_scores_the_same(data, grou
     fresh = AutoModelForImageTextToText.from_pretrained(data["model"], local_files_only=True).eval()
     untrained = plain_scores(fresh, inputs, trained.answer_ids)
     assert not torch.allclose(untrained, want, atol=1e-3)
+
+
+def test_driver_checks_the_budget_from_config_files_only(data, tmp_path, monkeypatch):
+    """The Ray driver (a CPU head) fetches tokenizer and processor files, never the weights, to check the budget."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from docrerank.models.sources import fetch_config_files
+
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc"
+    shutil.copytree(data["model"], snap, ignore=shutil.ignore_patterns("*.safetensors"))
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = fetch_config_files("org/tiny")
+    assert not list(snap.glob("*.safetensors"))
+    check_vlm_budget(config(data).model, path)  # passes without weights
+    with pytest.raises(ValueError, match="max_seq_len=40"):
+        check_vlm_budget(config(data, **{"model.max_seq_len": 40}).model, path)
+
+
+def test_export_merges_lora_in_float32_then_casts(tmp_path, groups):
+    """A bf16 base: each merged weight is W + scale * B @ A computed in float32 and rounded once to bf16 (a merge in
+    bf16 rounds twice and differs), and the merged model scores like the trained adapter."""
+    from transformers import AutoModelForImageTextToText
+
+    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.train.export import export_model, load_trained
+
+    base = make_tiny_qwen2_vl(tmp_path / "bf16", dtype="bfloat16", initializer_range=0.02)
+    cfg = TrainConfig.model_validate({
+        "output": str(tmp_path / "out"), "data": {"sources": [{"path": "x"}]}, "lora": {"r": 32, "alpha": 64},
+        "model": {"path": str(base), "max_pixels": MAX_PIXELS, "max_seq_len": 256, "dtype": "bfloat16",
+                  "gradient_checkpointing": False}})
+    ref = build_scorer(cfg.model.model_copy(update={"dtype": "float32"}), cfg.lora, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for n, p in ref.named_parameters():
+        if p.requires_grad:  # a trained-looking adapter: both factors non-zero
+            p.data = torch.randn(p.shape, generator=gen) * 0.05
+            state[n] = p.detach().clone()
+    export_model(state, cfg, device="cpu")
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model" / "merged", local_files_only=True)
+    assert next(merged.parameters()).dtype == torch.bfloat16
+    plain = AutoModelForImageTextToText.from_pretrained(base, local_files_only=True)
+    old = load_trained(cfg, state, "cpu", dtype="bfloat16").model.merge_and_unload()  # the former export
+    weights, old_weights = dict(merged.named_parameters()), dict(old.named_parameters())
+    differ = old_differ = 0
+    for name, w in plain.named_parameters():
+        prefix = "model.base_model.model." + name.removesuffix(".weight")
+        if f"{prefix}.lora_A.default.weight" not in state:
+            continue
+        a, b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
+        want = (w.float() + 2.0 * b @ a).bfloat16()  # scale = alpha / r
+        assert torch.equal(weights[name], want), name
+        # bf16 factors (PEFT without its float32 adapter autocast) round differently: the check above can fail
+        differ += int(((w + 2.0 * b.bfloat16() @ a.bfloat16()) != want).sum())
+        old_differ += int((old_weights[name] != want).sum())
+    assert differ > 0
+    print(f"weights where a bf16 merge differs: {old_differ} (fp32 adapters), {differ} (bf16 factors)")
+
+    inputs = ref.encode(collate_groups(groups[:2]))
+    with torch.no_grad():
+        want = ref(**inputs)  # the adapter on the bf16 base's exact values, in float32
+    got = plain_scores(merged.float().eval(), inputs, ref.answer_ids)
+    before = plain_scores(old.float().eval(), inputs, ref.answer_ids)
+    err, err_before = (got - want).abs().mean().item(), (before - want).abs().mean().item()
+    print(f"mean |merged - adapter|: fp32 merge {err:.3g}, bf16 merge {err_before:.3g}, "
+          f"max |score| {want.abs().max().item():.3g}")
+    assert err < 0.01 * want.abs().max().item()

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 
 
 class AnalyseConfig(Config):
@@ -40,3 +41,5 @@ class AnalyseConfig(Config):
 
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     """Where the embedder and the reranker run; auto = cuda when visible."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""

@@ -48,6 +48,23 @@ def attribute_table(stats: dict) -> str:
     return format_table(["attribute", "candidates", "after dedup", "verified", "kept"], rows)
 
 
+def rules_table(stats: dict) -> str | None:
+    """What the ``rules`` engine left unchanged, by attribute and reason (None when it ran without refusals)."""
+    m = stats.get("stages", {}).get("negatives", {})
+    rows = sorted(((k.split(":", 1)[1], round(v)) for k, v in m.items() if k.startswith("rules:") and round(v)),
+                  key=lambda r: -r[1])
+    return format_table(["rules: not changed (attribute:reason)", "spans"], [list(r) for r in rows]) if rows else None
+
+
+def positives_line(cfg) -> str:
+    """How the card describes the positives: their engine, whether given ones were re-verified, the limit."""
+    if cfg.positives.engine == "given" or cfg.query_pages:
+        how = "re-verified by the judge" if cfg.verify.reverify_given else "not re-verified (they start at the negatives)"
+        return f"- positives: given, {how}"
+    e = cfg.positives.engine
+    return f"- positives: {e.backend}: {e.model}, verified (up to {cfg.verify.max_positives} kept per page)"
+
+
 def write_card(out: storage.Location, cfg, stats: dict) -> None:
     """Write ``card.md``."""
     from docrerank.core.runtime import redact
@@ -62,7 +79,7 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
         "(single-page hard negative query generation, DocReRank).", "",
         "## How it was built", "",
         f"- source: `{cfg.input or cfg.pages or cfg.query_pages}`",
-        f"- positives: {engines['positives']} (up to {cfg.verify.max_positives} kept per page)",
+        positives_line(cfg),
         f"- verification: {engines['verify']}, two prompts, threshold {cfg.verify.threshold} "
         f"(positives: both >=, negatives: both <); text pre-filter: {cfg.verify.prefilter}",
         f"- negatives: {engines['negatives']}, mode `{cfg.negatives.mode}`, {cfg.negatives.num_candidates} per positive",
@@ -72,6 +89,10 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
         "## Negatives by attribute", "", "```", attribute_table(stats), "```", "",
         "Rejections by reason: positives " + json.dumps(stats["positives"]["rejected_by_reason"]) +
         "; negatives " + json.dumps(stats["negatives"]["rejected_by_reason"]), "",
+        *(["## What the rules engine did not change", "",
+           "Spans of the positives it could not type, or for which the corpus had no other value of the same "
+           "type (or only values the page shows):", "", "```", rules_table(stats), "```", ""]
+          if rules_table(stats) else []),
         "## Examples", "",
     ]
     for r in _examples(out):

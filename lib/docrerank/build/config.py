@@ -7,8 +7,10 @@ from typing import Literal, Union
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
 from docrerank.ingest.config import IngestOptions
+from docrerank.lexical.rules import ATTRIBUTES
 
 ModelFree = Literal["rules", "text", "given"]
 
@@ -50,9 +52,13 @@ class VerifyConfig(Config):
     threshold: float = Field(0.5, gt=0, lt=1)
     """p(answerable) threshold: positives need both >= it, negatives both < it."""
     max_positives: int = Field(1, ge=1)
-    """Positives kept per page (the most confidently answerable first)."""
+    """Generated positives kept per page (the most confidently answerable first); given positives are all kept."""
     prefilter: Literal["none", "text"] = "text"
     """Before a model judge, reject negatives the text layer already shows answerable (cheap, saves calls)."""
+    reverify_given: bool = False
+    """Judge given positives too (positives_file, query-page sets) and drop those the judge does not find
+    answerable. Off by default: given positives are labels and start at the negatives, as in the paper (the
+    text judge rejects about half of the human-labelled answer pages of real documents, see the README)."""
 
 
 class NegativesConfig(Config):
@@ -64,9 +70,9 @@ class NegativesConfig(Config):
     """``general``: different information on the same topic; ``attributes``: change exactly one attribute."""
     num_candidates: int = Field(12, ge=1, le=64)
     """Rewrites per positive (the paper: 12)."""
-    attributes: list[str] = Field(default_factory=lambda: ["year", "company", "numeric_value", "financial_metric",
-                                                           "subject_metric", "business_segment"])
-    """Attributes to change in attributes mode (the paper's six finance attributes by default)."""
+    attributes: list[str] = Field(default_factory=lambda: list(ATTRIBUTES))
+    """Attributes to change in attributes mode: the paper's six finance attributes (year, company,
+    numeric_value, financial_metric, subject_metric, business_segment) and place, person, product."""
     user_attributes: list[UserAttributeConfig] = Field(default_factory=list)
     """Your own attributes, added to ``attributes``."""
     near_duplicate_threshold: float = Field(0.92, gt=0, le=1)
@@ -79,6 +85,16 @@ class NegativesConfig(Config):
     """Prompt template of general mode."""
     attributes_prompt: str = "negatives_attributes"
     """Prompt template of attributes mode; its ``attributes`` mapping describes each attribute to the LLM."""
+
+    @model_validator(mode="after")
+    def _known_attributes(self):
+        if self.engine == "rules":
+            names = set(ATTRIBUTES) | {a.name for a in self.user_attributes}
+            unknown = [a for a in self.attributes if a not in names]
+            if unknown:
+                raise ValueError(f"attributes: the rules engine does not know {unknown}; expected names from "
+                                 f"{sorted(names)} (or add them as user_attributes)")
+        return self
 
 
 class SelectConfig(Config):
@@ -149,6 +165,8 @@ class BuildConfig(Config):
     """Process at most this many pages (a quick look before a full run)."""
     num_workers: int | None = Field(None, ge=1)
     """Workers of the model-free stages; default: the cluster's CPUs."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -189,6 +189,7 @@ def run_build(cfg: BuildConfig) -> dict:
     stats = {"this_run": {"pages": sum(statuses.values()), "status": statuses,
                           "seconds": round(time.perf_counter() - t0, 2), "resumed_pages": len(done)},
              **funnel_stats(out)}
+    stats["sources"] = {"pages": src.pages.uri}  # where mining finds the pages (jobs.mine_negatives)
     if pools:
         stats["pools"] = pool_stats
     if src.ingest_stats:

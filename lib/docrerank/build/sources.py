@@ -55,15 +55,14 @@ def build_vocabulary(pages_loc: storage.Location, max_pages: int = 20_000) -> di
     """Corpus vocabulary for the rules engine, from the text layer of up to ``max_pages`` pages."""
     import pyarrow.parquet as pq
 
-    from docrerank.lexical.rules import Vocabulary
+    from docrerank.lexical.spans import Vocabulary
 
     texts = []
     for f in storage.list_files(pages_loc, suffixes=(".parquet",)):
         texts += pq.read_table(f, columns=["text"], filesystem=pages_loc.fs).column("text").to_pylist()
         if len(texts) >= max_pages:
             break
-    v = Vocabulary.from_texts([t or "" for t in texts[:max_pages]])
-    return {"years": dict(v.years), "entities": {k: sorted(c) for k, c in v.entities.items()}}
+    return Vocabulary.from_texts([t or "" for t in texts[:max_pages]]).to_dict()
 
 
 def query_pages_source(batch: dict):

@@ -19,7 +19,7 @@ from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
 from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, verify
 from docrerank.lexical.dedup import dedup
-from docrerank.lexical.rules import FINANCE_ATTRIBUTES, UserAttribute, Vocabulary, rewrite
+from docrerank.lexical.rules import ATTRIBUTES, UserAttribute, Vocabulary, rewrite
 from docrerank.lexical.select import select
 from docrerank.lexical.text import char_similarity
 from docrerank.prompts import load_prompt
@@ -108,6 +108,7 @@ class PositivesStage(BuildStage):
 
     def __init__(self, cfg: BuildConfig, pools=None):
         self.cfg = cfg.positives
+        self.reverify_given = cfg.verify.reverify_given
         self.seed = cfg.seed
         self.engine = None if self.cfg.engine == "given" else _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
@@ -117,9 +118,11 @@ class PositivesStage(BuildStage):
 
         todo = []
         for p in pages:
-            for g in p.state.given:
-                p.state.queries.append(QueryRow.new(p.page_id, g.question, "positive", "given", answer=g.answer,
-                                                    model="given"))
+            for g in p.state.given:  # given positives start at the negatives, as in the paper, unless asked
+                q = QueryRow.new(p.page_id, g.question, "positive", "given", answer=g.answer, model="given")
+                if not self.reverify_given:
+                    q.judged("kept", None)
+                p.state.queries.append(q)
             if not p.state.given and self.engine is not None:
                 todo.append(p)
         if not todo:
@@ -191,7 +194,10 @@ class VerifyStage(BuildStage):
                 q.judged(*(("verified", None) if is_verified_positive(a, b, thr) else ("rejected", "not_answerable")))
             else:
                 q.judged(*(("verified", None) if is_verified_negative(a, b, thr) else ("rejected", "answerable")))
-        if self.role == "positive":  # keep the most confidently answerable, up to max_positives
+        if self.role == "positive":  # keep the most confidently answerable, up to max_positives generated ones
+            for q in state.of("positive", "verified"):
+                if q.origin == "given":  # a given positive that passed re-verification: a label, never over a limit
+                    q.judged("kept", None)
             ver = state.of("positive", "verified")
             ver.sort(key=lambda q: -min(q.p_answerable_a, q.p_answerable_b))
             for i, q in enumerate(ver):
@@ -207,9 +213,7 @@ class NegativesStage(BuildStage):
         self.cfg, self.seed = cfg.negatives, cfg.seed
         self.user_attrs = [UserAttribute(a.name, a.description, tuple(a.examples)) for a in self.cfg.user_attributes]
         self.attributes = list(self.cfg.attributes) + [a.name for a in self.user_attrs]
-        self.vocab = Vocabulary(**{k: (Counter(v) if k == "years" else v) for k, v in (vocabulary or {}).items()})
-        if isinstance(self.vocab.entities, dict):
-            self.vocab.entities = {k: set(v) for k, v in self.vocab.entities.items()}
+        self.vocab = Vocabulary.from_dict(vocabulary)
         self.engine = None if self.cfg.engine == "rules" else _engine(self.cfg.engine, self.name, pools)
         name = self.cfg.general_prompt if self.cfg.mode == "general" else self.cfg.attributes_prompt
         self.prompt = load_prompt(name)
@@ -225,10 +229,14 @@ class NegativesStage(BuildStage):
             desc[a.name] = f"{a.description} (e.g. {', '.join(a.examples[:4])})"
         return "\n".join(f"- {a}: {desc.get(a, a)}" for a in self.attributes)
 
-    def _rules(self, page: Page, pos: QueryRow) -> list[tuple[str, str]]:
-        attrs = self.attributes if self.cfg.mode == "attributes" else list(FINANCE_ATTRIBUTES) + [a.name for a in self.user_attrs]
+    def _rules(self, page: Page, pos: QueryRow, m: Counter) -> list[tuple[str, str]]:
+        attrs = self.attributes if self.cfg.mode == "attributes" else list(ATTRIBUTES) + [a.name for a in self.user_attrs]
+        refused: Counter = Counter()
         out = rewrite(pos.text, page.text or "", self.vocab, attrs, self.cfg.num_candidates,
-                      seed=f"{self.seed}|{pos.query_id}", user_attributes=self.user_attrs)
+                      seed=f"{self.seed}|{pos.query_id}", user_attributes=self.user_attrs, counts=refused)
+        for reason, n in refused.items():  # what the rules left unchanged, by attribute and reason (stats, card)
+            m[f"rules:{reason}"] += n
+        m["rules:no_rewrite"] += not out
         return [(r.text, r.attribute) for r in out]
 
     def _llm(self, jobs: list[tuple[Page, QueryRow]], m: Counter) -> list[list[tuple[str, str]]]:
@@ -265,7 +273,7 @@ class NegativesStage(BuildStage):
         jobs = [(p, q) for p in pages for q in p.state.of("positive", "kept")]
         if not jobs:
             return
-        cands = self._llm(jobs, m) if self.engine is not None else [self._rules(p, q) for p, q in jobs]
+        cands = self._llm(jobs, m) if self.engine is not None else [self._rules(p, q, m) for p, q in jobs]
         origin = "rules" if self.engine is None else "generated"
         model = engine_name(self.cfg.engine)
         version = "rules-v1" if self.engine is None else self.prompt["version"]

@@ -117,7 +117,9 @@ def describe(cls: type[Config], prefix: str = "") -> list[str]:
 
 
 def parse_job_args(cls: type[C], argv: list[str] | None, prog: str, description: str) -> tuple[C, argparse.Namespace]:
-    """Parse ``--config FILE [--address ADDR] key=value ...`` into a validated config and the CLI namespace.
+    """Parse ``--config FILE [--address ADDR] [--plan] key=value ...`` into a validated config and the CLI namespace.
+
+    ``--plan`` (``ns.plan``): the job prints its plan and problems instead of running (``core/plan.py``).
 
     Invalid configs exit with status 2 and a message naming the keys (no traceback).
     """
@@ -129,6 +131,10 @@ def parse_job_args(cls: type[C], argv: list[str] | None, prog: str, description:
     )
     parser.add_argument("--config", help="YAML config file; key=value overrides win over it")
     parser.add_argument("--address", help="Ray cluster address; default $RAY_ADDRESS, else start a local Ray")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the plan (stages, models and where they load from, actor pools, GPUs and CPUs "
+                             "against the cluster, model calls and GPU-hours, writable paths) and every problem "
+                             "found, without running; exit 1 when there is a problem")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
     ns = parser.parse_args(argv)
     try:

@@ -126,8 +126,11 @@ def write_run_metadata(out: storage.Location, meta: dict) -> None:
     write_json(out.join("_meta", f"{meta['job']}-{stamp}.json"), meta)
 
 
-def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError, RuntimeError)):
+def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError, RuntimeError), checks=None):
     """Run ``work()`` as the job ``job``; return its result, or None when it failed with one of ``errors``.
+
+    ``checks()`` (the job's plan, ``core.plan.start_checks``) runs first, before any model loads: when it returns
+    problems, they are printed as ``<job> cannot start: N problem(s)`` and the job fails without running ``work``.
 
     Every entry point has the same shape: parse its config, set up logging, call this (Ray is started inside
     ``work`` where the job needs it), then print its own tables from the result and exit 0 (or 1 on None).
@@ -137,6 +140,15 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
     something other than None (the job's stats, a summary), so that None always means "failed".
     """
+    if checks is not None:
+        try:
+            problems = checks()
+        except errors as e:
+            problems = [f"the start-of-job checks failed: {e}"]
+        if problems:
+            print(f"{job} cannot start: {len(problems)} problem(s) (python -m jobs.{job} --plan shows the whole plan)\n"
+                  + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+            return None
     output = getattr(config, "output", None)
     out = storage.resolve(output) if output else None
     meta = run_metadata(job, config)

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.eval.metrics import DEFAULT_METRICS
 from docrerank.rerank.config import RerankerSpec
 
@@ -96,6 +97,8 @@ class EvalConfig(Config):
 
     resume: bool = True
     """Reuse a reranked run already written for the same reranker, first stage and top-k."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":

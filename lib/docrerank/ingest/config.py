@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 
 
 class RenderConfig(Config):
@@ -88,3 +89,5 @@ class IngestConfig(IngestOptions):
 
     output: str
     """Output directory or URI; pages/, quarantine/, documents/, stats.json and _meta/ are written there."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""

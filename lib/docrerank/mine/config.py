@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
 
 
@@ -54,7 +55,8 @@ class MineConfig(Config):
     """A build output: pages/ and the kept positives of queries/ (or the positive rows of examples/ and
     examples_heldout/ when queries/ is absent); its _meta/build_dataset.json gives the held-out split."""
     pages: str | None = None
-    """A pages table (directory of Parquet) instead of ``<input>/pages``."""
+    """A pages table (directory of Parquet); default: the one the build of ``input`` read (its stats.json
+    ``sources.pages``), whatever its source was (PDFs, ``pages=``, a query-page set)."""
     queries: str | None = None
     """A query-page set instead of the build's positives: Parquet (file or directory) with ``page_id`` and
     ``query`` (or ``text``), optional ``query_id``."""
@@ -88,6 +90,8 @@ class MineConfig(Config):
     """CPUs per mining actor (small values leave room for Ray Data on a small machine)."""
     resume: bool = True
     """Skip shards finished by an earlier run with the same settings; false deletes this job's outputs first."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self):

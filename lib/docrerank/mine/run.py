@@ -119,6 +119,26 @@ def load_positives(cfg: MineConfig) -> list[dict]:
     return [uniq[q] for q in sorted(uniq)]
 
 
+def pages_location(cfg: MineConfig) -> storage.Location:
+    """The pages table to mine: ``pages`` when set, else the one the build of ``input`` read (recorded in its
+    stats.json as ``sources.pages``; for older builds, its config's ``pages`` in ``_meta/build_dataset.json``),
+    else ``<input>/pages`` (builds that ingested PDFs or wrote a query-page set's pages)."""
+    if cfg.pages:
+        return storage.resolve(cfg.pages)
+    base = storage.resolve(cfg.input)
+    recorded, where = None, None
+    for name, path in (("stats.json", ("sources", "pages")), ("_meta/build_dataset.json", ("config", "pages"))):
+        loc = base.join(*name.split("/"))
+        if recorded is None and storage.exists(loc):
+            recorded, where = json.loads(storage.read_bytes(loc)).get(path[0], {}).get(path[1]), name
+    loc = storage.resolve(recorded) if recorded else base.join("pages")
+    if not storage.exists(loc):
+        how = f"the build's pages table, {recorded!r} as recorded in {where}," if recorded else f"{loc.uri}"
+        raise ValueError(f"input {cfg.input}: no pages table: {how} does not exist; set pages= to the pages table "
+                         f"the build read")
+    return loc
+
+
 def holdout_settings(cfg: MineConfig) -> tuple[float, int]:
     """(fraction, seed) of the held-out split: the config's, else the build's, else (0, 0)."""
     build = {}
@@ -299,7 +319,7 @@ def run_mine(cfg: MineConfig) -> dict:
         for d in OWN_DIRS:
             if storage.exists(out.join(d)):
                 out.fs.delete_dir(out.join(d).path)
-    pages_loc = storage.resolve(cfg.pages) if cfg.pages else storage.resolve(cfg.input).join("pages")
+    pages_loc = pages_location(cfg)
     fraction, hseed = holdout_settings(cfg)
     queries = load_positives(cfg)[: cfg.limit_queries]
     split_of, fingerprint = prepare_index(cfg, out, pages_loc, fraction, hseed)

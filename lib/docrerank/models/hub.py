@@ -43,8 +43,11 @@ def resolve_model_path(path: str, key: str = "model.path") -> str:
     try:
         return snapshot_download(path, local_files_only=hub_offline())
     except Exception as err:  # noqa: BLE001 - a clear message instead of the hub's
-        raise ValueError(f"{key}: {path!r} is neither a directory nor in the local Hugging Face cache "
-                         f"({type(err).__name__})") from None
+        if hub_offline():
+            raise ValueError(f"{key}: {path!r} is neither a directory nor in the local Hugging Face cache "
+                             f"(HF_HUB_OFFLINE=1; {type(err).__name__})") from None
+        raise ValueError(f"{key}: {path!r} is not a directory and could not be downloaded into the Hugging Face "
+                         f"cache (HF_HOME must be writable): {type(err).__name__}: {str(err)[:200]}") from None
 
 
 def read_checkpoint_json(model: str, name: str, local_files_only: bool = True) -> Optional[dict]:

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 
 
 class RerankerSpec(Config):
@@ -73,3 +74,5 @@ class RerankConfig(Config):
 
     resume: bool = True
     """Skip the input row groups whose scores are already written; false scores everything again."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
+from docrerank.core.plan import PlanOptions
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM  # noqa: F401 - documented defaults
 
 MONOQWEN_PROMPT = (
@@ -260,6 +261,11 @@ class DeepSpeedConfig(Config):
     bucket_size: int = Field(200_000_000, ge=1_000_000)
     """Elements per all-reduce / reduce-scatter bucket."""
 
+    optimizer: Literal["auto", "fused", "torch"] = "auto"
+    """Adam implementation on GPU: ``fused`` (DeepSpeed's FusedAdam, a CUDA op that is prebuilt or JIT-compiled
+    with nvcc), ``torch`` (torch AdamW), or ``auto``: fused when its op is prebuilt or can be compiled on the worker
+    (nvcc and ninja present), else torch; decided on each worker at start and logged. CPU runs use torch AdamW."""
+
 
 class ScalingConfig(Config):
     """Ray Train workers."""
@@ -331,6 +337,8 @@ class TrainConfig(Config):
 
     export: bool = True
     """Write model/adapter and model/merged at the end."""
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
 
     @model_validator(mode="after")
     def _check(self):

@@ -36,12 +36,14 @@ def build_deepspeed_config(
     offload_optimizer: bool = False,
     offload_params: bool = False,
     bucket_size: int = 200_000_000,
+    torch_adam: bool | None = None,
 ) -> dict[str, Any]:
     """A DeepSpeed config dict: ZeRO ``stage``, AdamW, precision, clipping, batch sizes.
 
     ``micro_batch_size`` is the nominal number of examples per worker and micro-batch (DeepSpeed uses it for
-    bookkeeping only; batches are assembled from whole groups by the caller). On CPU, torch's AdamW is used
-    (DeepSpeed's fused Adam is a CUDA kernel) and precision is fp32. The learning-rate schedule (linear warm-up
+    bookkeeping only; batches are assembled from whole groups by the caller). ``torch_adam``: torch's AdamW instead
+    of DeepSpeed's (``choose_adam`` decides it on the worker); default, on CPU only (DeepSpeed's fused Adam is a
+    CUDA kernel). On CPU precision is fp32. The learning-rate schedule (linear warm-up
     then linear decay, ``lr_multiplier``) is handed to ``deepspeed.initialize`` as a client scheduler built by
     ``make_scheduler``: DeepSpeed's own WarmupDecayLR runs the first two updates at the minimum learning rate
     and needs at least two warm-up steps, which wastes the start of short runs.
@@ -89,7 +91,7 @@ def build_deepspeed_config(
                 "eps": eps,
                 "weight_decay": weight_decay,
                 # Fused Adam is a CUDA kernel; on CPU (and with CPU offload DeepSpeed picks its own) use torch's.
-                "torch_adam": device == "cpu",
+                "torch_adam": device == "cpu" if torch_adam is None else (torch_adam or device == "cpu"),
             },
         },
         "zero_allow_untested_optimizer": True,
@@ -103,7 +105,30 @@ def build_deepspeed_config(
     return config
 
 
-def from_train_config(cfg, *, world_size: int, total_steps: int, device: str) -> dict[str, Any]:
+def choose_adam(requested: str, device: str, offload_optimizer: bool, prebuilt: bool, can_compile: bool) -> tuple[bool, str]:
+    """(use torch AdamW, why) for ``deepspeed.optimizer`` = ``requested`` ("auto", "fused", "torch"); ``prebuilt``:
+    DeepSpeed was installed with the op compiled (``fused_adam``, or ``cpu_adam`` with ``offload_optimizer``),
+    ``can_compile``: the worker can JIT-compile it (nvcc and ninja for fused_adam, a C++ compiler for cpu_adam).
+    ValueError for ``fused`` when the op can be neither loaded nor built."""
+    if requested not in ("auto", "fused", "torch"):
+        raise ValueError(f"deepspeed.optimizer: got {requested!r}, expected 'auto', 'fused' or 'torch'")
+    op = "cpu_adam" if offload_optimizer else "fused_adam"
+    if device == "cpu":
+        return True, "torch AdamW (CPU run)"
+    if requested == "torch":
+        return True, "torch AdamW (deepspeed.optimizer=torch)"
+    if prebuilt:
+        return False, f"DeepSpeed {op} (prebuilt op)"
+    if can_compile:
+        return False, f"DeepSpeed {op} (JIT-compiled on this worker: no prebuilt op)"
+    if requested == "fused":
+        raise ValueError(f"deepspeed.optimizer=fused: DeepSpeed's {op} op is not prebuilt and cannot be compiled "
+                         "here (no nvcc/ninja); use an image with DeepSpeed's ops prebuilt or deepspeed.optimizer=auto")
+    return True, f"torch AdamW (DeepSpeed's {op} op is not prebuilt and cannot be compiled here)"
+
+
+def from_train_config(cfg, *, world_size: int, total_steps: int, device: str,
+                      torch_adam: bool | None = None) -> dict[str, Any]:
     """``build_deepspeed_config`` from a ``TrainConfig`` (nominal group size: 1 positive + 3 negatives)."""
     return build_deepspeed_config(
         stage=cfg.deepspeed.stage,
@@ -121,6 +146,7 @@ def from_train_config(cfg, *, world_size: int, total_steps: int, device: str) ->
         offload_optimizer=cfg.deepspeed.offload_optimizer,
         offload_params=cfg.deepspeed.offload_params,
         bucket_size=cfg.deepspeed.bucket_size,
+        torch_adam=torch_adam,
     )
 
 

@@ -5,7 +5,9 @@ transformers) with its tokenizer and image processor config, and the resolved tr
     <output>/model/merged/    config.json, model.safetensors, tokenizer, preprocessor_config.json (vlm), reranker.json
     <output>/model/train_config.json
 
-``reranker.json`` says how to score with the merged model: vlm, logit(true_token) - logit(false_token) at the last
+The LoRA is merged in float32 and the merged weights are then cast once to the training dtype (bf16 on GPU): merging
+in bf16 rounds the LoRA factors and their product before adding them, and the merged model drifts from the trained
+adapter. ``reranker.json`` says how to score with the merged model: vlm, logit(true_token) - logit(false_token) at the last
 position of the MonoQwen2-VL prompt; text, logits[:, 1] - logits[:, 0] of the sequence classifier.
 """
 
@@ -44,13 +46,14 @@ def trainable_state(scorer: torch.nn.Module) -> Optional[dict]:
     return {n: p.detach().float().cpu().clone() for n, p in params} if rank == 0 else None
 
 
-def load_trained(cfg: TrainConfig, state: dict, device: str = "cpu") -> torch.nn.Module:
-    """A fresh scorer (weights dtype as trained on ``device``, kept on the CPU) with the trained ``state``."""
+def load_trained(cfg: TrainConfig, state: dict, device: str = "cpu", dtype: Optional[str] = None) -> torch.nn.Module:
+    """A fresh scorer (weights in ``dtype``, default the dtype trained on ``device``; kept on the CPU) with the
+    trained ``state``."""
     from transformers.utils import logging as hf_logging
 
     from docrerank.train.backbones import build_scorer
 
-    model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": False})
+    model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": False, **({"dtype": dtype} if dtype else {})})
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the base model's "newly initialized head" report: the state replaces it
     try:
@@ -76,13 +79,16 @@ def reranker_card(cfg: TrainConfig) -> dict:
             "max_seq_len": m.seq_len}
 
 
-def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path) -> None:
-    """Write adapter/, merged/ and train_config.json under the local directory ``out``."""
+def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Optional[torch.dtype] = None) -> None:
+    """Write adapter/, merged/ and train_config.json under the local directory ``out``; the merged weights are cast to
+    ``dtype`` after the merge (which runs in the scorer's dtype: float32 from ``export_model``)."""
     out.mkdir(parents=True, exist_ok=True)
     model = scorer.model
     if cfg.lora.enabled:
         model.save_pretrained(str(out / "adapter"))
         model = model.merge_and_unload()
+    if dtype is not None:
+        model = model.to(dtype)
     merged = out / "merged"
     model.config.use_cache = True  # training turned it off; inference wants it
     model.save_pretrained(str(merged))
@@ -111,13 +117,17 @@ def upload_dir(local: Path, dest: storage.Location) -> None:
 
 
 def export_model(state: dict, cfg: TrainConfig, device: str = "cpu") -> str:
-    """Rebuild the scorer with the trained ``state`` and write it to ``<output>/model``; returns that URI."""
-    scorer = load_trained(cfg, state, device)
+    """Rebuild the scorer in float32 with the trained ``state``, merge, cast to the dtype trained on ``device`` and
+    write it to ``<output>/model``; returns that URI."""
+    from docrerank.models.hub import resolve_dtype
+
+    scorer = load_trained(cfg, state, device, dtype="float32")
+    dtype = resolve_dtype(cfg.model.dtype, device)
     dest = storage.resolve(cfg.output).join("model")
     if "://" not in dest.uri:
-        save_local(scorer, cfg, Path(dest.path))
+        save_local(scorer, cfg, Path(dest.path), dtype)
         return dest.uri
     with tempfile.TemporaryDirectory(prefix="docrerank-export-") as tmp:
-        save_local(scorer, cfg, Path(tmp))
+        save_local(scorer, cfg, Path(tmp), dtype)
         upload_dir(Path(tmp), dest)
     return dest.uri

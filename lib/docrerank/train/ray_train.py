@@ -246,14 +246,16 @@ def run_training(cfg: TrainConfig) -> dict:
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from docrerank.models.hub import DEFAULT_VLM, resolve_model_path
+    from docrerank.models.hub import DEFAULT_VLM
+    from docrerank.models.sources import fetch_config_files
     from docrerank.train.backbones import check_vlm_budget
 
     cfg = absolute_paths(cfg)
     device = cluster_device(cfg.scaling.device)
-    # Fail here, before any worker starts, on what can be checked here.
+    # Fail here, before any worker starts, on what can be checked here: the tokenizer and image processor files
+    # suffice (the driver may be a CPU head without room or time for the weights; the workers load those).
     if cfg.model.backbone == "vlm":
-        check_vlm_budget(cfg.model, resolve_model_path(cfg.model.path or DEFAULT_VLM))
+        check_vlm_budget(cfg.model, fetch_config_files(cfg.model.path or DEFAULT_VLM))
     if cfg.data.validation:
         scan_source(cfg.data.validation, cfg.data.chunk_groups)
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)

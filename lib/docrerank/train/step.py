@@ -10,6 +10,7 @@ torch and DeepSpeed are imported inside the functions that use them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
@@ -29,6 +30,8 @@ from docrerank.train.loss import compute_loss, example_weights, pairwise_counts
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("docrerank.train")
 
 
 @dataclass
@@ -124,8 +127,33 @@ class PlainEngine:
         return load_dir, {}
 
 
+def adam_ops(offload_optimizer: bool) -> tuple[bool, bool]:
+    """(prebuilt, can compile) of the DeepSpeed Adam op a GPU run would use: ``cpu_adam`` with optimizer offload,
+    else ``fused_adam``. Prebuilt: compiled into the installed DeepSpeed for this accelerator; can compile: its
+    builder is compatible and the toolchain is there (nvcc and ninja for CUDA ops, ninja for CPU ops)."""
+    import shutil
+
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+    from deepspeed.ops.op_builder import CPUAdamBuilder, FusedAdamBuilder
+
+    builder = CPUAdamBuilder() if offload_optimizer else FusedAdamBuilder()
+    prebuilt = bool(installed_ops.get(builder.name)) and accelerator_name == get_accelerator()._name
+    can = shutil.which("ninja") is not None
+    try:
+        can = can and builder.is_compatible(verbose=False)
+        if can and not offload_optimizer:
+            from deepspeed.ops.op_builder.builder import installed_cuda_version
+
+            installed_cuda_version()  # raises without a runnable nvcc
+    except Exception:  # noqa: BLE001 - any failure means "cannot compile here"
+        can = False
+    return prebuilt, can
+
+
 def make_engine(scorer: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: str):
-    """A DeepSpeed engine (ZeRO stage of ``cfg.deepspeed``) or, DeepSpeed disabled, a ``PlainEngine``."""
+    """A DeepSpeed engine (ZeRO stage of ``cfg.deepspeed``) or, DeepSpeed disabled, a ``PlainEngine``. On GPU the
+    Adam implementation is decided here (``deepspeed_config.choose_adam``) and logged."""
     if not cfg.deepspeed.enabled:
         return PlainEngine(scorer, cfg, total_steps, device)
     if device == "cpu":
@@ -133,7 +161,11 @@ def make_engine(scorer: torch.nn.Module, cfg: TrainConfig, total_steps: int, dev
     ensure_process_group(device)
     import deepspeed
 
-    ds_config = dsc.from_train_config(cfg, world_size=world()[1], total_steps=total_steps, device=device)
+    prebuilt, can = adam_ops(cfg.deepspeed.offload_optimizer) if device == "cuda" else (False, False)
+    torch_adam, why = dsc.choose_adam(cfg.deepspeed.optimizer, device, cfg.deepspeed.offload_optimizer, prebuilt, can)
+    log.info("optimizer: %s", why)
+    ds_config = dsc.from_train_config(cfg, world_size=world()[1], total_steps=total_steps, device=device,
+                                      torch_adam=torch_adam)
     params = [p for p in scorer.parameters() if p.requires_grad]
     o = cfg.optim
 

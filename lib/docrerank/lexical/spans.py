@@ -1,0 +1,264 @@
+"""Typed spans for the ``rules`` engine: what kind of value a piece of a question is, and which values of each
+kind the corpus holds.
+
+Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), numbers by unit (``percent``,
+``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company`` (organisations), ``person``,
+``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society of Indian Law Firms"),
+typed by what the run itself or the corpus shows: an organisation word at its end or head ("3M Company",
+"University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in the corpus ("Boeing" <- "The Boeing Company"); an
+honorific or a role next to it ("Mr. Hanson", "Jane Doe, Chief Executive Officer"); a place name; a trademark
+sign or a model code ("GPT-4", "iOS 9"). A run nothing types stays untyped, and the rules engine leaves it
+alone. Pure, no dependencies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from docrerank.lexical.lexicon import (
+    CONNECTORS,
+    HONORIFICS,
+    ORG_HEADS,
+    ORG_SUFFIXES,
+    PLACES,
+    ROLE_WORDS,
+    SENTENCE_START,
+)
+
+NAME_KINDS = ("company", "person", "place", "product")
+NUMBER_KINDS = ("percent", "money", "scaled", "plain")
+CORPORATE = frozenset("inc incorporated corp corporation company co ltd limited llc llp lp plc ag sa se nv bv gmbh "
+                      "pty holdings holding".split())  # suffixes a company is also called without ("Boeing")
+SCALES = ("thousand", "million", "billion", "trillion", "crore", "lakh", "bn", "mn")
+REFERENCE_WORDS = frozenset("page pages section sections table tables figure figures fig chapter chapters appendix step "
+                            "steps item items note notes part exhibit no no. number numbers # line lines row column "
+                            "error errors code version top".split())
+SMALL_COUNT = 12
+
+YEAR = re.compile(r"(?<![\w.$])(?:(FY|CY|F)\s?'?)?((?:19[5-9]\d|20\d\d))(?![\w%]|\.\d|,\d)|(?<![\w.$])(FY)'?(\d\d)\b",
+                  re.I)
+QUARTER = re.compile(r"\b([QH])([1-4])\b")
+NUMBER = re.compile(
+    r"(?<![\w.])(?P<cur>\$|USD\s?|US\$)?(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?P<dec>\.\d+)?"
+    r"(?:\s?(?P<pct>%|percent\b)|\s(?P<scale>thousand|million|billion|trillion|crore|lakh|bn|mn)\b)?"
+    r"(?:\s(?P<curw>dollars|USD)\b)?(?![\w])", re.I)
+_WORD = r"(?:[A-Z][A-Za-z&'’.\-]*[A-Za-z&]|[A-Z]|\d+[A-Z][A-Za-z]*)(?![\w-])"
+RUN = re.compile(rf"(?<![\w&.'’-]){_WORD}(?:(?:\s+(?:of|and|&|for|de|the))*\s+{_WORD})*")
+CODE = re.compile(r"(?<![\w-])([A-Za-z]*[A-Z][A-Za-z]*)(-| )?(\d+(?:\.\d+)?)([A-Za-z]?)(?![\w-])")
+TRADEMARK = re.compile(r"^\s?(?:®|™|\(R\)|\(TM\))")
+CORP_AFTER = re.compile(r"^,?\s+(?:Inc|Corp|Corporation|Ltd|LLC|plc|N\.V|S\.A|AG|SE)\b\.?")
+ROLE_AFTER = re.compile(r"^,\s+(?:the\s+)?(\w+)", re.I)
+# the issuer of a report: "Helmsworth Logistics | Annual Report 2021", "NIKE, Inc. Form 10-K"
+ISSUER_AFTER = re.compile(r"^\s*[|:\u2013\u2014-]?\s*(?:\d{4}\s+)?(?:Annual Report|Form 10-[KQ]|10-[KQ]\b|Quarterly Report|"
+                          r"Sustainability Report|Integrated Report)")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A typed piece of a question: ``kind`` is one of the kinds above, or None (untyped)."""
+
+    start: int
+    end: int
+    text: str
+    kind: str | None
+    scale: str | None = None  # numbers: the unit word ("million"), years: the prefix ("FY")
+
+
+def number_kind(m: re.Match) -> str:
+    """The unit kind of a ``NUMBER`` match: percent, money, scaled or plain."""
+    if m.group("pct"):
+        return "percent"
+    if m.group("cur") or m.group("curw"):
+        return "money"
+    return "scaled" if m.group("scale") else "plain"
+
+
+def number_value(m: re.Match) -> float:
+    """The numeric value of a ``NUMBER`` match (unit words ignored)."""
+    return float(m.group("num").replace(",", "") + (m.group("dec") or ""))
+
+
+def is_year_text(text: str) -> bool:
+    """Whether ``text`` is a plain year 1950-2099."""
+    return bool(re.fullmatch(r"19[5-9]\d|20\d\d", text))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"\s+", " ", name.strip(" ,.;:'’")).lower()
+
+
+def clean_run(text: str, start: int, run: str) -> tuple[int, str]:
+    """(start, phrase): a capitalised run without a sentence-opening question word, a leading "The", trailing
+    connectors and a trailing possessive."""
+    words = [(m.start(), m.end(), m.group(0)) for m in re.finditer(r"\S+", run)]
+    at_start = start == 0 or bool(re.search(r"(?:^|[.?!:;\"(])\s*$", text[:start]))
+    while words and ((at_start and words[0][2].lower() in SENTENCE_START) or words[0][2].lower() in CONNECTORS):
+        words = words[1:]
+    while words and words[-1][2].lower() in CONNECTORS:
+        words = words[:-1]
+    if not words:
+        return start, ""
+    phrase = re.sub(r"(?:'s|’s|'|’)$", "", run[words[0][0]:words[-1][1]]).rstrip(".")
+    return start + words[0][0], phrase
+
+
+def _ends_a_name(piece: str) -> bool:
+    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia")."""
+    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES
+
+
+def runs(text: str) -> list[tuple[int, int, str]]:
+    """Capitalised name runs of ``text`` as (start, end, phrase), cleaned by ``clean_run``; a run is split at
+    "and" after a whole name (``_ends_a_name``)."""
+    out = []
+    for m in RUN.finditer(text):
+        parts = re.split(r"(\s+(?:and|&)\s+)", m.group(0))
+        pieces, off = [[m.start(), parts[0]]], m.start() + len(parts[0])
+        for sep, part in zip(parts[1::2], parts[2::2]):
+            if _ends_a_name(pieces[-1][1]):
+                pieces.append([off + len(sep), part])
+            else:
+                pieces[-1][1] += sep + part
+            off += len(sep) + len(part)
+        for start, piece in pieces:
+            s, phrase = clean_run(text, start, piece)
+            if phrase:
+                out.append((s, s + len(phrase), phrase))
+    return out
+
+
+def own_kind(phrase: str, before: str, after: str) -> str | None:
+    """The kind a name shows by itself or its neighbours, without the corpus."""
+    words = phrase.split()
+    low = [w.lower().strip(".,") for w in words]
+    if len(words) >= 2 and (low[-1] in ORG_SUFFIXES or (low[0] in ORG_HEADS and low[1] == "of")):
+        return "company"
+    if CORP_AFTER.match(after) or ISSUER_AFTER.match(after):
+        return "company"
+    prev = before.split()[-1].lower().strip(".,") if before.split() else ""
+    if prev in HONORIFICS and 1 <= len(words) <= 3:
+        return "person"
+    role = ROLE_AFTER.match(after)
+    if role and role.group(1).lower() in ROLE_WORDS and 2 <= len(words) <= 3 and low[-1] not in ORG_SUFFIXES:
+        return "person"
+    if re.fullmatch(r"[A-Z][a-z]+ [A-Z]\. [A-Z][a-z]+", phrase):
+        return "person"
+    if phrase.lower() in PLACES:
+        return "place"
+    if TRADEMARK.match(after):
+        return "product"
+    return None
+
+
+@dataclass
+class Vocabulary:
+    """What the corpus offers the rules engine: its years, quarters, numbers by unit, typed names, and which
+    terms of the metric vocabularies it uses. Built from the text layer of the pages being built."""
+
+    years: Counter = field(default_factory=Counter)
+    quarters: Counter = field(default_factory=Counter)
+    names: dict = field(default_factory=dict)  # kind -> {name: count}
+    numbers: dict = field(default_factory=dict)  # number kind (+ scale) -> {text: count}
+    codes: dict = field(default_factory=dict)  # model-code prefix -> {code: count}
+    text_terms: set = field(default_factory=set)  # metric-vocabulary terms the corpus contains (lower case)
+
+    @classmethod
+    def from_texts(cls, texts: list[str], max_per_kind: int = 5000) -> "Vocabulary":
+        """Collect the vocabulary of page texts (line by line: names do not span table cells or title lines)."""
+        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, SUBJECT_METRICS
+
+        v = cls()
+        names: dict[str, Counter] = defaultdict(Counter)
+        cap, low = Counter(), Counter()  # how often each word is written capitalised / in lower case
+        numbers: dict[str, Counter] = defaultdict(Counter)
+        codes: dict[str, Counter] = defaultdict(Counter)
+        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS for t in fam]
+        for text in texts:
+            text = text or ""
+            v.years.update({m.group(2) for m in YEAR.finditer(text) if m.group(2)})
+            v.quarters.update({m.group(0) for m in QUARTER.finditer(text)})
+            flat = " " + re.sub(r"\s+", " ", text.lower()) + " "
+            v.text_terms.update(t for t in terms if f" {t} " in flat or f" {t}," in flat or f" {t}." in flat)
+            for w in re.findall(r"(?<![\w.])[A-Za-z][a-z]+(?![\w])", text):
+                (low if w[0].islower() else cap)[w.lower()] += 1
+            for line in text.splitlines():
+                for kind, name in _line_names(line):
+                    names[kind][name] += 1
+                for m in NUMBER.finditer(line):
+                    if not is_year_text(m.group(0)):
+                        numbers[number_key(m)][m.group("num") + (m.group("dec") or "")] += 1
+                for m in CODE.finditer(line):
+                    if not _not_a_code(m):
+                        codes[m.group(1)][m.group(0)] += 1
+        # a name needs a word the corpus writes capitalised (almost) only: "Gaming" or "Related Party" are not names
+        proper = {w for w, n in cap.items() if low[w] <= 0.1 * n}
+
+        def is_name(name: str) -> bool:
+            words = [w.lower() for w in re.findall(r"[A-Za-z]+", name)]
+            if " " not in name and (len(name) < 3 or "." in name):
+                return False
+            return any(w in proper or len(w) <= 4 and name.upper() == name for w in words) or bool(re.search(r"\d", name))
+
+        v.names = {k: dict(Counter({n: c for n, c in cs.items() if k == "place" or is_name(n)}).most_common(max_per_kind))
+                   for k, cs in names.items()}
+        v.numbers = {k: dict(c.most_common(max_per_kind)) for k, c in numbers.items()}
+        v.codes = {k: dict(c.most_common(50)) for k, c in codes.items() if len(c) >= 2}
+        return v
+
+    def to_dict(self) -> dict:
+        """A JSON-able form (the build passes the vocabulary to its workers)."""
+        return {"years": dict(self.years), "quarters": dict(self.quarters), "names": self.names,
+                "numbers": self.numbers, "codes": self.codes, "text_terms": sorted(self.text_terms)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Vocabulary":
+        """The inverse of ``to_dict`` (an empty vocabulary for None)."""
+        d = d or {}
+        return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), dict(d.get("names", {})),
+                   dict(d.get("numbers", {})), dict(d.get("codes", {})), set(d.get("text_terms", [])))
+
+    def kind_of(self, phrase: str) -> str | None:
+        """The kind the corpus gives a name (case-insensitive; a person's surname counts as a person), or None."""
+        key = _norm(phrase)
+        found = Counter()
+        for kind, names in self.names.items():
+            for name, n in names.items():
+                if _norm(name) == key:
+                    found[kind] += n
+        if not found and " " not in key:
+            found.update({"person": n for name, n in self.names.get("person", {}).items()
+                          if _norm(name).split()[-1] == key})
+        return found.most_common(1)[0][0] if found else None
+
+
+def number_key(m: re.Match) -> str:
+    """Where a number's corpus values are filed: its unit kind, plus the scale word ("scaled:million")."""
+    kind = number_kind(m)
+    return f"{kind}:{m.group('scale').lower()}" if m.group("scale") else kind
+
+
+def _not_a_code(m: re.Match) -> bool:
+    prefix = m.group(1)
+    return (prefix.upper() in ("FY", "CY", "Q", "H", "F", "USD", "US") or prefix.lower() in REFERENCE_WORDS
+            or is_year_text(m.group(3)) or (m.group(2) == " " and not re.search(r"[a-z][A-Z]|^[A-Z]{2,}", prefix)))
+
+
+def _line_names(line: str) -> list[tuple[str, str]]:
+    """(kind, name) for the typed names of one line; companies also under their short name ("Boeing")."""
+    out = []
+    for s, e, phrase in runs(line):
+        kind = own_kind(phrase, line[:s], line[e:])
+        if kind is None:
+            continue
+        out.append((kind, phrase))
+        if kind == "company":
+            words = phrase.split()
+            while words and words[-1].lower().strip(".,") in CORPORATE:
+                words = words[:-1]
+            short = " ".join(words).rstrip(",")
+            if short and short != phrase and words[0].lower() not in ORG_HEADS and " of " not in f" {short} " \
+                    and short.lower() not in PLACES:
+                out.append(("company", short))
+    return out

@@ -1,0 +1,157 @@
+"""The cluster configs agree with each other and with the image: every node group runs the project image as its user,
+HF_HOME points at a volume (KubeRay) or host directory (AWS) that user can write, the runtime envs name the same cache
+path, and the dependency pins of pyproject.toml resolve together and carry the APIs the code uses."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+
+
+def dockerfile() -> dict:
+    """The image's user, HF_HOME and base, read from cluster/Dockerfile."""
+    text = (CLUSTER / "Dockerfile").read_text()
+    user = re.findall(r"^USER\s+(\S+)", text, re.M)
+    env = re.search(r"HF_HOME=(\S+)", text)
+    base = re.search(r"^FROM\s+(\S+)", text, re.M)
+    return {"user": user[-1] if user else None, "hf_home": env.group(1) if env else None,
+            "base": base.group(1) if base else None, "text": text}
+
+
+def pod_templates():
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+            yield f"{path.name}:head", spec["headGroupSpec"]["template"]
+            for g in spec["workerGroupSpecs"]:
+                yield f"{path.name}:{g['groupName']}", g["template"]
+
+
+def test_the_image_runs_as_the_ray_user_with_a_cache_in_its_home():
+    img = dockerfile()
+    assert img["base"].startswith("rayproject/ray:2.60.0") and img["base"].endswith("-gpu")
+    assert img["user"] == "1000:100"  # the rayproject images' user ray (uid 1000, gid users=100)
+    assert img["hf_home"] == "/home/ray/.cache/huggingface"
+    assert "[${EXTRAS}]" in img["text"] and "ARG EXTRAS=gpu,cloud" in img["text"]  # the GPU extras baked in
+
+
+@pytest.mark.parametrize("name, template", list(pod_templates()), ids=[n for n, _ in pod_templates()])
+def test_every_kuberay_group_can_write_its_hf_cache(name, template):
+    img = dockerfile()
+    spec = template["spec"]
+    sec = spec.get("securityContext") or {}
+    uid, gid = (int(x) for x in img["user"].split(":"))
+    assert sec.get("runAsUser") == uid and sec.get("runAsGroup") == gid, f"{name}: runs as {sec}, image user {img['user']}"
+    assert sec.get("fsGroup") == gid, f"{name}: fsGroup {sec.get('fsGroup')} must be the user's group {gid}: volumes " \
+                                      "are then group-writable by it"
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec["containers"]:
+        assert c["image"].endswith(":0.1.0-gpu") and "docrerank" in c["image"], f"{name}: not the project image"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        home = env.get("HF_HOME")
+        assert home == img["hf_home"], f"{name}: HF_HOME {home!r}, the image's is {img['hf_home']!r}"
+        mounts = [m for m in c.get("volumeMounts", []) if home == m["mountPath"] or home.startswith(m["mountPath"] + "/")]
+        assert mounts, f"{name}: HF_HOME {home} is on no mounted volume"
+        vol = volumes.get(mounts[0]["name"])
+        assert vol is not None, f"{name}: volume {mounts[0]['name']!r} is mounted but not declared"
+        assert "emptyDir" in vol or "persistentVolumeClaim" in vol, f"{name}: {vol}"
+        assert not mounts[0].get("readOnly"), f"{name}: the cache is mounted read-only"
+        assert not home.startswith("/mnt/"), f"{name}: a root-owned path"
+
+
+def test_runtime_envs_name_the_images_cache_and_the_image_is_the_default():
+    img = dockerfile()
+    fast = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    slow = yaml.safe_load((CLUSTER / "runtime_env_pip.yaml").read_text())
+    assert "pip" not in fast and "conda" not in fast  # the default installs nothing at job start
+    assert fast["env_vars"]["HF_HOME"] == slow["env_vars"]["HF_HOME"] == img["hf_home"]
+    assert slow["config"]["setup_timeout_seconds"] > 600  # the pip route outlasts Ray's default timeout
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "RayJob":
+                env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+                assert "pip" not in env and env["env_vars"]["HF_HOME"] == img["hf_home"], path.name
+
+
+def test_aws_nodes_mount_a_cache_directory_owned_by_the_image_user():
+    img = dockerfile()
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    docker = cfg["docker"]
+    assert docker["image"].endswith(":0.1.0-gpu") and not cfg["setup_commands"]
+    mounts = [o.split()[1] for o in docker["run_options"] if o.startswith("-v ")]
+    host = next(m.split(":")[0] for m in mounts if m.split(":")[1] == img["hf_home"])
+    uid_gid = img["user"]
+    assert any(f"chown {uid_gid} {host}" in c for c in cfg["initialization_commands"]), \
+        f"{host} (mounted at HF_HOME) must be chowned to {uid_gid} before the container starts"
+    assert any(o == f"-e HF_HOME={img['hf_home']}" for o in docker["run_options"])
+
+
+def test_the_cluster_guide_matches_the_configs():
+    guide = (CLUSTER / "README.md").read_text()
+    img = dockerfile()
+    for needle in ("cluster/Dockerfile", img["hf_home"], "runtime_env_pip.yaml", "setup_timeout_seconds", "--plan",
+                   "fsGroup", "chown 1000:100"):
+        assert needle in guide, needle
+    assert "/mnt/cache/huggingface" not in guide
+
+
+# ------------------------------------------------------------------------------------------------ dependencies
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _spec(reqs: list[str], name: str):
+    from packaging.requirements import Requirement
+
+    found = [Requirement(r) for r in reqs if Requirement(r).name.lower().replace("_", "-") == name]
+    assert found, f"{name} is not in {reqs}"
+    return found[0].specifier
+
+
+def test_transformers_floor_has_the_apis_the_code_uses():
+    import inspect
+
+    import transformers
+    from packaging.version import Version
+    from transformers import Qwen2VLModel
+
+    spec = _spec(pyproject()["project"]["dependencies"], "transformers")
+    # 5.17 lacks mm_encoder_outputs (checked in its wheel): the floor must exclude it and admit 5.18
+    assert "5.17.0" not in spec and "5.18.0" in spec and "5.24.0" in spec
+    assert Version(transformers.__version__) in spec
+    params = inspect.signature(Qwen2VLModel.forward).parameters
+    assert "mm_encoder_outputs" in params and "mm_token_type_ids" in params
+
+
+# Read from the packages' metadata (pip install --dry-run --no-deps --report): what each pins.
+VLLM_PINS = {"0.32.0": {"torch": "2.13.0", "transformers": "<5.20.0,>=5.16.1"},
+             "0.33.0": {"torch": "2.14.0", "transformers": "<5.21.0,>=5.16.1"}}
+COLPALI_0_3_18 = {"torch": "<2.14.0,>=2.2.0", "peft": "<0.21.0,>=0.18.0", "transformers": "<6.0.0,>=5.3.0"}
+
+
+def test_gpu_extras_resolve_together():
+    from packaging.specifiers import SpecifierSet
+
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert {"vllm", "colpali", "gpu", "cloud", "dev"} <= set(extras)
+    deps = pyproject()["project"]["dependencies"]
+    tf, peft = _spec(deps, "transformers"), _spec(deps, "peft")
+    # `vllm` takes the newest vLLM; its transformers range must meet ours
+    assert "0.33.0" in _spec(extras["vllm"], "vllm")
+    for version, pins in VLLM_PINS.items():
+        if version in _spec(extras["vllm"], "vllm"):
+            both = [v for v in ("5.18.0", "5.19.0", "5.20.2") if v in tf and v in SpecifierSet(pins["transformers"])]
+            assert both, f"vllm {version} and transformers{tf} share no version"
+    # `gpu` = vLLM + colpali-engine: only vLLM versions whose exact torch colpali-engine admits
+    gpu_vllm, gpu_colpali = _spec(extras["gpu"], "vllm"), _spec(extras["gpu"], "colpali-engine")
+    assert "0.3.18" in gpu_colpali
+    allowed = [v for v in VLLM_PINS if v in gpu_vllm]
+    assert allowed and all(VLLM_PINS[v]["torch"] in SpecifierSet(COLPALI_0_3_18["torch"]) for v in allowed), allowed
+    assert any(v in peft and v in SpecifierSet(COLPALI_0_3_18["peft"]) for v in ("0.20.0", "0.19.1"))
