@@ -100,7 +100,7 @@ def session_processes(temp: Path) -> list:
     return list(found.values())
 
 
-def stop_session(temp: Path, grace_s: float = 20) -> list[str]:
+def stop_session(temp: Path, grace_s: float = 10) -> list[str]:
     """Stop the Ray session under ``temp`` and return what is still alive afterwards (nothing, normally).
 
     Not ``ray stop``: it stops every Ray process of this user on the machine (this test run's own local Ray and

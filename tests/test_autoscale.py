@@ -64,7 +64,8 @@ def test_build_and_training_scale_the_right_node_types_up_from_zero(cluster, tmp
     assert node_kinds(cluster) == ["head"]
     out = tmp_path / "build"
     r = cluster.run(["-m", "jobs.build_dataset", f"output={out}", f"pages={pages}", f"positives_file={questions}",
-                     f"verify.engine={engine(str(vlm))}", "verify.threshold=0.001", "verify.prefilter=none",
+                     f"verify.engine={engine(str(vlm))}", "verify.reverify_given=true", "verify.threshold=0.001",
+                     "verify.prefilter=none",
                      f"rephrase.engine={engine(str(lm))}", "rephrase.fraction=1", "rephrase.max_tokens=16"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     stats = json.loads((out / "stats.json").read_text())

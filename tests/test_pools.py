@@ -259,3 +259,15 @@ def test_jobs_asking_for_gpus_the_cluster_lacks_fail_at_start_with_the_numbers(r
     cfg = load_config(MineConfig, None, ["input=x", "output=y", "retriever=colpali", "colpali.model=m"])
     assert "need 0.5 CPU, 1 GPU" in plan_mine_pools(cfg).problems[0]
     assert plan_mine_pools(load_config(MineConfig, None, ["input=x", "output=y"])).pools == []
+
+
+def test_the_start_checks_leave_an_autoscaler_of_unknown_limits_to_the_pools():
+    """Ray's open-source autoscaler does not publish its maximum: a cluster that has no GPU yet is no problem for
+    the plan (the pools wait for the nodes, placement_timeout_s); without an autoscaler it is one."""
+    from docrerank.core import plan
+
+    report = plan.PlanReport("build_dataset")
+    plan.resources_section(report, plan.Resources(0, 0, "Ray cluster", grows=True), 3, 3.9)
+    assert report.ok and "the autoscaler must add nodes for 3 GPUs" in report.sections[0].notes[-1]
+    plan.resources_section(report, plan.Resources(2, 0, "Ray cluster"), 3, 3.9)
+    assert report.problems[0].startswith("needs 3 GPUs at once")

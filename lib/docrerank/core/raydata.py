@@ -150,3 +150,47 @@ def excluded_from_ray_data(cpus: float = 0, gpus: float = 0):
             yield
         finally:
             opts.exclude_resources = before
+
+
+def autoscaler_view(labels: Sequence[dict] = ()) -> tuple[list[dict] | None, bool]:
+    """What the joined cluster's autoscaler can add: (its node types as ``{name, resources, max_count, count}``
+    when Ray publishes them, whether an autoscaler can add nodes at all). ``labels``: the live nodes' labels, to
+    count the nodes of each type.
+
+    Ray publishes node types with their limits on some platforms (``get_cluster_config``, as Ray Train and Data
+    read them); its open-source autoscaler does not, and is recognised by its status instead: without
+    ``--autoscaling-config`` the monitor is read-only and names each node's type ``node_<node id>``."""
+    import json
+    from collections import Counter
+
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: no answer means unknown
+        config = None
+    if config is not None and config.node_group_configs:
+        try:
+            from ray._raylet import RAY_NODE_GROUP_KEY as key
+        except ImportError:
+            key = "ray.io/node-group"
+        running = Counter(lab.get(key) for lab in labels)
+        types = [{"name": g.name, "resources": {k: float(v) for k, v in g.resources.items()},
+                  "max_count": int(g.max_count), "count": running[g.name]} for g in config.node_group_configs]
+        return types, any(t["max_count"] == -1 or t["max_count"] > t["count"] for t in types)
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+        if any(not str(t).startswith("node_") for t in (report.get("node_type_mapping") or {}).values()):
+            return None, True
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return None, bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001
+        return None, False

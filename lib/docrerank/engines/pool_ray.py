@@ -16,7 +16,6 @@ becomes an ``engine_error`` result of that call's requests; a dead actor is rest
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -274,44 +273,12 @@ def cluster_resources() -> ClusterResources:
             nodes.append({k: v for k, v in n["Resources"].items()
                           if not k.startswith("node:") and k not in ("memory", "object_store_memory")})
             labels.append(n.get("Labels") or {})
-    types, autoscaling = _autoscaler_view(labels)
-    return ClusterResources(nodes, types, autoscaling)
+    from docrerank.core.raydata import autoscaler_view
+
+    types, autoscaling = autoscaler_view(labels)
+    return ClusterResources(nodes, None if types is None else [NodeType(**t) for t in types], autoscaling)
 
 
-def _autoscaler_view(labels: list[dict]) -> tuple[Optional[list[NodeType]], bool]:
-    """(node types with their limits when Ray publishes them, whether an autoscaler can add nodes)."""
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: no answer means unknown
-        config = None
-    if config is not None and config.node_group_configs:
-        try:
-            from ray._raylet import RAY_NODE_GROUP_KEY as key
-        except ImportError:
-            key = "ray.io/node-group"
-        running = Counter(lab.get(key) for lab in labels)
-        types = [NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count), running[g.name])
-                 for g in config.node_group_configs]
-        return types, any(t.max_count == -1 or t.max_count > t.count for t in types)
-    try:
-        from ray._private import ray_constants
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {} if raw else {}
-        # Without --autoscaling-config, Ray's monitor is read-only and names each node's type "node_<node id>".
-        if any(not str(t).startswith("node_") for t in mapping.values()):
-            return None, True
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-        return None, bool(is_autoscaler_v2(fetch_from_server=True))
-    except Exception:  # noqa: BLE001
-        return None, False
 
 
 # --------------------------------------------------------------------------------------------- the job's side

@@ -303,8 +303,6 @@ def run_stages(cfg: MineConfig, items: list[dict], out: storage.Location, plan) 
 
 def run_mine(cfg: MineConfig) -> dict:
     """Mine negatives into ``cfg.output`` on the current Ray cluster; return the stats (also mining_stats.json)."""
-    import ray.data
-
     from docrerank.core import runtime
     from docrerank.core.schema import is_heldout
     from docrerank.core.raydata import done_shard_names, remove_orphans
