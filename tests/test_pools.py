@@ -271,3 +271,28 @@ def test_the_start_checks_leave_an_autoscaler_of_unknown_limits_to_the_pools():
     assert report.ok and "the autoscaler must add nodes for 3 GPUs" in report.sections[0].notes[-1]
     plan.resources_section(report, plan.Resources(2, 0, "Ray cluster"), 3, 3.9)
     assert report.problems[0].startswith("needs 3 GPUs at once")
+
+
+def test_a_build_whose_judge_requests_all_fail_fails_and_writes_no_stats(ray_local, tmp_path):
+    """The judge is an OpenAI-compatible endpoint that refuses connections: every verification request fails, so
+    the job fails naming the stage and the error kind, and writes no stats.json or card."""
+    import json
+
+    from conftest import free_ports
+    from test_multinode import write_pages
+
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.run import run_build
+
+    pages, questions = write_pages(tmp_path / "in")
+    [port] = free_ports(1)  # nothing listens there
+    judge = {"backend": "http", "model": "judge", "ray": {"num_cpus": 0.2},
+             "http": {"base_url": f"http://127.0.0.1:{port}/v1", "max_retries": 0, "api_key_env": None}}
+    out = tmp_path / "out"
+    cfg = load_config(BuildConfig, None, [f"output={out}", f"pages={pages}", f"positives_file={questions}",
+                                          f"verify.engine={json.dumps(judge)}", "verify.reverify_given=true",
+                                          "verify.prefilter=none"])
+    with pytest.raises(RuntimeError, match=r"stage verify_positives: 12 of 12 model requests failed \(100%.*"
+                                           r"request_failed x12; e\.g\. 'request_failed: ConnectError"):
+        run_build(cfg)
+    assert not (out / "stats.json").exists() and not (out / "card.md").exists()
