@@ -188,11 +188,12 @@ def start_session(tmp: Path, num_cpus: float, num_gpus: int = 0, autoscaling: di
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     temp = Path(f"/tmp/rt_{uuid.uuid4().hex[:8]}")  # short: unix socket paths have a length limit
-    env = dict(os.environ, HOME=str(home), PATH=f"{RAY_BIN.parent}{os.pathsep}{os.environ['PATH']}",
+    # not this process's Ray settings: ray.init() of the session's local Ray sets RAY_AUTH_MODE, for one
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), PATH=f"{RAY_BIN.parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "lib"), os.environ.get("PYTHONPATH")])),
                RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                **(extra_env or {}))
-    env.pop("RAY_ADDRESS", None)
     gcs, dash, *p = free_ports(9)
     cmd = [str(RAY_BIN), "start", "--head", f"--port={gcs}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
            f"--temp-dir={temp}", "--disable-usage-stats", f"--include-dashboard={str(dashboard).lower()}",

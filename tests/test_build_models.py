@@ -34,6 +34,7 @@ def test_build_with_tiny_models(ray_local, models, tmp_path):
         "ingest.password_map={'confidential_*.pdf': sample}",
         f"positives.engine={json.dumps(_engine(vlm))}", "positives.num_candidates=2", "positives.max_tokens=24",
         f"verify.engine={json.dumps(_engine(vlm))}", "verify.threshold=0.001", "verify.prefilter=none",
+        "verify.reverify_given=true",
         f"negatives.engine={json.dumps(_engine(lm))}", "negatives.max_tokens=24", "negatives.mode=general",
     ]
     stats = run_build(load_config(BuildConfig, None, overrides))
