@@ -195,6 +195,7 @@ class PoolClient:
         if not actors:
             raise RuntimeError(f"model pool {self.pool}: no live actor to call")
         self.actors, self.load = list(actors), [0] * len(actors)
+        self.dead: set = set()  # failed a call after Ray's restarts; skipped until the next refresh
 
     def generate(self, requests) -> list:
         """Generate through the pool."""
@@ -213,11 +214,12 @@ class PoolClient:
         if time.monotonic() - self.refreshed < REFRESH_S:
             return
         self.refreshed = time.monotonic()
+        live = [a for i, a in enumerate(self.actors) if i not in self.dead] or self.actors
         try:
-            current = ray.get(self.actors[0].members.remote(), timeout=10)
+            current = ray.get(self.rng.choice(live).members.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - keep the actors known; a dead one is skipped on its first failure
             return
-        if current and len(current) != len(self.actors):
+        if current:
             self._set(current)
 
     def _pick(self, avoid: set) -> int:
@@ -236,7 +238,7 @@ class PoolClient:
         pending: dict = {}
 
         def send(i: int, failed: set) -> None:
-            a = self._pick(failed)
+            a = self._pick(failed | self.dead)
             self.load[a] += 1
             pending[self.actors[a].call.remote(kind, self.stage, chunks[i])] = (i, a, failed)
 
@@ -250,7 +252,8 @@ class PoolClient:
                 out[i] = ray.get(ref)
             except ray.exceptions.RayActorError as err:  # gone even after Ray's restarts: another actor takes it
                 failed = failed | {a}
-                if len(failed) >= len(self.actors):
+                self.dead.add(a)
+                if len(failed | self.dead) >= len(self.actors):
                     raise RuntimeError(f"model pool {self.pool}: every actor failed a call of stage {self.stage} "
                                        f"({len(self.actors)} tried): {err}") from err
                 log.warning("pool %s: actor %d failed (%s); retrying the call on another", self.pool, a, err)
