@@ -164,7 +164,11 @@ class RaySession:
                f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--runtime-env-agent-port={p[2]}",
                f"--metrics-export-port={p[3]}", f"--dashboard-agent-listen-port={p[4]}",
                f"--dashboard-agent-grpc-port={p[5]}", "--disable-usage-stats"]
-        r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
+        for _ in range(3):
+            r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
+            # on a loaded machine the first ask for the head's node info can time out, before anything starts
+            if r.returncode == 0 or "Failed to get node info" not in r.stderr:
+                break
         assert r.returncode == 0, r.stderr[-2000:]
         self.nodes_started.append((num_cpus, num_gpus))
 
