@@ -31,6 +31,49 @@ def test_errors_name_the_key_and_accepted_values():
         load_config(IngestConfig, None, ["input"])
 
 
+def test_string_fields_keep_the_text_typed():
+    # YAML would read these as numbers; the field types say they are text, so the user's text is kept.
+    cfg = load_config(IngestConfig, None, ["input=sample:", "output=s3://b/out", "passwords=[1234, 007, pw]",
+                                           "password_map={'a.pdf': 0123, b.pdf: 1e3}", "suffixes=[.pdf]"])
+    assert cfg.passwords == ["1234", "007", "pw"]
+    assert cfg.password_map == {"a.pdf": "0123", "b.pdf": "1e3"}
+    assert cfg.input == "sample:" and cfg.output == "s3://b/out" and cfg.suffixes == [".pdf"]
+    # ... while numbers, booleans and null stay what YAML makes of them where the field wants them
+    cfg = load_config(IngestConfig, None, ["input=a", "output=b", "render.dpi=200", "num_workers=null", "resume=false",
+                                           "render.max_pixels=1000000", "passwords=['quoted', \"007\"]"])
+    assert cfg.render.dpi == 200.0 and cfg.num_workers is None and cfg.resume is False and cfg.render.max_pixels == 10**6
+    assert cfg.passwords == ["quoted", "007"]
+
+
+def test_string_fields_inside_lists_unions_and_nested_configs():
+    from docrerank.build.config import BuildConfig
+
+    cfg = load_config(BuildConfig, None, [
+        "input=sample:", "output=o", "ingest.passwords=[1234]", "verify.engine=text",
+        "negatives.user_attributes=[{name: product, examples: [2019, 007]}]",
+        "positives.engine={backend: hf, model: 007, ray: {num_gpus: 1}}"])
+    assert cfg.ingest.passwords == ["1234"]
+    assert cfg.negatives.user_attributes[0].examples == ["2019", "007"]
+    assert cfg.positives.engine.model == "007" and cfg.positives.engine.ray.num_gpus == 1.0
+    assert cfg.verify.engine == "text"
+
+
+def test_a_list_for_a_string_field_is_still_an_error():
+    with pytest.raises(ConfigError, match=r"input: .*valid string"):
+        load_config(IngestConfig, None, ["input=[a, b]", "output=b"])
+
+
+def test_field_type_walks_nested_configs_and_mappings():
+    from docrerank.build.config import BuildConfig
+    from docrerank.core.config import field_type
+
+    assert field_type(IngestConfig, ["passwords"]) == list[str]
+    assert field_type(IngestConfig, ["password_map", "x.pdf"]) is str
+    assert field_type(BuildConfig, ["ingest", "render", "dpi"]) is float
+    assert field_type(BuildConfig, ["positives", "engine", "model"]) is str  # through Union[Literal, EngineConfig]
+    assert field_type(IngestConfig, ["render", "nope"]) is None
+
+
 def test_overrides_do_not_mutate_input():
     base = {"a": {"b": 1}}
     out = apply_overrides(base, ["a.c=2"])
@@ -59,8 +102,11 @@ def _classes():
     from docrerank.rerank.config import RerankConfig
     from docrerank.mine.config import MineConfig
 
+    from docrerank.pipeline.config import PipelineConfig
+    from docrerank.viewer.config import ViewConfig
+
     out = {"ingest": IngestConfig, "build": BuildConfig, "analyse": AnalyseConfig, "eval": EvalConfig,
-           "rerank": RerankConfig, "mine": MineConfig}
+           "rerank": RerankConfig, "mine": MineConfig, "pipeline": PipelineConfig, "view": ViewConfig}
     try:
         from docrerank.train.config import TrainConfig
 
@@ -74,7 +120,8 @@ CONFIG_CLASSES = _classes()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load(path):
+def test_shipped_configs_load(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # a pipeline config names the job configs it runs relative to the checkout
     job = path.stem.split("_")[0]
     cls = CONFIG_CLASSES.get(job)
     assert cls is not None, f"{path.name}: no config class for job prefix {job!r}; register it in CONFIG_CLASSES"

@@ -134,6 +134,34 @@ def test_vl_prefix_reuse_equals_plain(vl, models, arch):
         assert r.prompt_tokens == p.prompt_tokens > 0
 
 
+def test_prefix_reuse_passes_the_cache_by_its_current_name(models):
+    import functools
+    import inspect
+
+    import transformers
+    from packaging.version import Version
+
+    from docrerank.models.prefix import cache_kwarg
+
+    eng = engine_for(models["qwen2"])
+    names = set()
+    forward = eng.model.forward
+
+    @functools.wraps(forward)
+    def spy(*args, **kwargs):
+        names.update(k for k in ("cache", "past_key_values") if kwargs.get(k) is not None)
+        return forward(*args, **kwargs)
+
+    eng.model.forward = spy
+    res = eng.judge([JudgeRequest([user(INSTRUCTION + q)]) for q in QUERIES[:3]])
+    assert all(r.ok for r in res) and eng.stats["judge_prefix_requests"] == 3
+    takes_cache = "cache" in inspect.signature(forward).parameters
+    assert cache_kwarg(eng.model) == ("cache" if takes_cache else "past_key_values")
+    assert names == {cache_kwarg(eng.model)}
+    if Version(transformers.__version__) >= Version("5.24"):  # past_key_values deprecated there, gone in 5.40
+        assert names == {"cache"}
+
+
 def test_vl_prefix_reuse_with_system_prompt_and_two_instructions(vl):
     sys_msg = system("You verify whether document pages answer questions.")
     reqs = [JudgeRequest([sys_msg, user(page(3), instr + q)]) for q in QUERIES[:3]
@@ -202,6 +230,24 @@ def test_generate_sampling_seed_n_and_stop(models):
     stop = greedy[2:4]
     cut = eng.generate([GenerateRequest([user("Write a query.")], SamplingParams(max_tokens=8, stop=(stop,)))])[0]
     assert cut.text == greedy[: greedy.find(stop)] and cut.finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "vl"])
+def test_generate_different_seeds_share_a_forward_pass(models, kind):
+    eng = engine_for(models[kind], batch_size=8)
+    calls = []
+    real = eng.model.generate
+    eng.model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or real(**kw)
+    prompts = ["Write a query.", "Write a query.", "Rephrase the question: what is the revenue?", "Which year?"]
+    reqs = [GenerateRequest([user(page(i), p) if kind == "vl" else user(p)],
+                            SamplingParams(temperature=1.0, top_p=0.95, n=2, seed=100 + i, max_tokens=8))
+            for i, p in enumerate(prompts)]
+    batched = eng.generate(reqs)
+    assert calls == [8]  # 4 requests x 2 samples with 4 different seeds: one forward batch
+    alone = [eng.generate([r])[0] for r in reqs]
+    assert [b.texts for b in batched] == [a.texts for a in alone]  # a request's samples do not depend on its batch
+    assert batched[0].texts != batched[1].texts  # same prompt, different seed
+    assert len({t for b in batched for t in b.texts}) > 4  # the two samples of a request are distinct draws
 
 
 def test_generate_json_and_errors_never_raise(models):

@@ -154,3 +154,42 @@ def test_backoff_delay():
     assert 0.5 <= backoff_delay(0, 1.0, 10.0) <= 1.0
     assert 2.0 <= backoff_delay(2, 1.0, 10.0) <= 4.0
     assert backoff_delay(10, 1.0, 5.0) <= 5.0
+
+
+def test_malformed_request_is_not_retried():
+    with FakeOpenAIServer(json_formats=(), format_status=400) as srv:
+        [res] = make_engine(srv, max_retries=3, json_mode="json_schema").generate(
+            [GenerateRequest([user("Queries as JSON.")], json_schema=SCHEMA)])
+        assert error_kind(res.error) == "request_failed" and "json_mode" in res.error
+        assert len(srv.requests) == 1
+
+
+def test_json_mode_steps_down_once_like_llama_cpp(caplog):
+    # llama.cpp's server answers response_format json_schema with HTTP 500 and takes json_object + schema.
+    with FakeOpenAIServer(json_formats=("json_object",), format_status=500, delay_s=0.05) as srv:
+        eng = make_engine(srv, max_concurrency=3, max_retries=3)
+        with caplog.at_level("WARNING", logger="docrerank.engines.http"):
+            res = eng.generate([GenerateRequest([user(f"Queries as JSON {k}.")], json_schema=SCHEMA)
+                                for k in range(6)])
+        assert count_errors(res) == {"ok": 6} and all(r.parsed == [srv.reply_json] for r in res)
+        assert eng.json_mode == "json_object" and eng.stats["json_mode_json_object"] == 1
+        assert len([r for r in caplog.records if "rejected response_format json_schema" in r.message]) == 1
+        kinds = [b["response_format"]["type"] for b in srv.requests]
+        # No retries of the rejected format: one json_schema attempt per request that went out before the step
+        # down (at most max_concurrency), then json_object for all six, with the schema.
+        assert 1 <= kinds.count("json_schema") <= 3 and kinds.count("json_object") == 6
+        assert all(b["response_format"]["schema"] == SCHEMA for b in srv.requests if "schema" in b["response_format"])
+        srv.requests.clear()  # the engine remembers: no json_schema attempt any more
+        eng.generate([GenerateRequest([user("Queries as JSON.")], json_schema=SCHEMA)])
+        assert [b["response_format"]["type"] for b in srv.requests] == ["json_object"]
+
+
+def test_json_mode_steps_down_to_prompt_only():
+    with FakeOpenAIServer(json_formats=(), format_status=400) as srv:
+        eng = make_engine(srv, max_concurrency=1)
+        [res] = eng.generate([GenerateRequest([user("Queries as JSON.")], json_schema=SCHEMA)])
+        assert res.ok and res.parsed == [srv.reply_json] and eng.json_mode == "none"
+        assert [b.get("response_format", {}).get("type") for b in srv.requests] == ["json_schema", "json_object", None]
+        assert '"required":["queries"]' in srv.requests[-1]["messages"][-1]["content"]
+        [text] = eng.generate([GenerateRequest([user("A query.")])])  # requests without a schema are unchanged
+        assert text.ok and "JSON" not in str(srv.requests[-1]["messages"])

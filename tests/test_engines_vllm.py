@@ -1,14 +1,19 @@
-"""The vLLM backend up to the ``LLM`` call (CPU): prompts, sampling parameters, output parsing, errors.
+"""The vLLM backend up to the ``LLM`` call (CPU): chat messages, sampling parameters, output parsing, errors.
 
-A fake ``LLM`` with vLLM's output shapes stands in for the GPU engine; the tokenizer is the tiny local one
-with the Qwen2-VL chat template.
+``vllm.SamplingParams`` and ``StructuredOutputsParams`` are the real classes where vllm imports (CI installs the
+wheel without its GPU dependencies, see ``.ci/install``); the tests that need them skip elsewhere. The ``LLM``
+is a fake that records ``chat`` calls and renders each conversation with the tiny tokenizer's chat template the
+way vLLM's HF renderer does (one image placeholder per image part), returning vLLM's output shapes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,6 +23,8 @@ from docrerank.engines import EngineConfig, GenerateRequest, JudgeRequest, Sampl
 from docrerank.engines import vllm as vb
 
 SCHEMA = {"type": "object", "required": ["queries"]}
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (CI installs it: .ci/install)")
 
 
 @dataclass
@@ -42,31 +49,58 @@ class RequestOutput:
     outputs: list = field(default_factory=list)
 
 
-class FakeLLM:
-    """vLLM's ``LLM`` surface used by the engine: get_tokenizer() and generate(prompts, params, use_tqdm)."""
+def _get(params, name):
+    return params[name] if isinstance(params, dict) else getattr(params, name)
 
-    def __init__(self, tokenizer, texts=None):
+
+class FakeLLM:
+    """vLLM's ``LLM`` surface the engine uses: ``get_tokenizer()`` and ``chat(conversations, params, ...)``.
+
+    A judgement answers p(yes) = the ``p=0.x`` written in the prompt (0.7 when none), so tests can check that
+    each answer comes back to its own request. ``leak_orphans`` mimics vLLM < 0.11.1: a failed call leaves the
+    requests it had added before the bad one, and the next call returns them first.
+    """
+
+    def __init__(self, tokenizer, texts=None, leak_orphans=False):
         self.tok = tokenizer
         self.texts = list(texts or [])
         self.calls = []
+        self.leak_orphans = leak_orphans
+        self.pending = []
 
     def get_tokenizer(self):
         return self.tok
 
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls.append((prompts, params))
-        if any("TOO LONG" in p["prompt"] for p in prompts):
-            raise ValueError("The decoder prompt (length 99999) is longer than the maximum model length of 4096.")
-        outs = []
-        for p, s in zip(prompts, params):
-            ids = self.tok(p["prompt"], add_special_tokens=False)["input_ids"]
-            if s.get("max_tokens") == 1:  # a judgement: logprobs of both allowed tokens and a distractor
-                y, n = s["allowed_token_ids"]
-                lp = {y: Logprob(math.log(0.7)), n: Logprob(math.log(0.2)), 5: Logprob(math.log(0.1))}
-                outs.append(RequestOutput(ids, [CompletionOutput(0, "Yes", [y], logprobs=[lp])]))
-            else:
-                text = self.texts.pop(0) if self.texts else "What is the revenue?"
-                outs.append(RequestOutput(ids, [CompletionOutput(i, text, [1, 2, 3]) for i in range(s["n"])]))
+    def render(self, conv, chat_template):
+        flat = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else [
+            {"type": "image"} if p["type"] in ("image_pil", "image_url") else p for p in m["content"]]} for m in conv]
+        return self.tok.apply_chat_template(flat, tokenize=False, add_generation_prompt=True,
+                                            chat_template=chat_template)
+
+    def answer(self, prompt, params):
+        ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
+        if _get(params, "max_tokens") == 1:
+            y, n = _get(params, "allowed_token_ids")
+            m = re.search(r"p=([0-9.]+)", prompt)
+            p = float(m.group(1)) if m else 0.7
+            lp = {y: Logprob(math.log(p)), n: Logprob(math.log(1 - p)), 5: Logprob(math.log(1e-4))}
+            return RequestOutput(ids, [CompletionOutput(0, "Yes", [y], logprobs=[lp])])
+        text = self.texts.pop(0) if self.texts else "What is the revenue?"
+        return RequestOutput(ids, [CompletionOutput(i, text, [1, 2, 3]) for i in range(_get(params, "n"))])
+
+    def chat(self, conversations, params, **kwargs):
+        assert kwargs["add_generation_prompt"] and not kwargs["use_tqdm"] and len(params) == len(conversations)
+        chat_template = kwargs.get("chat_template")
+        self.calls.append(dict(convs=conversations, params=params, chat_template=chat_template, kwargs=kwargs))
+        added = []
+        for conv, p in zip(conversations, params):
+            prompt = self.render(conv, chat_template)
+            if "TOO LONG" in prompt:
+                if self.leak_orphans:
+                    self.pending += added
+                raise ValueError("The decoder prompt (length 99999) is longer than the maximum model length of 4096.")
+            added.append(self.answer(prompt, p))
+        outs, self.pending = self.pending + added, []
         return outs
 
 
@@ -85,38 +119,106 @@ def png(color="white") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
-def test_missing_vllm_says_how_to_install():
+def engine(llm, **cfg):
+    return vb.VLLMEngine(EngineConfig(backend="vllm", model="m", **cfg), llm=llm)
+
+
+def test_missing_vllm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without vllm
     with pytest.raises(ImportError, match="pip install"):
         build_engine(EngineConfig(backend="vllm", model="Qwen/Qwen2-VL-2B-Instruct"))
 
 
-def test_llm_kwargs():
+def test_version_floor():
+    for ok in ("0.11.1", "0.32.0", "0.12.0rc1", "0.11.2.dev3+gabc", "1.0.0"):
+        vb.check_version(ok)
+    for old in ("0.11.0", "0.10.2", "0.6.3.post1"):
+        with pytest.raises(ImportError, match=r"vllm >= 0\.11\.1"):
+            vb.check_version(old)
+
+
+def test_llm_kwargs_per_model_family():
     cfg = EngineConfig(backend="vllm", model="m", max_model_len=8192, min_pixels=3136,
                        vllm={"max_num_seqs": 64, "engine_kwargs": {"enforce_eager": True, "seed": 5}})
-    kw = vb.llm_kwargs(cfg, multimodal=True)
+    kw = vb.llm_kwargs(cfg, "qwen2_5_vl", multimodal=True)
     assert kw["enable_prefix_caching"] is True and kw["max_model_len"] == 8192 and kw["max_num_seqs"] == 64
     assert kw["mm_processor_kwargs"] == {"max_pixels": 802_816, "min_pixels": 3136}
-    assert kw["limit_mm_per_prompt"] == {"image": 1}
+    assert kw["limit_mm_per_prompt"] == {"image": 1} and "tokenizer_mode" not in kw
     assert kw["enforce_eager"] is True and kw["seed"] == 5  # engine_kwargs win
-    assert "mm_processor_kwargs" not in vb.llm_kwargs(cfg, multimodal=False)
+    assert "mm_processor_kwargs" not in vb.llm_kwargs(cfg, "qwen2", multimodal=False)
+    # Pixtral in Mistral's format: vLLM's own tokenizer/config/weights loaders, no Qwen pixel kwargs.
+    pix = EngineConfig(backend="vllm", model="mistralai/Pixtral-12B-2409",
+                       vllm={"tokenizer_mode": "mistral", "config_format": "mistral", "load_format": "mistral"})
+    kw = vb.llm_kwargs(pix, "mistral", multimodal=True)
+    assert (kw["tokenizer_mode"], kw["config_format"], kw["load_format"]) == ("mistral",) * 3
+    assert kw["limit_mm_per_prompt"] == {"image": 1} and "mm_processor_kwargs" not in kw
 
 
-def test_is_multimodal_checkpoint(tmp_path):
+def test_checkpoint_info(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl", "vision_config": {}}')
-    assert vb.is_multimodal_checkpoint(str(tmp_path))
+    assert vb.checkpoint_info(str(tmp_path)) == ("qwen2_vl", True)
     (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
-    assert not vb.is_multimodal_checkpoint(str(tmp_path))
+    assert vb.checkpoint_info(str(tmp_path)) == ("qwen2", False)
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "params.json").write_text('{"dim": 5120, "vision_encoder": {"image_size": 1024}}')
+    assert vb.checkpoint_info(str(tmp_path)) == ("mistral", True)
+    (tmp_path / "params.json").unlink()
+    assert vb.checkpoint_info(str(tmp_path)) == (None, False)
 
 
-def test_build_prompt_one_placeholder_per_image(tok):
-    p = vb.build_prompt(tok, [user(png(), "Can this page answer? Answer Yes or No.")])
-    assert p["prompt"].count("<|vision_start|><|image_pad|><|vision_end|>") == 1
-    assert p["prompt"].endswith("<|im_start|>assistant\n")
-    assert p["multi_modal_data"]["image"].size == (20, 10)
-    assert "multi_modal_data" not in vb.build_prompt(tok, [user("text only")])
+def test_chat_messages_image_first_decoded_once():
+    cache = vb.ImageCache(4)
+    page = png()
+    convs = [vb.chat_messages([user(f"Question {k}?", page)], cache, mistral=False) for k in range(24)]
+    assert cache.decoded == 1  # 24 checks of one page, one decode
+    first = convs[0][0]["content"]
+    assert [p["type"] for p in first] == ["image_pil", "text"]  # the image moves before the text
+    assert first[0]["uuid"] == user(page).parts[0].key() and first[0]["image_pil"].size == (20, 10)
+    assert all(c[0]["content"][0]["image_pil"] is first[0]["image_pil"] for c in convs)
+    mistral = vb.chat_messages([user(page, "Question?")], cache, mistral=True)[0]["content"]
+    assert mistral[0]["type"] == "image_url" and mistral[0]["image_url"]["url"].startswith("data:image/png;base64,")
     with pytest.raises(ValueError, match="decode"):
-        vb.build_prompt(tok, [user(b"junk", "q")])
+        vb.chat_messages([user(b"junk", "q")], cache, mistral=False)
+    for k in range(6):  # bounded
+        vb.chat_messages([user(png(color=(k, 0, 0)))], cache, mistral=False)
+    assert len(cache._items) == 4
+
+
+@needs_vllm
+def test_vllm_parses_our_parts():
+    from vllm.renderers.chat_utils import _parse_chat_message_content_mm_part
+
+    conv = vb.chat_messages([user(png(), "Question?")], vb.ImageCache(2), mistral=False)
+    image, text = conv[0]["content"]
+    kind, value = _parse_chat_message_content_mm_part(image)
+    assert kind == "image_pil" and value is image["image_pil"]
+    assert _parse_chat_message_content_mm_part(text) == ("text", "Question?")
+    url = vb.chat_messages([user(png())], vb.ImageCache(2), mistral=True)[0]["content"][0]
+    assert _parse_chat_message_content_mm_part(url) == ("image_url", url["image_url"]["url"])
+
+
+@needs_vllm
+def test_calls_match_the_real_vllm_signatures(tok):
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    llm = FakeLLM(tok)
+    engine(llm).judge([JudgeRequest([user(png(), "Yes or No?")])])
+    # LLM.chat's parameters, read from vLLM's source (importing vllm.LLM needs GPU-side packages).
+    source = Path(importlib.util.find_spec("vllm").submodule_search_locations[0]) / "entrypoints" / "llm.py"
+    tree = ast.parse(source.read_text())
+    chat = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "LLM"
+                for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "chat")
+    names = [a.arg for a in chat.args.args + chat.args.kwonlyargs]
+    assert names[1:3] == ["messages", "sampling_params"]  # passed by position
+    assert set(llm.calls[0]["kwargs"]) <= set(names)
+    cfg = EngineConfig(backend="vllm", model="m", max_model_len=4096, vllm={"max_num_seqs": 8,
+                       "tokenizer_mode": "mistral", "config_format": "mistral", "load_format": "mistral"})
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert set(vb.llm_kwargs(cfg, "qwen2_vl", multimodal=True)) <= fields
 
 
 def test_sampling_kwargs():
@@ -127,6 +229,34 @@ def test_sampling_kwargs():
     assert vb.sampling_kwargs(GenerateRequest([user("q")]), 11)["seed"] is None  # greedy needs no seed
     jk = vb.judge_sampling_kwargs((7, 9), 20)
     assert jk == dict(temperature=0.0, max_tokens=1, logprobs=20, allowed_token_ids=[7, 9])
+
+
+@needs_vllm
+def test_real_sampling_params():
+    import vllm
+
+    req = GenerateRequest([user("q")], SamplingParams(temperature=0.7, max_tokens=50, n=2), json_schema=SCHEMA)
+    sp = vb.make_sampling_params(vllm, vb.sampling_kwargs(req, 3))
+    assert isinstance(sp, vllm.SamplingParams) and sp.n == 2 and sp.seed == 3
+    assert sp.structured_outputs.json == SCHEMA
+    jp = vb.make_sampling_params(vllm, vb.judge_sampling_kwargs((7, 9), 20))
+    assert jp.allowed_token_ids == [7, 9] and jp.logprobs == 20 and jp.max_tokens == 1
+
+
+@needs_vllm
+def test_parameters_vllm_rejects_fail_only_their_request(tok):
+    llm = FakeLLM(tok)
+    eng = engine(llm)
+    reqs = [GenerateRequest([user("fine")]),
+            GenerateRequest([user("q")], SamplingParams(temperature=0.0, n=2)),  # n > 1 needs sampling
+            GenerateRequest([user("q")], SamplingParams(temperature=2.5)),
+            GenerateRequest([user("q")], SamplingParams(stop=("",))),
+            GenerateRequest([user("also fine")], SamplingParams(temperature=0.5, n=2))]
+    res = eng.generate(reqs)
+    assert [error_kind(r.error) for r in res] == [None, "bad_input", "bad_input", "bad_input", None]
+    assert "n must be 1" in res[1].error and "temperature" in res[2].error and "empty string" in res[3].error
+    assert len(llm.calls) == 1 and len(llm.calls[0]["convs"]) == 2  # the valid two ran together
+    assert len(res[4].texts) == 2
 
 
 def test_parse_outputs():
@@ -146,34 +276,115 @@ def test_parse_outputs():
 
 def test_engine_with_fake_llm(tok):
     llm = FakeLLM(tok, texts=["not json", "What is the revenue?", '{"queries": ["q1"]}'])
-    eng = vb.VLLMEngine(EngineConfig(backend="vllm", model="m"), llm=llm)
+    eng = engine(llm)
+    assert llm.calls == [] and eng.chat_template is None  # the tokenizer has its own template
     res = eng.generate([GenerateRequest([user("JSON please")], json_schema=SCHEMA), GenerateRequest([user("q")])])
     assert res[0].ok and res[0].repaired == 1 and res[0].parsed == [{"queries": ["q1"]}]
     assert res[1].ok and res[1].text == "What is the revenue?"
-    assert llm.calls[0][1][0]["structured_json"] == SCHEMA
-    judged = eng.judge([JudgeRequest([user(png(), "Answer Yes or No.")], id="a"),
+    schema_of = (lambda p: p["structured_json"]) if not HAS_VLLM else (lambda p: p.structured_outputs.json)
+    assert schema_of(llm.calls[0]["params"][0]) == SCHEMA
+    judged = eng.judge([JudgeRequest([user(png(), "Answer Yes or No. p=0.9")], id="a"),
                         JudgeRequest([user("q")], yes="True", no="False", id="b")])
     assert [j.id for j in judged] == ["a", "b"]
-    assert [j.p_yes for j in judged] == pytest.approx([0.7 / 0.9] * 2)
+    assert [j.p_yes for j in judged] == pytest.approx([0.9, 0.7])
     yes, no = tok.convert_tokens_to_ids("True"), tok.convert_tokens_to_ids("False")
-    assert llm.calls[-1][1][1]["allowed_token_ids"] == [yes, no]
+    assert list(_get(llm.calls[-1]["params"][1], "allowed_token_ids")) == [yes, no]
 
 
 def test_requests_of_a_page_are_sent_together(tok):
     assert vb.group_order(["a", "b", "a", (), "b", "a"]) == [0, 2, 5, 1, 4, 3]
     llm = FakeLLM(tok)
-    eng = vb.VLLMEngine(EngineConfig(backend="vllm", model="m"), llm=llm)
+    eng = engine(llm)
     pages = [png(), png(color="black")]
-    reqs = [JudgeRequest([user(pages[k % 2], f"Question {k}? Yes or No.")], id=str(k)) for k in range(6)]
+    reqs = [JudgeRequest([user(pages[k % 2], f"Question {k}? p=0.{k + 1}")], id=str(k)) for k in range(6)]
     res = eng.judge(reqs)
     assert [r.id for r in res] == [str(k) for k in range(6)]  # results come back in request order
-    sent = [p["prompt"].split("Question ")[1][0] for p in llm.calls[-1][0]]
+    assert [r.p_yes for r in res] == pytest.approx([0.1 * (k + 1) for k in range(6)])
+    sent = [c[-1]["content"][1]["text"].split("Question ")[1][0] for c in llm.calls[-1]["convs"]]
     assert sent == ["0", "2", "4", "1", "3", "5"]
+    assert eng.images.decoded == 2
 
 
 def test_one_bad_request_does_not_fail_the_batch(tok):
-    eng = vb.VLLMEngine(EngineConfig(backend="vllm", model="m"), llm=FakeLLM(tok))
-    res = eng.judge([JudgeRequest([user("fine")]), JudgeRequest([user("TOO LONG")]), JudgeRequest([user(b"x", "q")])])
-    assert res[0].ok and error_kind(res[1].error) == "prompt_too_long" and error_kind(res[2].error) == "bad_input"
+    llm = FakeLLM(tok)
+    eng = engine(llm)
+    reqs = [JudgeRequest([user(f"fine p=0.{k + 1}")]) for k in range(8)]
+    reqs[5] = JudgeRequest([user("TOO LONG")])
+    res = eng.judge(reqs + [JudgeRequest([user(b"x", "q")])])
+    assert [error_kind(r.error) for r in res] == [None] * 5 + ["prompt_too_long"] + [None] * 2 + ["bad_input"]
+    assert [r.p_yes for r in res[:5] + res[6:8]] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8])
+    # halves, not one by one: 8 fails; 4 ok, 4 fails; 2 fails (1 ok, 1 fails), 2 ok
+    assert [len(c["convs"]) for c in llm.calls] == [8, 4, 4, 2, 1, 1, 2]
     gen = eng.generate([GenerateRequest([user("TOO LONG")]), GenerateRequest([user("fine")])])
     assert count_errors(gen) == {"prompt_too_long": 1, "ok": 1}
+
+
+def test_orphans_of_a_failed_call_are_not_attributed(tok):
+    # vLLM < 0.11.1 kept the requests a failed call had added; the next call returned them too, first.
+    llm = FakeLLM(tok, leak_orphans=True)
+    eng = engine(llm)
+    reqs = [JudgeRequest([user(f"q{k} p=0.{k + 1}")], id=str(k)) for k in range(4)]
+    reqs[2] = JudgeRequest([user("TOO LONG")], id="2")
+    res = eng.judge(reqs)
+    assert error_kind(res[2].error) == "prompt_too_long"
+    assert [res[k].p_yes for k in (0, 1, 3)] == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_no_chat_template_falls_back_to_checkpoint_files(tmp_path, tok):
+    from docrerank.testing.tiny_models import QWEN2_VL_CHAT_TEMPLATE
+
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(str(tmp_path / "t"))
+    bare = AutoTokenizer.from_pretrained(str(tmp_path / "t"))
+    bare.chat_template = None
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}))
+    llm = FakeLLM(bare)
+    eng = vb.VLLMEngine(EngineConfig(backend="vllm", model=str(tmp_path)), llm=llm)
+    assert eng.chat_template == QWEN2_VL_CHAT_TEMPLATE
+    assert eng.judge([JudgeRequest([user(png(), "Yes or No?")])])[0].ok
+    assert llm.calls[0]["chat_template"] == QWEN2_VL_CHAT_TEMPLATE
+    (tmp_path / "chat_template.json").unlink()
+    with pytest.raises(ValueError, match="no chat template"):
+        vb.VLLMEngine(EngineConfig(backend="vllm", model=str(tmp_path)), llm=FakeLLM(bare))
+
+
+class MistralTokenizer:
+    """Stands in for vLLM's MistralTokenizer (recognised by class name): no chat template, renders chats itself."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def encode(self, text, add_special_tokens=False):
+        return self._tok.encode(text, add_special_tokens=add_special_tokens)
+
+
+def test_mistral_format_path(tok):
+    class MistralLLM(FakeLLM):
+        def render(self, conv, chat_template):  # mistral_common takes the OpenAI messages as they are
+            assert chat_template is None
+            return json.dumps([{k: v for k, v in m.items()} for m in conv])[:2000]
+
+    llm = MistralLLM(MistralTokenizer(tok))
+    llm.tok = tok  # token counting in the fake
+    llm.get_tokenizer = lambda: MistralTokenizer(tok)
+    eng = engine(llm, vllm={"tokenizer_mode": "mistral"})
+    assert eng.mistral and eng.chat_template is None
+    res = eng.generate([GenerateRequest([user(png(), "Write a question.")])])
+    assert res[0].ok, res[0].error
+    (image, text), = [m["content"] for m in llm.calls[0]["convs"][0]]
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith("data:image/png;base64,")
+    assert text == {"type": "text", "text": "Write a question."}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mistral_common") is None, reason="mistral_common is not installed")
+def test_mistral_common_accepts_our_messages():
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    conv = vb.chat_messages([user(png(), "Write a question about this page.")], vb.ImageCache(1), mistral=True)
+    req = ChatCompletionRequest.from_openai(conv)
+    chunks = req.messages[0].content
+    assert [type(c).__name__ for c in chunks] == ["ImageURLChunk", "TextChunk"]
+    pil = vb.chat_messages([user(png(), "q")], vb.ImageCache(1), mistral=False)  # what HF tokenizers get
+    with pytest.raises(ValueError):
+        ChatCompletionRequest.from_openai(pil)

@@ -16,10 +16,11 @@ PACKAGE = "docrerank"
 LAYERS = [
     ["core"],
     ["lexical", "models", "prompts"],
-    ["engines", "ingest", "train"],
+    ["engines", "ingest", "train", "viewer"],
     ["build", "rerank", "analysis"],
     ["eval"],
     ["mine"],
+    ["pipeline"],
     ["testing"],
 ]
 LAYER = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}

@@ -167,6 +167,9 @@ class BuildConfig(Config):
     """Workers of the model-free stages; default: the cluster's CPUs."""
     plan: PlanOptions = Field(default_factory=PlanOptions)
     """What ``--plan`` and the start-of-job checks assume (throughput figures, page count)."""
+    viewer: bool = True
+    """Write the dataset viewer at the end, ``<output>/viewer/index.html`` (a static page a browser opens from disk;
+    ``jobs.view_dataset`` writes it for any build output)."""
 
     @model_validator(mode="after")
     def _one_source(self):

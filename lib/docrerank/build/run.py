@@ -196,4 +196,8 @@ def run_build(cfg: BuildConfig) -> dict:
         stats["ingest"] = {k: src.ingest_stats[k] for k in ("documents", "pages", "balanced")}
     runtime.write_json(out.join("stats.json"), stats)
     write_card(out, cfg, stats)
+    if cfg.viewer:
+        from docrerank.viewer.site import write_viewer_or_warn
+
+        write_viewer_or_warn(cfg.output)
     return stats

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -43,28 +45,120 @@ def _format_error(err: ValidationError) -> str:
     return "invalid config:\n" + "\n".join(lines)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=3`` -> (["a", "b"], 3). The value is parsed as YAML, so lists and numbers work."""
+def parse_override(item: str, cls: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """``a.b=3`` -> (["a", "b"], 3). The value is parsed as YAML, so lists, mappings and numbers work.
+
+    With the config class ``cls``, a value (or list item, mapping value) whose field is typed as a string keeps the
+    text the user typed: ``passwords=[1234]`` gives ``["1234"]`` and ``name=007`` gives ``"007"``, not numbers.
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r}: empty key")
+    path = key.split(".")
+    if not raw.strip():
+        return path, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
-        value = raw
-    if isinstance(value, dict) and not raw.strip().startswith("{"):
-        value = raw  # "sample:" or "s3://x" are strings, not one-key mappings
-    return key.split("."), value
+        return path, raw
+    if node is None:
+        return path, ""
+    if isinstance(node, yaml.MappingNode) and not raw.strip().startswith("{"):
+        return path, raw  # "sample:" or "s3://x" are strings, not one-key mappings
+    return path, _construct(node, field_type(cls, path) if cls is not None else None)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with every ``key=value`` override set (nested keys by dots)."""
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+def field_type(cls: type[BaseModel], path: list[str]) -> Any:
+    """The annotation of the field at dotted ``path`` in config class ``cls`` (into nested configs, unions holding a
+    config, and mapping values); None where the path names no field."""
+    ann: Any = cls
+    for part in path:
+        ann = _child_type(ann, part)
+        if ann is None:
+            return None
+    return ann
+
+
+def _members(ann: Any) -> list[Any]:
+    """The non-None types an annotation accepts (the members of a union, or the annotation itself)."""
+    if get_origin(ann) in (Union, UnionType):
+        return [a for a in get_args(ann) if a is not type(None)]
+    return [ann]
+
+
+def _child_type(ann: Any, key: str) -> Any:
+    for member in _members(ann):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get(key)
+            if field is not None:
+                return field.annotation
+        elif get_origin(member) in (dict, Mapping) and len(get_args(member)) == 2:
+            return get_args(member)[1]
+    return None
+
+
+def _allows_none(ann: Any) -> bool:
+    return get_origin(ann) in (Union, UnionType) and type(None) in get_args(ann)
+
+
+def _is_text(ann: Any) -> bool:
+    if ann is str:
+        return True
+    return get_origin(ann) is Literal and all(isinstance(a, str) for a in get_args(ann))
+
+
+def _plain(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _construct(node: yaml.Node, ann: Any) -> Any:
+    """The Python value of a YAML node, guided by the field type ``ann``: scalars typed as text keep their source."""
+    if ann is None or ann is Any:
+        return _plain(node)
+    members = _members(ann)
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == _NULL_TAG and node.style is None and _allows_none(ann):
+            return None  # an Optional field given null / ~
+        return node.value if any(_is_text(m) for m in members) else _plain(node)
+    if isinstance(node, yaml.SequenceNode):
+        for m in members:
+            if get_origin(m) in (list, tuple, set, frozenset, Sequence):
+                args = get_args(m)
+                item = args[0] if args else None
+                return [_construct(child, item) for child in node.value]
+        return _plain(node)
+    if isinstance(node, yaml.MappingNode):
+        for m in members:
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                out = {}
+                for k, v in node.value:
+                    name = _plain(k)
+                    out[name] = _construct(v, _child_type(m, str(name)))
+                return out
+            if get_origin(m) in (dict, Mapping):
+                args = get_args(m)
+                kt, vt = args if len(args) == 2 else (None, None)
+                return {(k.value if kt is str and isinstance(k, yaml.ScalarNode) else _plain(k)): _construct(v, vt)
+                        for k, v in node.value}
+    return _plain(node)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Return a copy of ``data`` with every ``key=value`` override set (nested keys by dots); with the config class
+    ``cls``, string-typed values keep the text typed (see :func:`parse_override`)."""
     out = _deepcopy(data)
     for item in overrides:
-        path, value = parse_override(item)
+        path, value = parse_override(item, cls)
         node = out
         for part in path[:-1]:
             child = node.get(part)
@@ -93,7 +187,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     try:
         return cls.model_validate(data)
     except ValidationError as err:

@@ -147,10 +147,13 @@ def print_plan(report: PlanReport) -> int:
 
 
 def start_checks(make_report: Callable[[], PlanReport]) -> Callable[[], list[str]]:
-    """The ``checks`` of ``runtime.run_job``: build the plan, log it, return its problems."""
+    """The ``checks`` of ``runtime.run_job``: build the plan, return its problems. The whole plan goes to the log
+    at DEBUG (``--plan`` prints it); a run that passes its checks says so in one line."""
     def checks() -> list[str]:
         report = make_report()
-        log.info("%s", format_report(report))
+        log.debug("%s", format_report(report))
+        if not report.problems:
+            log.info("start checks passed (the plan: rerun with --plan)")
         return report.problems
     return checks
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docrerank.core import storage
+from docrerank.core import runlog, storage
 
 log = logging.getLogger("docrerank")
 
@@ -20,15 +20,20 @@ SECRET_KEYS = ("password", "passwords", "password_map", "api_key", "token", "sec
 
 
 def setup_logging() -> None:
-    """INFO logs with time and logger name on stderr (stdout is for the job's tables)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """INFO logs with time and logger name on stderr (stdout is for the job's tables).
+
+    Inside ``run_job`` on the local default, only our own logs (``docrerank.*``) reach the console; other libraries'
+    go to the run log (:mod:`docrerank.core.runlog`)."""
+    logging.basicConfig(level=logging.INFO, format=runlog.FORMAT, stream=sys.stderr)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     """Connect to ``address`` or ``$RAY_ADDRESS``; with neither, start a local Ray sized to this machine.
 
-    Returns "local" or the address joined. A local instance gets the project's ``lib/`` on every worker's
-    path through the runtime environment, so an uninstalled checkout works too.
+    Returns "local", "existing" (Ray was already up in this process) or the address joined. A local instance gets
+    the project's ``lib/`` on every worker's path through the runtime environment, so an uninstalled checkout works
+    too. Started inside ``run_job`` (the local default), it prints nothing to the console: Ray's own logs, what
+    native code writes to stderr and every line its workers print go to the job's run log (``runlog``).
     """
     import ray
 
@@ -38,9 +43,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     lib_dir = str(Path(__file__).resolve().parent.parent)
     env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [lib_dir, os.environ.get("PYTHONPATH")]))}
     if address:
+        runlog.release()  # a cluster: Ray's and the libraries' logs stay where they would be without us
         # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override.
         ray.init(address=address, log_to_driver=True)
         return address
+    run_log = runlog.active()
+    if run_log is not None:
+        import ray.data  # noqa: F401  (its loggers must exist to be routed; every job that starts Ray uses it)
+
+        runlog.route_ray_process(run_log)
     ray.init(
         address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
         num_cpus=num_cpus or os.cpu_count(),
@@ -48,7 +59,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         log_to_driver=True,
         runtime_env={"env_vars": env_vars},
     )
+    if run_log is not None:
+        runlog.route_ray_workers(run_log)
     return "local"
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray (a local instance ends with it) and give the console back what ``init_ray`` routed."""
+    import ray
+
+    ray.shutdown()
+    runlog.unroute_ray()
 
 
 def configure_ray_data(progress: bool = True) -> None:
@@ -134,7 +155,8 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
 
     Every entry point has the same shape: parse its config, set up logging, call this (Ray is started inside
     ``work`` where the job needs it), then print its own tables from the result and exit 0 (or 1 on None).
-    Nothing is printed here on success. With a ``config.output`` the run metadata goes to ``<output>/_meta/``
+    On success nothing is printed here but, on the local default, one line naming the run log where other
+    libraries' output went (``runlog.capture``). With a ``config.output`` the run metadata goes to ``<output>/_meta/``
     before ``work()`` and again after it with ``finished`` and the summary (``summarise(result)``, default the
     result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
     ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
@@ -155,7 +177,8 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     if out is not None:
         write_run_metadata(out, meta)
     try:
-        result = work()
+        with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
+            result = work()
     except errors as e:
         print(f"{job} failed: {e}", file=sys.stderr)
         return None

@@ -45,6 +45,15 @@ class VLLMOptions(Config):
     """Sequences scheduled at once; None = vLLM default."""
     judge_top_logprobs: int = Field(default=20, ge=2)
     """Top logprobs requested for a judgement (the two answer words are read from them)."""
+    tokenizer_mode: str = "auto"
+    """vLLM's tokenizer_mode: "auto", "hf", "slow", or "mistral" (Mistral-format checkpoints such as
+    mistralai/Pixtral-12B-2409: mistral_common's tokenizer renders the chat, no chat template needed)."""
+    config_format: str = "auto"
+    """vLLM's config_format: "auto", "hf", or "mistral" (a checkpoint with params.json and no config.json)."""
+    load_format: str = "auto"
+    """vLLM's load_format: "auto", "safetensors", or "mistral" (consolidated Mistral weights)."""
+    image_cache_size: int = Field(default=64, ge=0)
+    """Decoded page images kept in memory: the checks of one page decode its image once."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``vllm.LLM`` (they win over the derived ones)."""
 
@@ -66,8 +75,11 @@ class HTTPOptions(Config):
     """First retry delay; doubles each retry (with jitter), capped at backoff_max_s; Retry-After wins."""
     backoff_max_s: float = Field(default=8.0, ge=0)
     """Longest delay between retries."""
-    json_mode: Literal["json_schema", "json_object", "none"] = "json_schema"
-    """How a JSON schema is sent: response_format json_schema (constrained), json_object, or prompt only."""
+    json_mode: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    """How a JSON schema is sent: "json_schema" (response_format json_schema, constrained), "json_object"
+    (response_format json_object with the schema, as llama.cpp takes it), "none" (the schema in the prompt only), or
+    "auto": json_schema first, and on the first request the server rejects for its response_format, json_object,
+    then prompt only; the step down happens once per engine and is logged."""
     judge_mode: Literal["auto", "logprobs", "answer"] = "auto"
     """Judge from top_logprobs ("logprobs"), from a one-token answer ("answer"), or logprobs with a fallback
     to the answer when the endpoint returns none ("auto")."""

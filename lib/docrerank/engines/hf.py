@@ -3,13 +3,15 @@
 Prompts are built through ``models.qwen_vl`` (the checkpoint's chat template, each ``<|image_pad|>`` placeholder
 expanded to the image's token count, the PIL image processor: no torchvision needed), the same input path as the
 vlm training backbone and the Reranker. Judging reads the two answer-token logits at the last position of one
-forward pass; requests that share a page prefix go through ``models.prefix`` (prefix encoded once).
+forward pass; requests that share a page prefix go through ``models.prefix`` (prefix encoded once). Generation
+batches requests that differ only in their seed: each sample draws from its own seeded generator
+(``seeded_sampler``), so a request's samples do not depend on the batch it is in.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 from docrerank.engines.base import TextEngine
@@ -34,6 +36,40 @@ class Encoded:
     def pixels(self) -> list:
         """The request's images as ``qwen_vl.batch_inputs`` takes them."""
         return [] if self.grid_thw is None else [(self.pixel_values, self.grid_thw)]
+
+
+def sample_seed(seed: int, j: int) -> int:
+    """The seed of sample ``j`` of a request seeded ``seed`` (distinct per sample, the same in any batch)."""
+    return (seed * 1_000_003 + j) % (2**63)
+
+
+def seeded_sampler(row_seeds: Sequence[int], temperature: float, top_p: float):
+    """A ``LogitsProcessorList`` that samples each row's next token with its own ``torch.Generator`` (temperature,
+    then nucleus ``top_p``) and leaves only that token possible, so greedy decoding emits it.
+
+    transformers samples a batch from the one global generator, so a row's tokens would depend on its batch
+    neighbours; with one generator per row, a request gives the same samples alone or in any batch.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list = []
+
+        def __call__(self, input_ids, scores):
+            if not self.generators:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in row_seeds]
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+                probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+            picks = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
+            forced = torch.full_like(scores, float("-inf"))
+            return forced.scatter(-1, picks, 0.0)
+
+    return LogitsProcessorList([SeededSampler()])
 
 
 class HFEngine(TextEngine):
@@ -228,15 +264,17 @@ class HFEngine(TextEngine):
             err = self._too_long(len(encs[i].ids), req.sampling.max_tokens)
             if err:
                 raws[i] = RawGeneration(error=err, prompt_tokens=len(encs[i].ids))
+        # Requests that differ only in their seed share a forward pass: each sample draws from its own generator.
         by_sampling: dict[Any, list[int]] = {}
         for i in encs:
             if raws[i] is None:
-                by_sampling.setdefault(requests[i].sampling, []).append(i)
+                by_sampling.setdefault(replace(requests[i].sampling, seed=None), []).append(i)
         for sampling, idx in by_sampling.items():
             for s in range(0, len(idx), self.cfg.batch_size):
                 chunk = idx[s : s + self.cfg.batch_size]
+                seeds = [requests[i].sampling.seed for i in chunk]
                 try:
-                    outs = self._generate_chunk([encs[i] for i in chunk], sampling)
+                    outs = self._generate_chunk([encs[i] for i in chunk], sampling, seeds)
                 except Exception as err:  # noqa: BLE001 - confined to this chunk
                     outs = [RawGeneration(error=make_error("engine_error", f"{type(err).__name__}: {err}"[:300]))
                             for _ in chunk]
@@ -244,18 +282,18 @@ class HFEngine(TextEngine):
                     raws[i] = raw
         return raws
 
-    def _generate_chunk(self, encs: list, sampling) -> list[RawGeneration]:
+    def _generate_chunk(self, encs: list, sampling, seeds: list) -> list[RawGeneration]:
         torch = self._torch
-        inputs = self.batch_inputs(encs, positions=False)
+        n = sampling.n
+        # One row per sample (request r, sample j at row r * n + j), so every row can carry its own seed.
+        inputs = self.batch_inputs([e for e in encs for _ in range(n)], positions=False)
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n, pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids, do_sample=sampling.temperature > 0,
+            max_new_tokens=sampling.max_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            do_sample=False, temperature=None, top_p=None, top_k=None,
         )
         if sampling.temperature > 0:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-            torch.manual_seed(sampling.seed if sampling.seed is not None else self.cfg.seed)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            row_seeds = [sample_seed(self.cfg.seed if sd is None else sd, j) for sd in seeds for j in range(n)]
+            kwargs["logits_processor"] = seeded_sampler(row_seeds, sampling.temperature, sampling.top_p)
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tok)
         with torch.inference_mode():
@@ -264,7 +302,7 @@ class HFEngine(TextEngine):
         raws = []
         for r, enc in enumerate(encs):
             texts, reasons, n_tokens = [], [], 0
-            for seq in new[r * sampling.n : (r + 1) * sampling.n]:
+            for seq in new[r * n : (r + 1) * n]:
                 ended = next((j for j, t in enumerate(seq) if t in self.eos_ids), None)
                 body = seq if ended is None else seq[:ended]
                 body = [t for t in body if t != self.pad_id]

@@ -6,12 +6,23 @@ The API key is read from the environment variable named in the config when the e
 only as the Authorization header: it is never stored in the config, logged, or put in an error message.
 Judging uses ``top_logprobs`` of a one-token answer; an endpoint that returns no logprobs falls back to the
 one-token answer itself (judge_mode "auto"), reported with method "answer".
+
+Servers differ in the JSON constraint they take (see ``docs/engines.md``): OpenAI, vLLM and SGLang take
+``response_format: {type: json_schema}``; llama.cpp's Python server takes ``{type: json_object, schema}`` and
+answers json_schema with HTTP 500. With ``json_mode: auto`` the engine sends json_schema, and when a server rejects
+a request for its response_format (a 4xx, or a 5xx whose body names the response format) it steps down to
+json_object with the schema, then to the schema in the prompt only: once per engine, under a lock (requests run in
+a thread pool), with a log line, and that request is sent again in the new mode at no retry cost. Other 4xx
+answers mean the request is malformed and are not retried.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
@@ -29,15 +40,29 @@ from docrerank.engines.requests import (
     make_error,
 )
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+"""Answers worth another attempt: timeouts, rate limits, server errors (other 4xx: the request is malformed)."""
+
+JSON_MODES = ("json_schema", "json_object", "none")
+"""How a schema is sent, most constrained first; ``json_mode: auto`` steps down this list on rejection."""
+
+FORMAT_REJECTED = "the server rejected the response_format;"
+
+SCHEMA_PROMPT = "Reply with JSON only, no other text, following this JSON schema: {schema}"
 
 
 def generate_body(model: str, req: GenerateRequest, json_mode: str, extra: dict) -> dict:
-    """Chat-completions request body for a generate request."""
+    """Chat-completions request body for a generate request; ``json_mode`` is one of ``JSON_MODES``."""
     s = req.sampling
+    messages = to_openai_dicts(req.messages)
+    if req.json_schema is not None and json_mode == "none":
+        messages.append({"role": "user", "content": SCHEMA_PROMPT.format(
+            schema=json.dumps(req.json_schema, separators=(",", ":")))})
     body: dict[str, Any] = {
         "model": model,
-        "messages": to_openai_dicts(req.messages),
+        "messages": messages,
         "temperature": s.temperature,
         "top_p": s.top_p,
         "max_tokens": s.max_tokens,
@@ -50,8 +75,17 @@ def generate_body(model: str, req: GenerateRequest, json_mode: str, extra: dict)
     if req.json_schema is not None and json_mode == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": req.json_schema}}
     elif req.json_schema is not None and json_mode == "json_object":
-        body["response_format"] = {"type": "json_object"}
+        body["response_format"] = {"type": "json_object", "schema": req.json_schema}
     return {**body, **extra}
+
+
+def rejects_response_format(status: int, text: str) -> bool:
+    """Whether an error answer rejects the request's ``response_format`` (rather than failing for another reason):
+    a 4xx, or a 5xx (llama.cpp answers an unknown format with 500), whose body names the format."""
+    if status < 400 or status in (408, 429):
+        return False
+    low = text.lower()
+    return "response_format" in low or "json_schema" in low or "json_object" in low
 
 
 def judge_body(model: str, req: JudgeRequest, with_logprobs: bool, top_logprobs: int, extra: dict) -> dict:
@@ -143,12 +177,18 @@ class HTTPEngine(TextEngine):
             limits=httpx.Limits(max_connections=self.opts.max_concurrency),
         )
         self._pool = ThreadPoolExecutor(max_workers=self.opts.max_concurrency, thread_name_prefix="docrerank-http")
+        self._json_mode = "json_schema" if self.opts.json_mode == "auto" else self.opts.json_mode
+        self._json_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show headers (the key)
         return f"HTTPEngine(base_url={self.opts.base_url!r}, model={self.cfg.model!r})"
 
-    def post(self, body: dict) -> tuple[Optional[Any], Optional[str]]:
-        """POST one body with retries; returns (parsed JSON, None) or (None, error)."""
+    def post(self, body: dict, format_sensitive: bool = False) -> tuple[Optional[Any], Optional[str]]:
+        """POST one body with retries; returns (parsed JSON, None) or (None, error).
+
+        With ``format_sensitive``, an answer that rejects the body's response_format returns at once (no retries)
+        with a ``request_failed`` error that contains ``FORMAT_REJECTED``.
+        """
         httpx = self._httpx
         error = None
         for attempt in range(self.opts.max_retries + 1):
@@ -166,6 +206,9 @@ class HTTPEngine(TextEngine):
                     except ValueError:
                         return None, make_error("bad_response", f"HTTP {resp.status_code} body is not JSON: "
                                                 f"{resp.text[:60]!r}")
+                if format_sensitive and rejects_response_format(resp.status_code, resp.text):
+                    return None, make_error("request_failed", f"{FORMAT_REJECTED} HTTP {resp.status_code}: "
+                                            f"{resp.text[:200]!r}")
                 error = make_error("request_failed", f"HTTP {resp.status_code}: {resp.text[:120]!r} "
                                    f"({attempt + 1} attempts)")
                 if resp.status_code not in RETRY_STATUS:
@@ -175,13 +218,38 @@ class HTTPEngine(TextEngine):
                 time.sleep(backoff_delay(attempt, self.opts.backoff_s, self.opts.backoff_max_s, retry_after))
         return None, error
 
+    @property
+    def json_mode(self) -> str:
+        """The JSON constraint sent now (one of ``JSON_MODES``)."""
+        return self._json_mode
+
+    def _step_down(self, rejected: str, detail: str) -> Optional[str]:
+        """After the server rejected ``rejected``: the next mode (once per engine; None when there is none)."""
+        with self._json_lock:
+            if self._json_mode == rejected:  # the first thread to see the rejection moves the engine down
+                nxt = JSON_MODES.index(rejected) + 1
+                if nxt == len(JSON_MODES):
+                    return None
+                self._json_mode = JSON_MODES[nxt]
+                self.stats[f"json_mode_{self._json_mode}"] += 1
+                log.warning("%s rejected response_format %s (%s); sending JSON schemas as %s from now on",
+                            self.opts.base_url, rejected, detail[:160], self._json_mode)
+            return self._json_mode
+
     def _generate_one(self, req: GenerateRequest) -> RawGeneration:
-        try:
-            body = generate_body(self.cfg.model, req, self.opts.json_mode, self.opts.extra_body)
-        except ValueError as err:
-            return RawGeneration(error=make_error("bad_input", str(err)))
-        data, err = self.post(body)
-        return RawGeneration(error=err) if err else parse_generation(data)
+        while True:
+            mode = self._json_mode
+            try:
+                body = generate_body(self.cfg.model, req, mode, self.opts.extra_body)
+            except ValueError as err:
+                return RawGeneration(error=make_error("bad_input", str(err)))
+            data, err = self.post(body, format_sensitive=req.json_schema is not None and mode != "none")
+            if err and FORMAT_REJECTED in err:
+                if self.opts.json_mode == "auto" and self._step_down(mode, err) is not None:
+                    continue
+                return RawGeneration(error=f"{err} (http.json_mode={self.opts.json_mode}; 'auto' steps down to a "
+                                           "format the server takes)")
+            return RawGeneration(error=err) if err else parse_generation(data)
 
     def _generate_raw(self, requests: Sequence[GenerateRequest]) -> list[RawGeneration]:
         return list(self._pool.map(self._generate_one, requests))

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 ROLES = ("system", "user", "assistant")
 
@@ -176,18 +176,25 @@ def to_template_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def to_openai_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """OpenAI chat-completions ``messages``: images as ``image_url`` data URLs."""
+def to_openai_dicts(messages: Sequence[Message], image_part: Optional[Callable[[ImagePart], dict]] = None,
+                    images_first: bool = False) -> list[dict[str, Any]]:
+    """OpenAI chat-completions ``messages``: images as ``image_url`` data URLs, or as ``image_part(part)`` makes them
+    (the vLLM engine passes decoded PIL images). ``images_first`` moves each turn's images before its text (stable),
+    so requests about one page share the longest token prefix."""
     out = []
     for m in messages:
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
             continue
+        parts = m.parts
+        if images_first:
+            parts = tuple(p for p in parts if isinstance(p, ImagePart)) + tuple(
+                p for p in parts if not isinstance(p, ImagePart))
         content = [
-            {"type": "image_url", "image_url": {"url": p.to_data_url()}}
+            (image_part(p) if image_part else {"type": "image_url", "image_url": {"url": p.to_data_url()}})
             if isinstance(p, ImagePart)
             else {"type": "text", "text": p.text}
-            for p in m.parts
+            for p in parts
         ]
         out.append({"role": m.role, "content": content})
     return out

@@ -1,23 +1,30 @@
 """vLLM backend (GPU, production): ``vllm.LLM`` in-process, one engine per Ray actor.
 
-Why ``vllm.LLM`` inside our own actor rather than ``ray.data.llm.build_processor``: judgements need
-per-request ``allowed_token_ids`` and next-token logprobs read by token id, and pipelines must see the same
-``generate``/``judge`` interface on every backend. ``LLM.generate`` receives a whole Ray batch at once and
-schedules it with continuous batching, so the GPU stays busy within a batch; with prefix caching on, the
-requests of one page (kept together in a batch by the pipelines) share the cached image prefix.
-Prompts are rendered here with the checkpoint's chat template (one image placeholder per image, which vLLM
-expands), so everything up to the ``LLM`` call is plain Python and is tested on CPU.
+Why our own actor around ``vllm.LLM`` rather than ``ray.data.llm`` processors: see ``docs/engines.md``
+(one model serves several stages, judgements read logprobs by token id, one interface on every backend).
+
+Prompts are rendered by vLLM itself through ``LLM.chat`` with OpenAI-style messages, so every model family vLLM
+supports works, Mistral-format checkpoints (``vllm.tokenizer_mode: mistral``) included. Each turn's image comes
+before its text, so the requests of one page share their longest token prefix (prefix caching). For HF tokenizers
+the image is passed decoded (``image_pil``) with its content hash as vLLM's media ``uuid``: the checks of one page
+decode it once (bounded cache) and vLLM's processor cache recognises it; Mistral's tokenizer takes only
+``image_url`` parts, so there the page goes as a data URL. The chat template follows the one rule of every engine
+(``models.hub.resolve_chat_template``). ``max_pixels``/``min_pixels`` go only to models whose processor takes
+them (Qwen-VL). Sampling parameters are validated per request by ``vllm.SamplingParams``: a value vLLM rejects
+fails that request (``bad_input``), not the batch. A call that fails is split in halves until the bad request
+is alone; vLLM >= 0.11.1 aborts the requests of a failed call, and the output count is checked besides.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from pathlib import Path
+from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 from docrerank.engines.base import TextEngine
 from docrerank.engines.config import EngineConfig
-from docrerank.engines.messages import image_keys, images_of, to_template_dicts
+from docrerank.engines.messages import ImagePart, image_keys, to_openai_dicts
 from docrerank.engines.parsing import p_yes_from_logprobs
 from docrerank.engines.requests import (
     GenerateRequest,
@@ -27,38 +34,59 @@ from docrerank.engines.requests import (
     error_kind,
     make_error,
 )
+from docrerank.models.hub import hub_offline, read_checkpoint_json, resolve_chat_template
+
+log = logging.getLogger(__name__)
+
+VLLM_FLOOR = (0, 11, 1)
+"""Oldest vLLM the engine runs on: from 0.11.1 a failed ``LLM`` call aborts the requests it had added, so a
+later call cannot return them (and attribute one request's output to another)."""
 
 MISSING_VLLM = (
     "the 'vllm' backend needs the vllm package, which is not installed: install it on a GPU machine with "
     "`pip install 'docrerank[gpu]'` (or `pip install vllm`), or choose backend 'hf' or 'http'"
 )
 
+PIXEL_KWARGS_MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+"""Model types whose vLLM processor takes ``max_pixels``/``min_pixels``."""
+
 
 def import_vllm():
-    """Import vllm, or raise ImportError saying how to get it."""
+    """Import vllm, or raise ImportError saying how to get it (or that it is older than ``VLLM_FLOOR``)."""
     try:
         import vllm
     except ImportError as err:
         raise ImportError(MISSING_VLLM) from err
+    check_version(getattr(vllm, "__version__", "0"))
     return vllm
 
 
-def is_multimodal_checkpoint(model: str) -> bool:
-    """True when the checkpoint's config.json has a vision config (local paths; hub names via the cache)."""
-    import json
-
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(model, "config.json"))
-        except Exception:  # noqa: BLE001 - unknown: let vLLM decide
-            return False
-    return "vision_config" in json.loads(path.read_text())
+def check_version(version: str) -> None:
+    """ImportError when ``version`` is older than ``VLLM_FLOOR`` (dev builds of a newer release pass)."""
+    nums = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        nums.append(int(digits) if digits else 0)
+    if tuple(nums) < VLLM_FLOOR:
+        floor = ".".join(map(str, VLLM_FLOOR))
+        raise ImportError(f"vllm {version} is installed; the 'vllm' backend needs vllm >= {floor} (older versions "
+                          "can hand a failed call's requests to the next call): `pip install -U vllm`")
 
 
-def llm_kwargs(cfg: EngineConfig, multimodal: bool) -> dict:
+def checkpoint_info(model: str) -> tuple[Optional[str], bool]:
+    """(model_type, multimodal) from the checkpoint's ``config.json``, or from ``params.json`` for a Mistral-format
+    checkpoint (model_type "mistral"); (None, False) when neither can be read (vLLM then decides)."""
+    local_only = hub_offline()
+    cfg = read_checkpoint_json(model, "config.json", local_only)
+    if cfg is not None:
+        return cfg.get("model_type"), "vision_config" in cfg
+    params = read_checkpoint_json(model, "params.json", local_only)
+    if params is not None:
+        return "mistral", "vision_encoder" in params or "multimodal" in params
+    return None, False
+
+
+def llm_kwargs(cfg: EngineConfig, model_type: Optional[str], multimodal: bool) -> dict:
     """Keyword arguments for ``vllm.LLM`` from the engine config (``vllm.engine_kwargs`` win)."""
     o = cfg.vllm
     kw: dict[str, Any] = dict(
@@ -71,27 +99,71 @@ def llm_kwargs(cfg: EngineConfig, multimodal: bool) -> dict:
         seed=cfg.seed,
         max_logprobs=max(20, o.judge_top_logprobs),
     )
+    for key in ("tokenizer_mode", "config_format", "load_format"):
+        if getattr(o, key) != "auto":
+            kw[key] = getattr(o, key)
     if cfg.max_model_len:
         kw["max_model_len"] = cfg.max_model_len
     if o.max_num_seqs:
         kw["max_num_seqs"] = o.max_num_seqs
     if multimodal:
-        pixels = {"max_pixels": cfg.max_pixels}
-        if cfg.min_pixels:
-            pixels["min_pixels"] = cfg.min_pixels
-        kw.update(limit_mm_per_prompt={"image": 1}, mm_processor_kwargs=pixels)
+        kw["limit_mm_per_prompt"] = {"image": 1}
+        pixels = processor_kwargs(model_type, cfg)
+        if pixels:
+            kw["mm_processor_kwargs"] = pixels
     kw.update(o.engine_kwargs)
     return kw
 
 
-def build_prompt(tokenizer: Any, messages: Sequence) -> dict:
-    """vLLM prompt dict: chat-template text (one placeholder per image) and the decoded PIL images."""
-    text = tokenizer.apply_chat_template(to_template_dicts(messages), tokenize=False, add_generation_prompt=True)
-    prompt: dict[str, Any] = {"prompt": text}
-    images = [p.to_pil() for p in images_of(messages)]
-    if images:
-        prompt["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
-    return prompt
+def processor_kwargs(model_type: Optional[str], cfg: EngineConfig) -> dict:
+    """The pixel bounds for processors that take them (Qwen-VL); {} for every other model (Pixtral, ...)."""
+    if model_type not in PIXEL_KWARGS_MODELS:
+        return {}
+    kw = {"max_pixels": cfg.max_pixels}
+    if cfg.min_pixels:
+        kw["min_pixels"] = cfg.min_pixels
+    return kw
+
+
+def is_mistral_tokenizer(tokenizer: Any) -> bool:
+    """True for vLLM's ``MistralTokenizer`` (mistral_common renders the chat; no chat template)."""
+    return any(c.__name__ == "MistralTokenizer" for c in type(tokenizer).__mro__)
+
+
+class ImageCache:
+    """Decoded page images by content key, least recently used dropped past ``size`` (0 = no caching)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self.decoded = 0
+
+    def get(self, part: ImagePart) -> tuple[str, Any]:
+        """(content key, RGB PIL image); ValueError for bytes that are not an image."""
+        key = part.key()
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return key, hit
+        img = part.to_pil()
+        self.decoded += 1
+        if self.size:
+            self._items[key] = img
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return key, img
+
+
+def chat_messages(messages: Sequence, images: ImageCache, mistral: bool) -> list[dict]:
+    """OpenAI-style messages for ``LLM.chat``: images first in each turn; decoded ``image_pil`` parts with their
+    content key as ``uuid``, or, for Mistral's tokenizer, ``image_url`` data URLs (checked to decode)."""
+    def part(p: ImagePart) -> dict:
+        key, img = images.get(p)
+        if mistral:
+            return {"type": "image_url", "image_url": {"url": p.to_data_url()}, "uuid": key}
+        return {"type": "image_pil", "image_pil": img, "uuid": key}
+
+    return to_openai_dicts(messages, image_part=part, images_first=True)
 
 
 def sampling_kwargs(req: GenerateRequest, default_seed: int) -> dict:
@@ -114,18 +186,14 @@ def judge_sampling_kwargs(token_pair: Sequence[int], top_logprobs: int) -> dict:
 
 
 def make_sampling_params(vllm: Any, kw: dict):
-    """``vllm.SamplingParams`` from ``sampling_kwargs`` output (structured outputs, old or new API)."""
+    """``vllm.SamplingParams`` (with ``StructuredOutputsParams`` for a schema) from ``sampling_kwargs`` output;
+    raises what vLLM raises for values it rejects (n > 1 when greedy, temperature > 2, an empty stop string)."""
     kw = dict(kw)
     schema = kw.pop("structured_json", None)
     if schema is not None:
-        try:
-            from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(json=schema)
-        except ImportError:  # vLLM < 0.11
-            from vllm.sampling_params import GuidedDecodingParams
-
-            kw["guided_decoding"] = GuidedDecodingParams(json=schema)
+        kw["structured_outputs"] = StructuredOutputsParams(json=schema)
     return vllm.SamplingParams(**kw)
 
 
@@ -185,6 +253,17 @@ def parse_judgement(out: Any, token_pair: Sequence[int]) -> JudgeResult:
                        prompt_tokens=prompt_tokens)
 
 
+def classify_error(err: Exception) -> str:
+    """An engine error string for a request vLLM failed: prompt_too_long, bad_input (vLLM's client errors:
+    the request itself is wrong), or engine_error."""
+    msg = f"{type(err).__name__}: {err}"[:300]
+    if "longer than the maximum model length" in str(err) or "max_model_len" in str(err):
+        return make_error("prompt_too_long", msg)
+    if any(c.__name__ in ("VLLMClientError", "VLLMValidationError") for c in type(err).__mro__):
+        return make_error("bad_input", msg)
+    return make_error("engine_error", msg)
+
+
 class VLLMEngine(TextEngine):
     """Engine on ``vllm.LLM``; ``llm`` may be passed in (an existing LLM, or a fake in tests)."""
 
@@ -192,73 +271,111 @@ class VLLMEngine(TextEngine):
         super().__init__()
         self.cfg = cfg
         self.json_repair, self.reject_refusals = cfg.json_repair, cfg.reject_refusals
-        self._vllm = import_vllm() if llm is None else None
-        self.llm = llm if llm is not None else self._vllm.LLM(**llm_kwargs(cfg, is_multimodal_checkpoint(cfg.model)))
-        self.tok = self.llm.get_tokenizer()
+        if llm is None:
+            self._vllm = import_vllm()
+            llm = self._vllm.LLM(**llm_kwargs(cfg, *checkpoint_info(cfg.model)))
+        else:
+            try:  # real SamplingParams when vllm imports (tests run both ways)
+                self._vllm = import_vllm()
+            except ImportError:
+                self._vllm = None
+        self.llm = llm
+        self.tok = llm.get_tokenizer()
+        self.mistral = is_mistral_tokenizer(self.tok)
+        self.chat_template = None if self.mistral else self._chat_template()
+        self.images = ImageCache(cfg.vllm.image_cache_size)
+
+    def _chat_template(self) -> Optional[str]:
+        # Passed to LLM.chat only when the tokenizer lacks one (vLLM would otherwise look elsewhere first).
+        if getattr(self.tok, "chat_template", None):
+            return None
+        found = resolve_chat_template(self.cfg.model, self.tok, hub_offline())
+        if found is None:
+            raise ValueError(f"model {self.cfg.model!r}: no chat template in the tokenizer, chat_template.json or "
+                             "chat_template.jinja (for a Mistral-format checkpoint set vllm.tokenizer_mode=mistral)")
+        return found
 
     def _params(self, kw: dict):
         return kw if self._vllm is None else make_sampling_params(self._vllm, kw)
 
-    def _run(self, prompts: list, params: list, keys: list) -> list:
-        """Outputs (or the exception of a failed request) in input order; requests of a page sent together."""
-        order = group_order(keys)
-        prompts, params = [prompts[i] for i in order], [params[i] for i in order]
-        # vLLM validates a whole call up front (e.g. a prompt over max_model_len raises for all of them):
-        # on failure, retry one by one so that only the bad request fails.
+    def _prepare(self, messages: Sequence, kw: dict) -> tuple[list, Any]:
+        """(chat messages, sampling params) of one request; raises for bad input or parameters vLLM rejects."""
         try:
-            outs = list(self.llm.generate(prompts, params, use_tqdm=False))
-        except Exception:  # noqa: BLE001
-            outs = []
-            for p, s in zip(prompts, params):
-                try:
-                    outs.append(self.llm.generate([p], [s], use_tqdm=False)[0])
-                except Exception as err:  # noqa: BLE001
-                    outs.append(err)
+            params = self._params(kw)
+        except Exception as err:  # noqa: BLE001 - vLLM's validation errors are not ValueErrors
+            raise ValueError(f"sampling parameters rejected by vLLM ({type(err).__name__}: {err})"[:300]) from None
+        return chat_messages(messages, self.images, self.mistral), params
+
+    def _chat(self, convs: list, params: list) -> list:
+        outs = list(self.llm.chat(convs, params, use_tqdm=False, chat_template=self.chat_template,
+                                  add_generation_prompt=True))
+        if len(outs) > len(convs):
+            # Outputs come sorted by request id: extra ones are older requests a failed call left behind.
+            log.warning("vLLM returned %d outputs for %d requests; dropping the %d older ones", len(outs),
+                        len(convs), len(outs) - len(convs))
+            outs = outs[-len(convs):]
+        if len(outs) != len(convs):
+            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(convs)} requests")
+        return outs
+
+    def _run_split(self, convs: list, params: list) -> list:
+        # vLLM renders and validates a whole call before running it, and one bad request fails all: split the
+        # call in halves until the bad one is alone, so the rest still run in large batches.
+        try:
+            return self._chat(convs, params)
+        except Exception as err:  # noqa: BLE001
+            if len(convs) == 1:
+                return [err]
+        mid = len(convs) // 2
+        return self._run_split(convs[:mid], params[:mid]) + self._run_split(convs[mid:], params[mid:])
+
+    def _run(self, convs: list, params: list, keys: list) -> list:
+        """Outputs (or the exception of a failed request) in input order; requests of a page sent together."""
+        if not convs:
+            return []
+        order = group_order(keys)
+        outs = self._run_split([convs[i] for i in order], [params[i] for i in order])
         back: list[Any] = [None] * len(order)
         for pos, i in enumerate(order):
             back[i] = outs[pos]
         return back
 
-    @staticmethod
-    def _error(err: Exception) -> str:
-        msg = f"{type(err).__name__}: {err}"[:300]
-        too_long = "longer than the maximum model length" in str(err) or "max_model_len" in str(err)
-        return make_error("prompt_too_long" if too_long else "engine_error", msg)
-
     def _generate_raw(self, requests: Sequence[GenerateRequest]) -> list[RawGeneration]:
         raws: list[Optional[RawGeneration]] = [None] * len(requests)
-        todo, prompts, params, keys = [], [], [], []
+        todo, convs, params, keys = [], [], [], []
         for i, req in enumerate(requests):
             try:
-                prompts.append(build_prompt(self.tok, req.messages))
+                conv, p = self._prepare(req.messages, sampling_kwargs(req, self.cfg.seed))
             except ValueError as err:
                 raws[i] = RawGeneration(error=make_error("bad_input", str(err)))
                 continue
-            params.append(self._params(sampling_kwargs(req, self.cfg.seed)))
+            convs.append(conv)
+            params.append(p)
             keys.append(image_keys(req.messages))
             todo.append(i)
-        for i, out in zip(todo, self._run(prompts, params, keys)):
-            raws[i] = RawGeneration(error=self._error(out)) if isinstance(out, Exception) else parse_generation(out)
+        for i, out in zip(todo, self._run(convs, params, keys)):
+            raws[i] = RawGeneration(error=classify_error(out)) if isinstance(out, Exception) else parse_generation(out)
         return raws
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
         """P(yes) per request from the logprobs of one restricted greedy token."""
         results: list[Optional[JudgeResult]] = [None] * len(requests)
-        todo, prompts, params, pairs, keys = [], [], [], [], []
+        todo, convs, params, pairs, keys = [], [], [], [], []
         for i, req in enumerate(requests):
             try:
                 pair = answer_token_ids(self.tok, req.yes, req.no)
-                prompts.append(build_prompt(self.tok, req.messages))
+                conv, p = self._prepare(req.messages, judge_sampling_kwargs(pair, self.cfg.vllm.judge_top_logprobs))
             except ValueError as err:
                 results[i] = JudgeResult(error=make_error("bad_input", str(err)))
                 continue
-            params.append(self._params(judge_sampling_kwargs(pair, self.cfg.vllm.judge_top_logprobs)))
+            convs.append(conv)
+            params.append(p)
             pairs.append(pair)
             keys.append(image_keys(req.messages))
             todo.append(i)
-        for i, pair, out in zip(todo, pairs, self._run(prompts, params, keys)):
+        for i, pair, out in zip(todo, pairs, self._run(convs, params, keys)):
             failed = isinstance(out, Exception)
-            results[i] = JudgeResult(error=self._error(out)) if failed else parse_judgement(out, pair)
+            results[i] = JudgeResult(error=classify_error(out)) if failed else parse_judgement(out, pair)
         for req, res in zip(requests, results):
             res.id = req.id
         self.stats.update("judge_" + (error_kind(r.error) or "ok") for r in results)
@@ -267,3 +384,4 @@ class VLLMEngine(TextEngine):
     def close(self) -> None:
         """Drop the engine (frees GPU memory once collected)."""
         self.llm = None
+        self.images = ImageCache(0)

@@ -5,8 +5,8 @@
 - ``read_checkpoint_json``: one optional JSON file of a checkpoint (``preprocessor_config.json``, ...).
 - ``resolve_device`` / ``resolve_dtype``: "auto" -> cuda when visible, else cpu; "auto" dtype -> bfloat16 on any
   cuda device (``cuda``, ``cuda:1``), float32 on the CPU.
-- ``load_tokenizer``: the tokenizer with its chat template, from the tokenizer itself, else ``chat_template.json``,
-  else ``chat_template.jinja``.
+- ``resolve_chat_template`` / ``load_tokenizer``: the one chat-template rule of every engine: the tokenizer's own,
+  else ``chat_template.json``, else ``chat_template.jinja``.
 torch, transformers and huggingface_hub are imported inside the functions.
 """
 
@@ -105,15 +105,28 @@ def chat_template_of(model: str, local_files_only: bool = True) -> Optional[str]
     return None
 
 
+def resolve_chat_template(model: str, tokenizer: Any, local_files_only: bool = True) -> Optional[str]:
+    """The chat template every engine uses for ``model``: the tokenizer's own, else the checkpoint's
+    ``chat_template.json``, else its ``chat_template.jinja`` (``chat_template_of``); None when there is none.
+
+    The hf engine and the vLLM engine both resolve a template with this rule, so a checkpoint renders the same
+    prompt on both. Tokenizers that render chats themselves (Mistral's) have no ``chat_template`` attribute and
+    need none.
+    """
+    own = getattr(tokenizer, "chat_template", None)
+    if own:
+        return own
+    return chat_template_of(model, local_files_only)
+
+
 def load_tokenizer(model: str, local_files_only: bool = True, trust_remote_code: bool = False,
                    require_chat_template: bool = False):
-    """The checkpoint's tokenizer with a chat template when one exists (see ``chat_template_of``); ValueError when
+    """The checkpoint's tokenizer with its chat template set by ``resolve_chat_template``; ValueError when
     ``require_chat_template`` and there is none."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
-    if tok.chat_template is None:
-        tok.chat_template = chat_template_of(model, local_files_only)
+    tok.chat_template = resolve_chat_template(model, tok, local_files_only)
     if require_chat_template and tok.chat_template is None:
         raise ValueError(f"model {model!r}: no chat template in the tokenizer, chat_template.json or "
                          "chat_template.jinja")

@@ -79,6 +79,14 @@ def _last_index(seq: Sequence[int], token: int | None) -> int:
     return -1
 
 
+def cache_kwarg(model: Any) -> str:
+    """The name under which ``model``'s forward takes and returns its KV cache: ``cache`` from transformers 5.24
+    (``past_key_values`` is deprecated there and removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def judge_prefix_group(
     model: Any,
     prefix_inputs: dict,
@@ -99,8 +107,9 @@ def judge_prefix_group(
     import torch
     from transformers import DynamicCache
 
+    cache_arg = cache_kwarg(model)
     out = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
-    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    kv = [(layer.keys, layer.values) for layer in getattr(out, cache_arg).layers]
     prefix_len = prefix_inputs["input_ids"].shape[1]
     device = prefix_inputs["input_ids"].device
     pair = torch.tensor(list(token_pair), device=device)
@@ -126,8 +135,8 @@ def judge_prefix_group(
             config=model.config,
         )
         step = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-            logits_to_keep=1,
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+            **{cache_arg: cache},
         )
         logits.append(step.logits[:, -1, :].index_select(-1, pair).float())
     return torch.cat(logits, dim=0)

@@ -13,6 +13,9 @@ Modes (``srv.mode`` can be changed while it runs):
   (a repair request), which gets valid JSON.
 - ``fail``: HTTP 500. ``429``: HTTP 429 with Retry-After 0. ``flaky``: the first ``fail_first`` requests get
   HTTP 503, then ok. ``stall``: waits ``stall_s`` before answering. ``junk``: HTTP 200 with a body that is not JSON.
+
+``json_formats``: the ``response_format`` types the server takes (in every mode); a request with another type gets
+``format_status`` (default 500, as llama.cpp's server answers ``json_schema``) naming the format it rejected.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class FakeOpenAIServer:
         reply_json: Optional[Any] = None,
         default_p_yes: float = 0.75,
         delay_s: float = 0.0,
+        json_formats: tuple = ("json_schema", "json_object"),
+        format_status: int = 500,
     ):
         if mode not in MODES:
             raise ValueError(f"mode: got {mode!r}, expected one of {MODES}")
@@ -51,6 +56,8 @@ class FakeOpenAIServer:
         self.reply_json = reply_json if reply_json is not None else {"queries": ["what is the revenue in 2021"]}
         self.default_p_yes = default_p_yes
         self.delay_s = delay_s
+        self.json_formats = tuple(json_formats)
+        self.format_status = format_status
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.inflight = 0
@@ -94,6 +101,10 @@ class FakeOpenAIServer:
         with self._lock:
             n_seen = len(self.requests)
         mode = self.mode
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt is not None and fmt not in self.json_formats:
+            msg = f"response_format type {fmt!r} is not supported, expected one of {list(self.json_formats)}"
+            return self.format_status, {}, json.dumps({"error": {"message": msg}}).encode()
         if mode == "fail":
             return 500, {}, b'{"error": {"message": "internal error"}}'
         if mode == "429":
@@ -122,7 +133,7 @@ class FakeOpenAIServer:
                        {"token": "Maybe", "logprob": math.log(1e-4)}]
                 choice_logprobs = {"content": [{"token": content, "logprob": max(t["logprob"] for t in top[:2]),
                                                 "top_logprobs": top}]}
-        elif body.get("response_format"):
+        elif body.get("response_format") or "JSON schema" in last_text:
             repaired = any(m.get("role") == "assistant" for m in messages)
             content = json.dumps(self.reply_json)
             if self.mode == "bad_json" and not repaired:
