@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from docrerank.build.config import BuildConfig
-from docrerank.build.plan import group_pools, model_stages, stage_costs
+from docrerank.build.plan import model_pools, stage_costs
 from docrerank.core import plan, runtime
 from docrerank.core.config import load_config
 from docrerank.models import sources
@@ -160,9 +160,12 @@ def test_one_pool_per_distinct_model():
              "ray": {"concurrency": 3, "min_actors": 3}}
     cfg = BuildConfig.model_validate({"pages": "x", "output": "y", "positives_file": "q.jsonl",
                                       "verify": {"engine": judge}, "negatives": {"engine": {"model": "org/L"}}})
-    pools = group_pools(model_stages(cfg))
+    pools = model_pools(cfg).pools  # the pools planner the job starts its pools with
     assert [p.stages for p in pools] == [["verify positives", "verify negatives"], ["negatives"]]
-    assert (pools[0].actors, pools[0].gpus) == (3, 2.0)  # GPUs per actor from tensor parallelism
+    assert (pools[0].min_actors, pools[0].shape.gpus) == (3, 2.0)  # GPUs per actor from tensor parallelism
+    bad = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"engine": cfg.verify.engine.model_copy(
+        update={"ray": cfg.verify.engine.ray.model_copy(update={"num_gpus": 0})})})})
+    assert any("ray.num_gpus: got 0 for backend 'vllm'" in p for p in model_pools(bad).problems)
 
 
 def test_writable_probe_leaves_no_trace_and_reports_failures(tmp_path):

@@ -222,19 +222,21 @@ def _merged_ray(cfgs: list) -> dict:
             "placement_timeout_s": max(r.placement_timeout_s for r in rays)}
 
 
-def plan_pools(engines: Mapping[str, Any], cluster: ClusterResources,
+def plan_pools(engines: Mapping[str, Any], cluster: Optional[ClusterResources],
                also_needs: Sequence[Mapping[str, float]] = (), also_label: str = "the pipeline's own workers") -> PoolPlan:
     """Group model stages into pools (one per distinct model) and size them against ``cluster``.
 
     ``engines``: stage name -> ``EngineConfig`` (None or a string for a model-free stage: no pool). ``also_needs``:
     bundles that must fit next to the pools' minimum (e.g. one CPU worker of the pipeline, without which nothing
-    runs), called ``also_label`` in the problems. Every pool's ``min_actors`` must fit on the live nodes plus what the autoscaler can add; the pools start
-    with ``actors_now`` actors, as many as the live nodes hold, up to ``concurrency``."""
+    runs), called ``also_label`` in the problems. Every pool's ``min_actors`` must fit on the live nodes plus what
+    the autoscaler can add; the pools start with ``actors_now`` actors, as many as the live nodes hold, up to
+    ``concurrency``. ``cluster`` None: group and size only (``--plan`` checks the totals against the cluster's
+    CPUs and GPUs itself); ``problems`` then lists only configs that cannot run."""
     groups: dict[str, list[tuple[str, Any]]] = {}
     for stage, cfg in engines.items():
         if cfg is not None and not isinstance(cfg, str):
             groups.setdefault(pool_key(cfg), []).append((stage, cfg))
-    plan = PoolPlan([], cluster)
+    plan = PoolPlan([], cluster if cluster is not None else ClusterResources([]))
     for key, members in groups.items():
         first = members[0][1]
         merged = _merged_ray([c for _, c in members])
@@ -249,7 +251,10 @@ def plan_pools(engines: Mapping[str, Any], cluster: ClusterResources,
             merged["concurrency"], {s: c.ray.batch_size for s, c in members},
             {s: (c.ray.max_error_share, c.ray.min_requests) for s, c in members}, merged["batches_in_flight"],
             merged["placement_timeout_s"]))
-    if not plan.problems:
+    if cluster is None:
+        for p in plan.pools:
+            p.actors_now = p.min_actors
+    elif not plan.problems:
         _check_fit(plan, list(also_needs), also_label)
     return plan
 
