@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pages", required=True, help="pages table of the ingested dev set")
     ap.add_argument("--output", required=True, help="build output directory")
-    ap.add_argument("--qa-dev", default=str(REPO.parent / "shared" / "data" / "qa_dev"))
+    shared = Path(os.environ.get("DOCRERANK_SHARED", REPO.parent / "shared"))  # a worktree sets it
+    ap.add_argument("--qa-dev", default=str(shared / "data" / "qa_dev"))
     ap.add_argument("--k", type=int, default=3, help="select.k of the build")
     args, extra = ap.parse_known_args()
     out = Path(args.output)

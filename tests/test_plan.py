@@ -22,7 +22,8 @@ from docrerank.models import sources
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 JOB_OF = {"build": "build_dataset", "train": "train_reranker", "eval": "evaluate", "ingest": "ingest",
-          "mine": "mine_negatives", "rerank": "rerank", "analyse": "analyse_negatives"}
+          "mine": "mine_negatives", "rerank": "rerank", "analyse": "analyse_negatives",
+          "pipeline": "pipeline"}
 
 
 def job_of(config: Path) -> str:

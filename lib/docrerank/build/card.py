@@ -67,6 +67,7 @@ def positives_line(cfg) -> str:
 
 def write_card(out: storage.Location, cfg, stats: dict) -> None:
     """Write ``card.md``."""
+    from docrerank.build.stages import verify_threshold
     from docrerank.core.runtime import redact
 
     conf = redact(cfg.model_dump(mode="json"))
@@ -80,8 +81,9 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
         "## How it was built", "",
         f"- source: `{cfg.input or cfg.pages or cfg.query_pages}`",
         positives_line(cfg),
-        f"- verification: {engines['verify']}, two prompts, threshold {cfg.verify.threshold} "
-        f"(positives: both >=, negatives: both <); text pre-filter: {cfg.verify.prefilter}",
+        f"- verification: {engines['verify']}, two prompts, thresholds {verify_threshold(cfg, 'positive')} for "
+        f"positives (both >=) and {verify_threshold(cfg, 'negative')} for negatives (both <); text pre-filter: "
+        f"{cfg.verify.prefilter}",
         f"- negatives: {engines['negatives']}, mode `{cfg.negatives.mode}`, {cfg.negatives.num_candidates} per positive",
         f"- selection: {cfg.select.k} per positive, strategy `{cfg.select.strategy}`, seed {cfg.seed}",
         f"- rephrasing: {engines['rephrase']}", "",

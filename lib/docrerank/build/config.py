@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -49,8 +49,10 @@ class VerifyConfig(Config):
     """``text``: the model-free text-layer judge; or an engine config of a VLM judge."""
     prompt: str = "verify"
     """Prompt template with prompt_a and prompt_b."""
-    threshold: float = Field(0.5, gt=0, lt=1)
-    """p(answerable) threshold: positives need both >= it, negatives both < it."""
+    threshold: Optional[float] = Field(None, gt=0, lt=1)
+    """p(answerable) threshold: positives need both >= it, negatives both < it. Default: 0.5 for a model judge;
+    for the text judge its measured operating points, 0.5 for positives and for negatives (README, "The
+    model-free engines on real documents")."""
     max_positives: int = Field(1, ge=1)
     """Generated positives kept per page (the most confidently answerable first); given positives are all kept."""
     prefilter: Literal["none", "text"] = "text"

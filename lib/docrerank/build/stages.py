@@ -17,7 +17,8 @@ from typing import Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
-from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, verify
+from docrerank.engines.verify import (VerifyItem, default_threshold, is_verified_negative, is_verified_positive,
+                                      verify)
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import ATTRIBUTES, UserAttribute, Vocabulary, rewrite
 from docrerank.lexical.select import select
@@ -146,6 +147,14 @@ class PositivesStage(BuildStage):
                             model=engine_name(self.cfg.engine), prompt_version=self.prompt["version"]))
 
 
+def verify_threshold(cfg: BuildConfig, role: str) -> float:
+    """The threshold the build judges a role (``positive``, ``negative``) at: ``verify.threshold`` when set, else
+    the judge's default for that use (``engines.verify.default_threshold``)."""
+    if cfg.verify.threshold is not None:
+        return cfg.verify.threshold
+    return default_threshold("text" if cfg.verify.engine == "text" else cfg.verify.engine, role)
+
+
 class VerifyStage(BuildStage):
     """Stages 2 and 4: both prompts judge every pending query of one role (``engines.verify``); positives are
     verified when both find the page answers them, negatives when neither does."""
@@ -156,6 +165,7 @@ class VerifyStage(BuildStage):
         self.role, self.cfg, self.name = role, cfg.verify, f"verify_{role}s"
         self.judge = "text" if self.cfg.engine == "text" else _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
+        self.threshold = verify_threshold(cfg, role)
 
     def process(self, pages, m):
         todo, items = [], []
@@ -168,7 +178,7 @@ class VerifyStage(BuildStage):
                     items.append(VerifyItem(q.text, p.text or "", p.image, parent, id=q.query_id))
         # the text layer settles only negatives: a positive it finds answerable still needs the model's word
         prefilter = self.cfg.prefilter if self.role == "negative" and self.judge != "text" else "none"
-        judgements = verify(items, self.judge, self.prompt, threshold=self.cfg.threshold, prefilter=prefilter)
+        judgements = verify(items, self.judge, self.prompt, threshold=self.threshold, prefilter=prefilter)
         for by, key in (("text", "text_judged"), ("prefilter", "prefiltered")):
             if n := sum(j.by == by for j in judgements):  # (a metric appears once it happened)
                 m[key] += n
@@ -185,7 +195,7 @@ class VerifyStage(BuildStage):
             self._verdicts(p.state)
 
     def _verdicts(self, state: PageState) -> None:
-        thr = self.cfg.threshold
+        thr = self.threshold
         for q in state.of(self.role):
             if not q.pending or q.p_answerable_a is None:
                 continue

@@ -8,7 +8,9 @@ Each item is a (page image, page text, query, parent query). The judge is an eng
 differently worded prompts from the ``verify`` prompt YAML, image first and query last so all checks of a page
 share a prefix) or ``"text"``, the model-free text-layer judge (``lexical.textjudge``), whose two estimates play
 the two prompts. Either way each item gets p(answerable) from both prompts, or an error. The decision rules are
-``answerable`` (either / both prompts at or above the threshold) and its two uses by the build.
+``answerable`` (either / both prompts at or above the threshold) and its two uses by the build; the threshold
+of each use is ``default_threshold`` unless a config sets one: 0.5 for a model judge (its p(yes)), the text
+judge's measured operating points (``lexical.textjudge.THRESHOLDS``) for ``text``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
-from docrerank.lexical.textjudge import judge_text
+from docrerank.lexical.textjudge import THRESHOLDS, judge_text
 
 RULES = ("either", "both")
 PREFILTERS = ("none", "text")
+USES = tuple(THRESHOLDS)  # positive (build), negative (build), mine (the mining filter)
+MODEL_THRESHOLD = 0.5  # a model judge's p(yes) is a probability: 0.5 for every use
 PROMPT_KEYS = ("prompt_a", "prompt_b", "answer_yes", "answer_no")
 
 
@@ -60,6 +64,14 @@ def answerable(p_a: float, p_b: float, threshold: float, rule: str = "both") -> 
     if rule == "either":
         return p_a >= threshold or p_b >= threshold
     raise ValueError(f"verification rule: got {rule!r}, expected one of {RULES}")
+
+
+def default_threshold(judge, use: str) -> float:
+    """The threshold of a use (``positive``, ``negative``, ``mine``) for a judge: ``"text"`` (the text judge) gets
+    its measured operating point, anything else (an engine or its config) ``MODEL_THRESHOLD``."""
+    if use not in USES:
+        raise ValueError(f"threshold use: got {use!r}, expected one of {USES}")
+    return THRESHOLDS[use] if judge == "text" else MODEL_THRESHOLD
 
 
 def is_verified_positive(p_a: float, p_b: float, threshold: float) -> bool:

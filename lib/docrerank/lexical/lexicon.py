@@ -5,7 +5,9 @@ replacement values (those come from the corpus being built, see ``lexical.spans.
   ("University of Chicago") is an organisation;
 - honorifics and roles: a name after "Mr." or before ", Chief Executive Officer" is a person;
 - places: countries, continents and world regions, US states (a place is typed by name, and by which of these it is);
-- metric vocabularies: the paper's finance attributes (financial metric, subject metric, business segment).
+- metric vocabularies: the paper's finance attributes (financial metric, subject metric, business segment);
+- roles of people (a defendant for a plaintiff, a judge for an attorney), month names, and the words that refer
+  to a part of a document ("Table 2", "Section 3.4").
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ SENTENCE_START = frozenset(
     """what which how when where who whom whose why did does do is are was were has have had can could will would
     should may might the a an in on at for of to by from as according among between during regarding based
     using given assume answer write list round return please if give calculate enumerate directly here you i
-    approach base""".split()
+    approach base about because although while since after before under with without however our its this these
+    such each other certain unless upon""".split()
 )
 CONNECTORS = frozenset(["of", "and", "&", "for", "de", "the"])
 
@@ -97,3 +100,22 @@ BUSINESS_SEGMENTS = (
 # A business segment is a segment only next to one of these words ("the cloud segment", "gaming revenue").
 SEGMENT_CUES = frozenset("segment segments business businesses division divisions unit units sales revenue revenues "
                          "market markets industry products".split())
+
+# Roles of people, in families of the same standing: a role is swapped only for another of its family and of the
+# same grammatical number ("the defendant" -> "the plaintiff", "which judges'" -> "which attorneys'").
+ROLES = (
+    ("plaintiff", "plaintiffs", "defendant", "defendants", "appellant", "appellants", "appellee", "appellees",
+     "petitioner", "petitioners", "respondent", "respondents", "claimant", "claimants"),
+    ("judge", "judges", "attorney", "attorneys", "prosecutor", "prosecutors", "clerk", "clerks"),  # not "magistrate":
+    # a magistrate judge is a judge, and a page that names one may answer the question
+    ("officer", "officers", "agent", "agents", "investigator", "investigators", "inspector", "inspectors",
+     "detective", "detectives"),
+    ("author", "authors", "editor", "editors", "reviewer", "reviewers", "contributor", "contributors"),
+)
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+# Words that refer to a part of a document by its number ("Table 2", "Fig. 5", "Section 3.4", "page 15"), and
+# the kind each refers to: a reference is changed only to another of its kind that the corpus numbers.
+REFERENCE_KINDS = {"table": "table", "figure": "figure", "fig": "figure", "fig.": "figure", "section": "section",
+                   "chapter": "chapter", "appendix": "appendix", "page": "page", "exhibit": "exhibit", "note": "note",
+                   "item": "item", "step": "step"}

@@ -1,14 +1,15 @@
 """Typed spans for the ``rules`` engine: what kind of value a piece of a question is, and which values of each
 kind the corpus holds.
 
-Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), numbers by unit (``percent``,
-``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company`` (organisations), ``person``,
-``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society of Indian Law Firms"),
-typed by what the run itself or the corpus shows: an organisation word at its end or head ("3M Company",
-"University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in the corpus ("Boeing" <- "The Boeing Company"); an
-honorific or a role next to it ("Mr. Hanson", "Jane Doe, Chief Executive Officer"); a place name; a trademark
-sign or a model code ("GPT-4", "iOS 9"). A run nothing types stays untyped, and the rules engine leaves it
-alone. Pure, no dependencies.
+Kinds: ``year`` (1950-2099, also "FY2019", "FY19"), ``quarter`` ("Q3", "H1"), ``month`` (a month name before a day
+or a year: "Oct. 24, 2016"), ``reference`` (a part of the document by its number: "Table 2", "Section 3.4", "page
+15"), numbers by unit (``percent``, ``money``, ``scaled`` as in "330 million", ``plain``), and names: ``company``
+(organisations), ``person``, ``place``, ``product``. Names are capitalised runs ("Activision Blizzard", "Society
+of Indian Law Firms"), typed by what the run itself or the corpus shows: an organisation word at its end or head
+("3M Company", "University of ..."), a report it issues ("X | Annual Report 2021"), or the same name seen so in
+the corpus ("Boeing" <- "The Boeing Company"); an honorific or a role next to it ("Mr. Hanson", "Jane Doe, Chief
+Executive Officer"); a place name; a trademark sign or a model code ("GPT-4", "iOS 9"). A run nothing types stays
+untyped, and the rules engine leaves it alone. Pure, no dependencies.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from dataclasses import dataclass, field
 from docrerank.lexical.lexicon import (
     CONNECTORS,
     HONORIFICS,
+    MONTHS,
     ORG_HEADS,
     ORG_SUFFIXES,
     PLACES,
+    REFERENCE_KINDS,
     ROLE_WORDS,
     SENTENCE_START,
 )
@@ -36,10 +39,16 @@ REFERENCE_WORDS = frozenset("page pages section sections table tables figure fig
                             "steps item items note notes part exhibit no no. number numbers # line lines row column "
                             "error errors code version top".split())
 SMALL_COUNT = 12
+# words that never make a name by themselves ("FORM 10-K", "Annual Report", "Table of Contents")
+NOT_NAMES = REFERENCE_WORDS | frozenset("form annual report quarterly contents of the and index".split())
 
 YEAR = re.compile(r"(?<![\w.$])(?:(FY|CY|F)\s?'?)?((?:19[5-9]\d|20\d\d))(?![\w%]|\.\d|,\d)|(?<![\w.$])(FY)'?(\d\d)\b",
                   re.I)
 QUARTER = re.compile(r"\b([QH])([1-4])\b")
+# a month name is a date only before a day or a year ("May" alone is a verb as often as a month)
+MONTH = re.compile(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)([a-z]*)(\.?)(?=,?\s+(?:\d{1,2}\b|(?:19|20)\d\d\b))")
+REFERENCE = re.compile(r"(?<![\w.])((?i:table|figure|fig\.|section|chapter|appendix|page|exhibit|note|item|step))\s+"
+                       r"(\d{1,3}(?:\.\d{1,2}){0,2}|[A-Z])(?!\w|\.\d|,\d)")
 NUMBER = re.compile(
     r"(?<![\w.])(?P<cur>\$|USD\s?|US\$)?(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?P<dec>\.\d+)?"
     r"(?:\s?(?P<pct>%|percent\b)|\s(?P<scale>thousand|million|billion|trillion|crore|lakh|bn|mn)\b)?"
@@ -63,7 +72,7 @@ class Span:
     end: int
     text: str
     kind: str | None
-    scale: str | None = None  # numbers: the unit word ("million"), years: the prefix ("FY")
+    scale: str | None = None  # numbers: the unit word ("million"), years: the prefix ("FY"), references: their kind
 
 
 def number_kind(m: re.Match) -> str:
@@ -85,6 +94,23 @@ def is_year_text(text: str) -> bool:
     return bool(re.fullmatch(r"19[5-9]\d|20\d\d", text))
 
 
+def all_caps(text: str) -> bool:
+    """Whether a name is written in capitals ("NIKE", "AMCOR"; not "3M", one letter)."""
+    return sum(c.isalpha() for c in text) >= 2 and text.isupper()
+
+
+def month_of(m: re.Match) -> str | None:
+    """The month (full lower-case name) of a ``MONTH`` match, or None when its letters are not a month's."""
+    head, rest = m.group(1).lower(), m.group(2).lower()
+    full = next((x for x in MONTHS if x.startswith(head[:3])), None)
+    return full if full and (not rest or full.startswith(head + rest)) else None
+
+
+def reference_of(m: re.Match) -> tuple[str, str]:
+    """(kind, number) of a ``REFERENCE`` match: ("figure", "5") for "Fig. 5"."""
+    return REFERENCE_KINDS[m.group(1).lower()], m.group(2)
+
+
 def _norm(name: str) -> str:
     return re.sub(r"\s+", " ", name.strip(" ,.;:'’")).lower()
 
@@ -104,9 +130,12 @@ def clean_run(text: str, start: int, run: str) -> tuple[int, str]:
     return start + words[0][0], phrase
 
 
-def _ends_a_name(piece: str) -> bool:
-    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia")."""
-    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES
+def _ends_a_name(piece: str, after: str = "") -> bool:
+    """Whether a run's piece before "and" is a whole name ("Boeing Company and NIKE", "Vietnam and Indonesia",
+    "Mr. Hanson and Ms. Joly")."""
+    nxt = after.split()[0].lower().strip(".,") if after.split() else ""
+    return piece.split()[-1].lower().strip(".,") in ORG_SUFFIXES or piece.strip().lower() in PLACES \
+        or nxt in HONORIFICS
 
 
 def runs(text: str) -> list[tuple[int, int, str]]:
@@ -117,7 +146,7 @@ def runs(text: str) -> list[tuple[int, int, str]]:
         parts = re.split(r"(\s+(?:and|&)\s+)", m.group(0))
         pieces, off = [[m.start(), parts[0]]], m.start() + len(parts[0])
         for sep, part in zip(parts[1::2], parts[2::2]):
-            if _ends_a_name(pieces[-1][1]):
+            if _ends_a_name(pieces[-1][1], part):
                 pieces.append([off + len(sep), part])
             else:
                 pieces[-1][1] += sep + part
@@ -138,6 +167,8 @@ def own_kind(phrase: str, before: str, after: str) -> str | None:
     if CORP_AFTER.match(after) or ISSUER_AFTER.match(after):
         return "company"
     prev = before.split()[-1].lower().strip(".,") if before.split() else ""
+    if set(low) & ROLE_WORDS:  # "Executive Vice President" is a role, not a person's name
+        return None
     if prev in HONORIFICS and 1 <= len(words) <= 3:
         return "person"
     role = ROLE_AFTER.match(after)
@@ -159,33 +190,42 @@ class Vocabulary:
 
     years: Counter = field(default_factory=Counter)
     quarters: Counter = field(default_factory=Counter)
+    months: Counter = field(default_factory=Counter)  # month (full lower-case name) -> pages that date by it
+    references: dict = field(default_factory=dict)  # reference kind -> {number: count} ("table" -> {"2": 5})
     names: dict = field(default_factory=dict)  # kind -> {name: count}
     numbers: dict = field(default_factory=dict)  # number kind (+ scale) -> {text: count}
     codes: dict = field(default_factory=dict)  # model-code prefix -> {code: count}
-    text_terms: set = field(default_factory=set)  # metric-vocabulary terms the corpus contains (lower case)
+    text_terms: set = field(default_factory=set)  # metric and role words the corpus contains (lower case)
 
     @classmethod
     def from_texts(cls, texts: list[str], max_per_kind: int = 5000) -> "Vocabulary":
         """Collect the vocabulary of page texts (line by line: names do not span table cells or title lines)."""
-        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, SUBJECT_METRICS
+        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SUBJECT_METRICS
 
         v = cls()
         names: dict[str, Counter] = defaultdict(Counter)
         cap, low = Counter(), Counter()  # how often each word is written capitalised / in lower case
         numbers: dict[str, Counter] = defaultdict(Counter)
         codes: dict[str, Counter] = defaultdict(Counter)
-        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS for t in fam]
+        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES for t in fam]
+        refs: dict[str, Counter] = defaultdict(Counter)
+        incorporated: set[str] = set()  # names written with a corporate suffix: "Block, Inc." names Block
         for text in texts:
-            text = text or ""
+            text = (text or "").replace("\xa0", " ")  # names are written with plain spaces in questions
             v.years.update({m.group(2) for m in YEAR.finditer(text) if m.group(2)})
             v.quarters.update({m.group(0) for m in QUARTER.finditer(text)})
+            v.months.update({mo for mo in map(month_of, MONTH.finditer(text)) if mo})
+            for kind, num in {reference_of(m) for m in REFERENCE.finditer(text)}:
+                refs[kind][num] += 1
             flat = " " + re.sub(r"\s+", " ", text.lower()) + " "
             v.text_terms.update(t for t in terms if f" {t} " in flat or f" {t}," in flat or f" {t}." in flat)
             for w in re.findall(r"(?<![\w.])[A-Za-z][a-z]+(?![\w])", text):
                 (low if w[0].islower() else cap)[w.lower()] += 1
             for line in text.splitlines():
-                for kind, name in _line_names(line):
+                for kind, name, sure in _line_names(line):
                     names[kind][name] += 1
+                    if sure:
+                        incorporated.add(name)
                 for m in NUMBER.finditer(line):
                     if not is_year_text(m.group(0)):
                         numbers[number_key(m)][m.group("num") + (m.group("dec") or "")] += 1
@@ -197,27 +237,31 @@ class Vocabulary:
 
         def is_name(name: str) -> bool:
             words = [w.lower() for w in re.findall(r"[A-Za-z]+", name)]
-            if " " not in name and (len(name) < 3 or "." in name):
+            if " " not in name and (len(name) < 2 or "." in name):
                 return False
-            return any(w in proper or len(w) <= 4 and name.upper() == name for w in words) or bool(re.search(r"\d", name))
+            return (name in incorporated or any(w in proper or len(w) <= 4 and name.upper() == name for w in words)
+                    or bool(re.search(r"\d|[a-z][A-Z]", name)))  # "3M", "PepsiCo"
 
         v.names = {k: dict(Counter({n: c for n, c in cs.items() if k == "place" or is_name(n)}).most_common(max_per_kind))
                    for k, cs in names.items()}
         v.numbers = {k: dict(c.most_common(max_per_kind)) for k, c in numbers.items()}
         v.codes = {k: dict(c.most_common(50)) for k, c in codes.items() if len(c) >= 2}
+        v.references = {k: dict(c.most_common(max_per_kind)) for k, c in refs.items()}
         return v
 
     def to_dict(self) -> dict:
         """A JSON-able form (the build passes the vocabulary to its workers)."""
-        return {"years": dict(self.years), "quarters": dict(self.quarters), "names": self.names,
-                "numbers": self.numbers, "codes": self.codes, "text_terms": sorted(self.text_terms)}
+        return {"years": dict(self.years), "quarters": dict(self.quarters), "months": dict(self.months),
+                "references": self.references, "names": self.names, "numbers": self.numbers, "codes": self.codes,
+                "text_terms": sorted(self.text_terms)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Vocabulary":
         """The inverse of ``to_dict`` (an empty vocabulary for None)."""
         d = d or {}
-        return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), dict(d.get("names", {})),
-                   dict(d.get("numbers", {})), dict(d.get("codes", {})), set(d.get("text_terms", [])))
+        return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), Counter(d.get("months", {})),
+                   dict(d.get("references", {})), dict(d.get("names", {})), dict(d.get("numbers", {})),
+                   dict(d.get("codes", {})), set(d.get("text_terms", [])))
 
     def kind_of(self, phrase: str) -> str | None:
         """The kind the corpus gives a name (case-insensitive; a person's surname counts as a person), or None."""
@@ -240,25 +284,36 @@ def number_key(m: re.Match) -> str:
 
 
 def _not_a_code(m: re.Match) -> bool:
-    prefix = m.group(1)
-    return (prefix.upper() in ("FY", "CY", "Q", "H", "F", "USD", "US") or prefix.lower() in REFERENCE_WORDS
+    prefix, low = m.group(1), m.group(1).lower()
+    spaced_word = m.group(2) == " " and (low in ("of", "or", "and", "to", "in", "at", "by", "on", "article")
+                                         or (len(low) >= 3 and any(x.startswith(low[:3]) for x in MONTHS)))
+    return (prefix.upper() in ("FY", "CY", "Q", "H", "F", "USD", "US") or low in REFERENCE_WORDS or spaced_word
             or is_year_text(m.group(3)) or (m.group(2) == " " and not re.search(r"[a-z][A-Z]|^[A-Z]{2,}", prefix)))
 
 
-def _line_names(line: str) -> list[tuple[str, str]]:
-    """(kind, name) for the typed names of one line; companies also under their short name ("Boeing")."""
+def _line_names(line: str) -> list[tuple[str, str, bool]]:
+    """(kind, name, incorporated) for the typed names of one line; companies also under their short name
+    ("Boeing", "Amazon" for "Amazon.com"); ``incorporated``: the line writes the name with a corporate suffix."""
     out = []
     for s, e, phrase in runs(line):
         kind = own_kind(phrase, line[:s], line[e:])
-        if kind is None:
-            continue
-        out.append((kind, phrase))
+        words = phrase.lower().split()
+        if kind is None or (kind != "place" and phrase.lower() in PLACES) or set(words) <= NOT_NAMES:
+            continue  # "North America, Inc." names a place; "FORM 10-K" names a form
+        head = phrase.rsplit(" of ", 1)[0].lower().split() if " of " in phrase else []
+        if kind == "company" and head and not set(head) & (ORG_HEADS | ORG_SUFFIXES):
+            phrase = phrase.rsplit(" of ", 1)[1]  # "Certificate of Amazon.com, Inc." is about Amazon.com
+        phrase = re.sub(r"^[Tt]he\s+", "", phrase)
+        if kind == "person" and re.fullmatch(r"[A-Z][a-z]{4,}ly", phrase):
+            continue  # "Additionally, Mr. ...": a sentence adverb before the name
+        sure = kind == "company" and bool(CORP_AFTER.match(line[e:]))
+        out.append((kind, phrase, sure))
         if kind == "company":
             words = phrase.split()
             while words and words[-1].lower().strip(".,") in CORPORATE:
                 words = words[:-1]
-            short = " ".join(words).rstrip(",")
+            short = re.sub(r"\.com$", "", " ".join(words).rstrip(","))
             if short and short != phrase and words[0].lower() not in ORG_HEADS and " of " not in f" {short} " \
-                    and short.lower() not in PLACES:
-                out.append(("company", short))
+                    and short.lower() not in PLACES and words[-1].lower() not in CONNECTORS:
+                out.append(("company", short, sure))
     return out

@@ -1,12 +1,13 @@
 """The ``text`` judge: is a query answerable from a page, judged from the page's text layer alone.
 
-Two "prompts", like the VLM verifier's two phrasings, each an estimate that the page answers the query.
-The query is reduced to its *terms*: content words, less the words every question about a document uses
-("answer", "round", "decimal", "page", "table", "report", ...: ``QUESTION_WORDS``); fiscal periods are read
-as their year ("FY2019", "FY19" -> 2019). Its *anchors* are the terms that pin it to specific facts: years,
-numbers (not small counts like "two" or "3"), and capitalised words that do not start a sentence. A page can
-only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor missing from
-the page multiplies the estimate by ``MISSING_ANCHOR``.
+Two "prompts", like the VLM verifier's two phrasings, each an estimate that the page answers the query. The query
+is reduced to its *terms*: content words, less the words every question about a document uses ("answer", "round",
+"decimal", "page", "table", "report", ...: ``QUESTION_WORDS``); fiscal periods are read as their year ("FY2019",
+"FY19" -> 2019), and a reference to a part of the document as one term ("Table 2", "Fig. 2" -> "figure 2"; a
+page's number is on the page when a line of its text is that number). Its *anchors* are the terms that pin it to
+specific facts: years, numbers (not small counts like "two" or "3"), and capitalised words that do not start a
+sentence. A page can only answer a question about Adobe in 2015 if "Adobe" and "2015" occur on it, so each anchor
+missing from the page multiplies the estimate by ``MISSING_ANCHOR``.
   A  novelty:  share of the query's *new* terms found on the page (for a negative: terms not in its
                positive; for a positive: all its terms), to the power ``NOVELTY_POWER``. A negative that
                changed 2021 to 2020 on a page whose table has a 2020 column scores 1.0: the page may answer it.
@@ -17,7 +18,10 @@ Words match on a light stem (plural and -ing/-ed endings dropped, then the first
 
 Measured on real documents (``bench/judge_qa_dev.py``: 124 human questions, each against its answer pages
 and the other pages of its document) the judge separates answer pages from the rest with a ROC AUC of
-0.74-0.75; see the README for the error rates at the shipped threshold. Limits: lexical only (no synonyms, no
+0.74. Its thresholds are set per use from that measurement and from mining the dev set (``THRESHOLDS``; the
+README has both error rates at each): positives and the build's negatives at 0.5, the mining filter at 0.4,
+where no labelled answer page was left among the mined negatives (3 of 521 at 0.5) for 8 fewer complete
+queries of 221. Limits: lexical only (no synonyms, no
 reading of charts or scans), so it is a cheap pre-filter in front of a VLM judge, and the judge of
 model-free runs.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import re
 
+from docrerank.lexical.spans import REFERENCE, reference_of
 from docrerank.lexical.text import STOPWORDS
 
 UNKNOWN = 0.5
@@ -51,6 +56,13 @@ QUESTION_WORDS = frozenset(
 _TERM = re.compile(r"\b(?:FY|F|CY)\s?'?(\d{4}|\d{2})\b|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z&'\-]*", re.I)
 _SENTENCE_END = re.compile(r"[.?!:;]\s*$")
 _SMALL_COUNT = 12  # integers up to this are counts ("3 year average", "top 10"), not anchors
+# The judge's threshold for each use (``engines.verify.default_threshold``): ``positive``: both estimates >= it
+# keeps a positive (a wrong "yes" is the costly error: 6% of other pages pass at 0.5); ``negative``: both < it
+# keeps a rewritten negative (estimate A looks only at the changed value, so an answerable rewrite scores near
+# 1 at any threshold; lower thresholds mostly drop good hard negatives: 106 -> 95 dev positives with k at 0.3);
+# ``mine``: either >= it removes a mined page (a false negative kept is the costly error: at 0.4 none of the
+# dev set's labelled answer pages stayed among the mined negatives, at 0.5 3 of 521 did; 0.3 costs 36 queries).
+THRESHOLDS = {"positive": 0.5, "negative": 0.5, "mine": 0.4}
 
 
 def _year_of(two_or_four: str) -> str:
@@ -83,7 +95,11 @@ def query_terms(query: str) -> tuple[list[str], list[tuple[str, ...]]]:
     each run of capitalised words that do not start a sentence ("Activision Blizzard", "Interest Coverage
     Ratio": one anchor, found when any of its words is)."""
     terms, anchors, run, prev_end = [], [], [], -1
+    refs = [(r.start(), r.end(), " ".join(reference_of(r))) for r in REFERENCE.finditer(query)]
+    terms += [ref for *_, ref in refs]  # a term, not an anchor: answer pages often cite their part otherwise
     for m in _TERM.finditer(query):
+        if any(s <= m.start() < e for s, e, _ in refs):
+            continue  # read as one term above
         raw = m.group(0)
         t = _year_of(m.group(1)) if m.group(1) else _norm(raw)
         gap = query[prev_end:m.start()] if prev_end >= 0 else ""
@@ -112,7 +128,8 @@ def query_terms(query: str) -> tuple[list[str], list[tuple[str, ...]]]:
 def page_vocabulary(page_text: str) -> set[str]:
     """Normalised words and numbers of a page (with joined number forms: "5,230.3" and "5230.3"), and
     their stems."""
-    vocab = set()
+    vocab = {" ".join(reference_of(m)) for m in REFERENCE.finditer(page_text)}
+    vocab.update(f"page {n}" for n in re.findall(r"(?m)^\s*(\d{1,4})\s*$", page_text))  # a printed page number
     for text in (page_text, re.sub(r"(?<=\d),(?=\d)", "", page_text)):
         for m in _TERM.finditer(text):
             t = _year_of(m.group(1)) if m.group(1) else _norm(m.group(0))

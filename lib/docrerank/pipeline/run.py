@@ -103,7 +103,7 @@ def plan_pipeline(cfg: PipelineConfig, address: str | None = None) -> tuple[str,
         out = getattr(scfg, "output", None)
         if out:
             earlier += [out, storage.resolve(out).uri]
-    return "\n\n".join(parts), ok
+    return f"plan of pipeline: {len(cfg.chosen)} step(s), {', '.join(cfg.chosen)}\n\n" + "\n\n".join(parts), ok
 
 
 def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable[[str], None] = print) -> list[StepResult]:
