@@ -152,10 +152,11 @@ def excluded_from_ray_data(cpus: float = 0, gpus: float = 0):
             opts.exclude_resources = before
 
 
-def autoscaler_view(labels: Sequence[dict] = ()) -> tuple[list[dict] | None, bool]:
+def autoscaler_view(labels: Sequence[dict] = (), status_wait_s: float = 30.0) -> tuple[list[dict] | None, bool]:
     """What the joined cluster's autoscaler can add: (its node types as ``{name, resources, max_count, count}``
     when Ray publishes them, whether an autoscaler can add nodes at all). ``labels``: the live nodes' labels, to
-    count the nodes of each type.
+    count the nodes of each type; ``status_wait_s``: how long a job that joined a cluster (``RAY_ADDRESS``)
+    waits for the monitor's first status report.
 
     Ray publishes node types with their limits on some platforms (``get_cluster_config``, as Ray Train and Data
     read them); its open-source autoscaler does not, and is recognised by its status instead: without
@@ -179,10 +180,19 @@ def autoscaler_view(labels: Sequence[dict] = ()) -> tuple[list[dict] | None, boo
                   "max_count": int(g.max_count), "count": running[g.name]} for g in config.node_group_configs]
         return types, any(t["max_count"] == -1 or t["max_count"] > t["count"] for t in types)
     try:
+        import os
+        import time
+
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
 
-        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        # a head's monitor publishes its first status a few seconds after it starts: a job submitted right
+        # after the cluster came up must not take an autoscaling cluster for a fixed one (a Ray this job
+        # started itself, without RAY_ADDRESS, has no autoscaler: no wait)
+        joined = bool(os.environ.get("RAY_ADDRESS"))
+        deadline = time.monotonic() + (status_wait_s if joined else 0.0)
+        while not (raw := _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)) and time.monotonic() < deadline:
+            time.sleep(1.0)
         report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
         if any(not str(t).startswith("node_") for t in (report.get("node_type_mapping") or {}).values()):
             return None, True
