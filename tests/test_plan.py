@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from docrerank.build.config import BuildConfig
-from docrerank.build.plan import group_pools, model_stages, stage_costs
+from docrerank.build.plan import model_pools, stage_costs
 from docrerank.core import plan, runtime
 from docrerank.core.config import load_config
 from docrerank.models import sources
@@ -82,8 +82,8 @@ def test_plan_runs_on_every_shipped_config(config, tmp_path, capsys):
         assert "problem(s):" in out
     assert not (tmp_path / "out").exists(), "--plan must leave no trace"
     if config.stem == "build_paper":
-        # 3 distinct models: Pixtral (4 actors), the judge shared by both verify stages (4), the rewriter (2)
-        assert "needs 10 GPUs at once" in out and "verify positives, verify negatives" in out
+        # 3 distinct models: Pixtral, the judge shared by both verify stages, the rewriter (1 actor each at least)
+        assert "needs 3 GPUs at once" in out and "verify positives, verify negatives" in out
         assert "counted with PyMuPDF" in out and "; 2 files" in out
         assert "not (fully) in the local Hugging Face cache and HF_HUB_OFFLINE=1" in out
     if config.stem.startswith("train_paper"):
@@ -107,7 +107,7 @@ def test_train_local_plans_clean_on_real_examples(examples, tmp_path, capsys):
 def test_a_job_needing_more_gpus_than_the_cluster_has_fails_at_start_with_the_numbers(tiny_vlm, tmp_path, capsys):
     out_dir = tmp_path / "build"
     argv = ["--config", str(REPO / "jobs/configs/build_local.yaml"), f"output={out_dir}",
-            f"verify.engine={{backend: hf, model: {tiny_vlm}, ray: {{num_gpus: 1, concurrency: 64}}}}"]
+            f"verify.engine={{backend: hf, model: {tiny_vlm}, ray: {{num_gpus: 1, concurrency: 64, min_actors: 64}}}}"]
     rc, out, _ = run_main("build_dataset", argv + ["--plan"], capsys)
     assert rc == 1 and "needs 64 GPUs at once" in out
     assert "verify positives, verify negatives" in out  # one pool for the judge of both verify stages
@@ -157,12 +157,16 @@ def test_calls_per_stage_follow_the_method():
 
 
 def test_one_pool_per_distinct_model():
-    judge = {"backend": "vllm", "model": "org/Judge-7B", "vllm": {"tensor_parallel_size": 2}, "ray": {"concurrency": 3}}
+    judge = {"backend": "vllm", "model": "org/Judge-7B", "vllm": {"tensor_parallel_size": 2},
+             "ray": {"concurrency": 3, "min_actors": 3}}
     cfg = BuildConfig.model_validate({"pages": "x", "output": "y", "positives_file": "q.jsonl",
                                       "verify": {"engine": judge}, "negatives": {"engine": {"model": "org/L"}}})
-    pools = group_pools(model_stages(cfg))
+    pools = model_pools(cfg).pools  # the pools planner the job starts its pools with
     assert [p.stages for p in pools] == [["verify positives", "verify negatives"], ["negatives"]]
-    assert (pools[0].actors, pools[0].gpus) == (3, 2.0)  # GPUs per actor from tensor parallelism
+    assert (pools[0].min_actors, pools[0].shape.gpus) == (3, 2.0)  # GPUs per actor from tensor parallelism
+    bad = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"engine": cfg.verify.engine.model_copy(
+        update={"ray": cfg.verify.engine.ray.model_copy(update={"num_gpus": 0})})})})
+    assert any("ray.num_gpus: got 0 for backend 'vllm'" in p for p in model_pools(bad).problems)
 
 
 def test_writable_probe_leaves_no_trace_and_reports_failures(tmp_path):

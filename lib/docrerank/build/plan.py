@@ -13,7 +13,6 @@ engine reuses the prefix; output tokens at each stage's ``max_tokens`` budget (1
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from docrerank.build.config import BuildConfig
@@ -28,37 +27,14 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.engines.plan import STAGE_HEADER, StageCost, gpus_per_actor, image_tokens, reuses_prefix, stage_cost, \
-    text_tokens
+from docrerank.engines.plan import STAGE_HEADER, StageCost, image_tokens, reuses_prefix, stage_cost, text_tokens
+from docrerank.engines.pool import PoolPlan, plan_pools
 from docrerank.models.sources import model_source
 from docrerank.prompts import load_prompt
 
 MODEL_FREE_CPUS = 0.9  # build/run.py: a model-free actor's CPUs (the pool starts with one)
 QUERY_TOKENS = 25  # a question, estimated
 GIVEN_PER_PAGE = 1  # given positives per page, estimated (the sample corpus has one)
-
-
-@dataclass
-class Pool:
-    """One actor pool: a distinct engine config and the stages it serves."""
-
-    engine: EngineConfig
-    stages: list[str] = field(default_factory=list)
-
-    @property
-    def actors(self) -> int:
-        """Actors of the pool (``engine.ray.concurrency``)."""
-        return self.engine.ray.concurrency
-
-    @property
-    def gpus(self) -> float:
-        """GPUs per actor."""
-        return gpus_per_actor(self.engine)
-
-    @property
-    def cpus(self) -> float:
-        """CPUs per actor."""
-        return self.engine.ray.num_cpus
 
 
 def model_stages(cfg: BuildConfig) -> list[tuple[str, Union[str, EngineConfig]]]:
@@ -70,15 +46,11 @@ def model_stages(cfg: BuildConfig) -> list[tuple[str, Union[str, EngineConfig]]]
     return out
 
 
-def group_pools(stages: list[tuple[str, Union[str, EngineConfig]]]) -> list[Pool]:
-    """One pool per distinct engine config (equal configs share the pool: the same judge checks positives and
-    negatives), in the order of first use; model-free stages need no pool of their own. Pure: the lead may swap
-    in ``engines.pool.plan_pools`` with the same meaning."""
-    pools: dict[str, Pool] = {}
-    for stage, engine in stages:
-        if isinstance(engine, EngineConfig):
-            pools.setdefault(engine.model_dump_json(), Pool(engine)).stages.append(stage)
-    return list(pools.values())
+def model_pools(cfg: BuildConfig) -> PoolPlan:
+    """The build's model pools as the job starts them (``engines.pool.plan_pools``: one pool per distinct model,
+    shared by the stages that use it, sized from ``engine.ray``), named by the stages of ``model_stages``; the
+    totals are checked against the cluster by ``plan_build``."""
+    return plan_pools(dict(model_stages(cfg)), None)
 
 
 def _prompt_tokens(name: str, keys: Optional[tuple[str, ...]] = None) -> int:
@@ -151,7 +123,7 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
     report.section("input", ["input", "pages", "counted"]).rows.append(
         [cfg.input or cfg.pages or cfg.query_pages, fmt_count(pages), how])
 
-    pools = group_pools(model_stages(cfg))
+    pool_plan = model_pools(cfg)
     costs = stage_costs(cfg, pages or 0, opts) if pages is not None else []
     sec = report.section("stages", STAGE_HEADER)
     by_stage = {c.stage: c for c in costs}
@@ -170,7 +142,7 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
 
     models = report.section("models", ["model", "backend", "stages", "source", "where", "files", "gated"])
     hub_models = False
-    for pool in pools:
+    for pool in pool_plan.pools:
         src = model_source(pool.engine.model, key=f"{pool.stages[0]}.engine.model", backend=pool.engine.backend)
         models.rows.append([pool.engine.model, pool.engine.backend, ", ".join(pool.stages), src.kind, src.where,
                             src.files, src.gated])
@@ -182,19 +154,23 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
 
     psec = report.section("actor pools", ["pool", "stages", "actors", "GPUs/actor", "CPUs/actor", "GPUs", "CPUs",
                                           "GPU-h", "wall h"])
+    for p in pool_plan.problems:
+        report.problem(p)
     need_gpus = need_cpus = 0.0
     slowest = 0.0
-    for i, pool in enumerate(pools):
+    for i, pool in enumerate(pool_plan.pools):
         gpu_s = sum((c.gpu_s or 0.0) for c in costs if c.stage in pool.stages)
         unknown = pages is None or any(c.gpu_s is None for c in costs if c.stage in pool.stages)
-        gpus = pool.actors * pool.gpus
-        wall = gpu_s / gpus if gpus else None
+        n = pool.min_actors  # the minimum must fit at once; the pool grows to max_actors as the cluster allows
+        g, cpus = (pool.shape.gpus, pool.shape.cpus) if pool.shape else (0.0, 0.0)
+        wall = gpu_s / (n * g) if n * g else None
         slowest = max(slowest, wall or 0.0)
-        psec.rows.append([f"{i}: {pool.engine.model}", ", ".join(pool.stages), pool.actors, pool.gpus, pool.cpus,
-                          gpus, pool.actors * pool.cpus, "?" if unknown else fmt_hours(gpu_s),
+        psec.rows.append([f"{i}: {pool.engine.model}", ", ".join(pool.stages),
+                          n if n == pool.max_actors else f"{n}..{pool.max_actors}", g if pool.shape else "?",
+                          cpus if pool.shape else "?", n * g, n * cpus, "?" if unknown else fmt_hours(gpu_s),
                           "?" if unknown or wall is None else fmt_hours(wall)])
-        need_gpus += gpus
-        need_cpus += pool.actors * pool.cpus
+        need_gpus += n * g
+        need_cpus += n * cpus
     psec.rows.append(["model-free stages", "rules/text/select/write", f"1..{cfg.num_workers or 'CPUs'}", 0,
                       MODEL_FREE_CPUS, 0, MODEL_FREE_CPUS, "0", ""])
     need_cpus += MODEL_FREE_CPUS

@@ -9,6 +9,7 @@ a rerun skips finished pages, so an interrupted build resumes to exactly the out
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ from docrerank.core.raydata import (
     ChainStage,
     StageSpec,
     batch_format_of,
+    excluded_from_ray_data,
     read_parquet_files,
     read_parquet_files_list,
     remove_orphans,
 )
+from docrerank.engines.pool import ClusterResources, PoolPlan
+from docrerank.engines.pool_ray import ModelPools
 from docrerank.ingest.config import IngestConfig
 
 log = logging.getLogger("docrerank.build")
@@ -44,42 +48,32 @@ log = logging.getLogger("docrerank.build")
 MODEL_FREE_CPUS = 0.9
 
 
-def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids, write_pages: bool) -> list:
-    """``(StageClass, kwargs, engine config or None)`` for every stage, in order."""
-    pe = None if cfg.positives.engine == "given" else cfg.positives.engine
-    ve = None if cfg.verify.engine == "text" else cfg.verify.engine
-    ne = None if cfg.negatives.engine == "rules" else cfg.negatives.engine
+def stage_engines(cfg: BuildConfig) -> dict:
+    """The engine config of every model stage, by stage name (``engines.pool.plan_pools`` takes this; the two
+    verification stages name the same judge, so they share its pool)."""
+    engines = {"positives": cfg.positives.engine, "verify_positives": cfg.verify.engine,
+               "negatives": cfg.negatives.engine, "verify_negatives": cfg.verify.engine,
+               "rephrase": cfg.rephrase.engine}
+    return {stage: e for stage, e in engines.items() if not isinstance(e, str)}
+
+
+def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids, write_pages: bool,
+                pools=None) -> list[StageSpec]:
+    """``(StageClass, kwargs)`` for every stage, in order; model stages reach their pool through ``pools``
+    (``engines.pool_ray.PoolHandles``; None: each builds its own engine)."""
     specs = [
-        (AttachState, {"given": given, "done": done, "limit_ids": limit_ids}, None),
-        (PositivesStage, {"cfg": cfg}, pe),
-        (VerifyStage, {"cfg": cfg, "role": "positive"}, ve),
-        (NegativesStage, {"cfg": cfg, "vocabulary": vocab}, ne),
-        (VerifyStage, {"cfg": cfg, "role": "negative"}, ve),
-        (SelectStage, {"cfg": cfg}, None),
+        (AttachState, {"given": given, "done": done, "limit_ids": limit_ids}),
+        (PositivesStage, {"cfg": cfg, "pools": pools}),
+        (VerifyStage, {"cfg": cfg, "role": "positive", "pools": pools}),
+        (NegativesStage, {"cfg": cfg, "vocabulary": vocab, "pools": pools}),
+        (VerifyStage, {"cfg": cfg, "role": "negative", "pools": pools}),
+        (SelectStage, {"cfg": cfg}),
     ]
     if cfg.rephrase.engine != "none":
-        specs.append((RephraseStage, {"cfg": cfg}, cfg.rephrase.engine))
+        specs.append((RephraseStage, {"cfg": cfg, "pools": pools}))
     specs.append((WriteStage, {"output": cfg.output, "k": cfg.select.k, "write_pages": write_pages,
-                               "holdout_fraction": cfg.holdout_fraction, "seed": cfg.seed}, None))
+                               "holdout_fraction": cfg.holdout_fraction, "seed": cfg.seed}))
     return specs
-
-
-def group_stages(specs: list) -> list[tuple[list[StageSpec], object]]:
-    """Split stages into actor groups: each model stage starts a group, model-free stages join the group
-    before them (leading ones join the first model's), so a run holds one actor pool per model."""
-    groups: list[tuple[list[StageSpec], object]] = []
-    pending: list[StageSpec] = []
-    for cls, kwargs, engine in specs:
-        if engine is not None:
-            groups.append((pending + [(cls, kwargs)], engine))
-            pending = []
-        elif groups:
-            groups[-1][0].append((cls, kwargs))
-        else:
-            pending.append((cls, kwargs))
-    if pending:
-        groups.append((pending, None))
-    return groups
 
 
 @dataclass
@@ -127,23 +121,28 @@ def read_pages(cfg: BuildConfig, src: Sources):
     return read_parquet_files(src.pages, PAGE_COLUMNS), limit_ids
 
 
-def chain_stages(ds, cfg: BuildConfig, specs: list):
-    """The stages on ``ds``: one actor pool per model group, model-free groups sized up to the cluster."""
+def chain_stages(ds, cfg: BuildConfig, specs: list[StageSpec]):
+    """Every stage chained in one pool of light CPU workers sized up to the cluster (``num_workers``): the models
+    run in their own pools (``engines.pool_ray``), so a worker only prepares requests and reads answers."""
     import ray.data
 
     from docrerank.core import runtime
 
     workers = cfg.num_workers or runtime.cluster_cpus()
-    for stages, engine in group_stages(specs):
-        if engine is None:
-            compute, res = ray.data.ActorPoolStrategy(min_size=1, max_size=workers), {"num_cpus": MODEL_FREE_CPUS}
-        else:
-            compute = ray.data.ActorPoolStrategy(size=engine.ray.concurrency)
-            res = {"num_cpus": engine.ray.num_cpus, "num_gpus": engine.ray.num_gpus or None}
-        ds = ds.map_batches(ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=cfg.pages_per_batch,
-                            batch_format=batch_format_of(stages), compute=compute,
-                            **{k: v for k, v in res.items() if v is not None})
-    return ds
+    return ds.map_batches(ChainStage, fn_constructor_kwargs={"stages": specs}, batch_size=cfg.pages_per_batch,
+                          batch_format=batch_format_of(specs), num_cpus=MODEL_FREE_CPUS,
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers))
+
+
+def plan_build_pools(cfg: BuildConfig) -> PoolPlan:
+    """The model pools of a build against the cluster joined (no pools, and no look at the cluster, without models)."""
+    from docrerank.engines.pool import plan_pools
+    from docrerank.engines.pool_ray import cluster_resources
+
+    engines = stage_engines(cfg)
+    if not engines:
+        return PoolPlan([], ClusterResources([]))
+    return plan_pools(engines, cluster_resources(), also_needs=[{"CPU": MODEL_FREE_CPUS}])
 
 
 def run_build(cfg: BuildConfig) -> dict:
@@ -155,6 +154,11 @@ def run_build(cfg: BuildConfig) -> dict:
     from docrerank.core import runtime
 
     t0 = time.perf_counter()
+    plan = plan_build_pools(cfg)  # before the ingest: a cluster that cannot hold the models fails the job now
+    if plan.problems:
+        raise ValueError("model pools: " + "; ".join(plan.problems))
+    for w in plan.waits:
+        log.info("model pools: %s", w)
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
     # sources: pages not finished by an earlier run (shards of its unfinished batches are removed first)
@@ -165,18 +169,29 @@ def run_build(cfg: BuildConfig) -> dict:
     done = done_pages(out)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic shards
     ds, limit_ids = read_pages(cfg, src)
-    # stages, the write stage last
     vocab = build_vocabulary(src.pages) if cfg.negatives.engine == "rules" and not cfg.query_pages else {}
-    ds = chain_stages(ds, cfg, stage_specs(cfg, vocab, src.given, done, limit_ids, src.write_pages))
-    # outputs: the write stage emits one status per page; the funnel is read back from the output
     statuses: dict[str, int] = {}
-    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for s in batch["status"]:
-            statuses[s] = statuses.get(s, 0) + 1
+    with contextlib.ExitStack() as stack:
+        pools = stack.enter_context(ModelPools.start(plan)) if plan.pools else None
+        if pools:  # Ray Data plans its workers with what the pools leave
+            stack.enter_context(excluded_from_ray_data(**pools.resources()))
+        # stages, the write stage last; the write stage emits one status per page
+        specs = stage_specs(cfg, vocab, src.given, done, limit_ids, src.write_pages, pools.handles if pools else None)
+        for batch in chain_stages(ds, cfg, specs).iter_batches(batch_size=256, batch_format="numpy"):
+            for s in batch["status"]:
+                statuses[s] = statuses.get(s, 0) + 1
+            if pools:
+                pools.check()  # grows the pools; raises when a stage's requests fail too often
+        if pools:
+            pools.check(final=True)
+            pool_stats = pools.summary()
+    # outputs: the funnel is read back from the output
     stats = {"this_run": {"pages": sum(statuses.values()), "status": statuses,
                           "seconds": round(time.perf_counter() - t0, 2), "resumed_pages": len(done)},
              **funnel_stats(out)}
     stats["sources"] = {"pages": src.pages.uri}  # where mining finds the pages (jobs.mine_negatives)
+    if pools:
+        stats["pools"] = pool_stats
     if src.ingest_stats:
         stats["ingest"] = {k: src.ingest_stats[k] for k in ("documents", "pages", "balanced")}
     runtime.write_json(out.join("stats.json"), stats)

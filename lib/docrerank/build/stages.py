@@ -1,4 +1,5 @@
-"""The dataset build's stages as Ray Data UDF classes: ``__init__`` loads the engine, ``__call__`` does a batch.
+"""The dataset build's stages as Ray Data UDF classes: ``__init__`` gets the engine (a client of the run's model
+pool, ``engines.pool_ray``, or one built here), ``__call__`` does a batch.
 
 A batch is a pyarrow table of pages (``page_id``, ``image``, ``image_format``, ``text``) with a ``state`` struct
 column: each page's typed ``PageState`` (``core.schema``), decoded into ``Page``s on the way in and encoded on the
@@ -61,6 +62,11 @@ def _build(engine_cfg):
     return build_engine(engine_cfg)
 
 
+def _engine(engine_cfg, stage: str, pools):
+    """The engine of ``stage``: a client of its model pool in a pipeline run (``engines.pool_ray``), else built here."""
+    return pools.client(stage) if pools is not None else _build(engine_cfg)
+
+
 def _count_result(m: Counter, res) -> None:
     m["requests"] += 1
     m["prompt_tokens"] += getattr(res, "prompt_tokens", 0) or 0
@@ -101,11 +107,11 @@ class PositivesStage(BuildStage):
 
     name = "positives"
 
-    def __init__(self, cfg: BuildConfig):
+    def __init__(self, cfg: BuildConfig, pools=None):
         self.cfg = cfg.positives
         self.reverify_given = cfg.verify.reverify_given
         self.seed = cfg.seed
-        self.engine = None if self.cfg.engine == "given" else _build(self.cfg.engine)
+        self.engine = None if self.cfg.engine == "given" else _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
 
     def process(self, pages, m):
@@ -153,11 +159,11 @@ class VerifyStage(BuildStage):
     """Stages 2 and 4: both prompts judge every pending query of one role (``engines.verify``); positives are
     verified when both find the page answers them, negatives when neither does."""
 
-    def __init__(self, cfg: BuildConfig, role: str):
+    def __init__(self, cfg: BuildConfig, role: str, pools=None):
         if role not in ("positive", "negative"):
             raise ValueError(f"VerifyStage role: got {role!r}, expected 'positive' or 'negative'")
         self.role, self.cfg, self.name = role, cfg.verify, f"verify_{role}s"
-        self.judge = "text" if self.cfg.engine == "text" else _build(self.cfg.engine)
+        self.judge = "text" if self.cfg.engine == "text" else _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
         self.threshold = verify_threshold(cfg, role)
 
@@ -213,12 +219,12 @@ class NegativesStage(BuildStage):
 
     name = "negatives"
 
-    def __init__(self, cfg: BuildConfig, vocabulary: dict | None = None):
+    def __init__(self, cfg: BuildConfig, vocabulary: dict | None = None, pools=None):
         self.cfg, self.seed = cfg.negatives, cfg.seed
         self.user_attrs = [UserAttribute(a.name, a.description, tuple(a.examples)) for a in self.cfg.user_attributes]
         self.attributes = list(self.cfg.attributes) + [a.name for a in self.user_attrs]
         self.vocab = Vocabulary.from_dict(vocabulary)
-        self.engine = None if self.cfg.engine == "rules" else _build(self.cfg.engine)
+        self.engine = None if self.cfg.engine == "rules" else _engine(self.cfg.engine, self.name, pools)
         name = self.cfg.general_prompt if self.cfg.mode == "general" else self.cfg.attributes_prompt
         self.prompt = load_prompt(name)
         self.descriptions = self.prompt.get("attributes") or {}
@@ -319,9 +325,9 @@ class RephraseStage(BuildStage):
 
     name = "rephrase"
 
-    def __init__(self, cfg: BuildConfig):
+    def __init__(self, cfg: BuildConfig, pools=None):
         self.cfg, self.seed = cfg.rephrase, cfg.seed
-        self.engine = _build(self.cfg.engine)
+        self.engine = _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
 
     def process(self, pages, m):

@@ -76,6 +76,9 @@ class Resources:
     source: str
     max_cpus: Optional[float] = None
     max_gpus: Optional[float] = None
+    grows: bool = False
+    """An autoscaler runs that does not publish its maximum (Ray's open-source one): more may come, how much is
+    unknown, so needing more than the cluster has now is not a problem (the pools wait for the nodes)."""
 
     @property
     def cpu_capacity(self) -> float:
@@ -193,6 +196,12 @@ def detect_resources(address: Optional[str] = None) -> Resources:
         if top:
             res.max_cpus, res.max_gpus = float(top.get("CPU", 0)), float(top.get("GPU", 0))
             res.source += " (autoscaler maximum read from its cluster config)"
+        else:
+            from docrerank.core.raydata import autoscaler_view
+
+            res.grows = autoscaler_view()[1]
+            if res.grows:
+                res.source += " (an autoscaler that does not publish its maximum)"
         return res
     return Resources(float(os.cpu_count() or 1), float(local_gpus()), "this machine (a job would start a local Ray)")
 
@@ -209,6 +218,10 @@ def resources_section(report: PlanReport, res: Resources, need_gpus: float, need
     sec.rows.append(["GPU", _num(need_gpus), _num(res.gpus), _num(res.max_gpus) if res.max_gpus is not None else ""])
     sec.rows.append(["CPU", _num(need_cpus), _num(res.cpus), _num(res.max_cpus) if res.max_cpus is not None else ""])
     sec.notes.append(f"needed: {what}; cluster: {res.source}")
+    if res.grows and (need_gpus > res.gpus or need_cpus > res.cpus):
+        sec.notes.append(f"the autoscaler must add nodes for {_num(need_gpus)} GPUs and {_num(need_cpus)} CPUs; the "
+                         "pools wait for them (engine.ray.placement_timeout_s), then fail with the numbers")
+        return
     if need_gpus > res.gpu_capacity:
         report.problem(f"needs {_num(need_gpus)} GPUs at once ({what}) but the cluster has {_num(res.gpus)}"
                        + (f" and can grow to {_num(res.max_gpus)}" if res.max_gpus is not None else "")

@@ -11,6 +11,7 @@ the first stage of a chain decides the format its actor receives. Nothing here i
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from docrerank.core import storage
@@ -128,3 +129,78 @@ def remove_orphans(out: storage.Location, tables: Sequence[str], marker: str) ->
                 out.fs.delete_file(f)
                 n += 1
     return n
+
+
+
+@contextlib.contextmanager
+def excluded_from_ray_data(cpus: float = 0, gpus: float = 0):
+    """While inside: Ray Data counts ``cpus`` and ``gpus`` of the cluster as held by others (the model pools) and
+    sizes its own workers from what is left, instead of waiting for resources that never free up."""
+    import warnings
+
+    import ray.data
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    opts = ray.data.DataContext.get_current().execution_options
+    before = opts.exclude_resources
+    with warnings.catch_warnings():  # deprecated in favour of node labels, which pools sharing a node cannot use
+        warnings.simplefilter("ignore")
+        opts.exclude_resources = ExecutionResources(cpu=cpus, gpu=gpus)
+        try:
+            yield
+        finally:
+            opts.exclude_resources = before
+
+
+def autoscaler_view(labels: Sequence[dict] = (), status_wait_s: float = 30.0) -> tuple[list[dict] | None, bool]:
+    """What the joined cluster's autoscaler can add: (its node types as ``{name, resources, max_count, count}``
+    when Ray publishes them, whether an autoscaler can add nodes at all). ``labels``: the live nodes' labels, to
+    count the nodes of each type; ``status_wait_s``: how long a job that joined a cluster (``RAY_ADDRESS``)
+    waits for the monitor's first status report.
+
+    Ray publishes node types with their limits on some platforms (``get_cluster_config``, as Ray Train and Data
+    read them); its open-source autoscaler does not, and is recognised by its status instead: without
+    ``--autoscaling-config`` the monitor is read-only and names each node's type ``node_<node id>``."""
+    import json
+    from collections import Counter
+
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: no answer means unknown
+        config = None
+    if config is not None and config.node_group_configs:
+        try:
+            from ray._raylet import RAY_NODE_GROUP_KEY as key
+        except ImportError:
+            key = "ray.io/node-group"
+        running = Counter(lab.get(key) for lab in labels)
+        types = [{"name": g.name, "resources": {k: float(v) for k, v in g.resources.items()},
+                  "max_count": int(g.max_count), "count": running[g.name]} for g in config.node_group_configs]
+        return types, any(t["max_count"] == -1 or t["max_count"] > t["count"] for t in types)
+    try:
+        import os
+        import time
+
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        # a head's monitor publishes its first status a few seconds after it starts: a job submitted right
+        # after the cluster came up must not take an autoscaling cluster for a fixed one (a Ray this job
+        # started itself, without RAY_ADDRESS, has no autoscaler: no wait)
+        joined = bool(os.environ.get("RAY_ADDRESS"))
+        deadline = time.monotonic() + (status_wait_s if joined else 0.0)
+        while not (raw := _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+        if any(not str(t).startswith("node_") for t in (report.get("node_type_mapping") or {}).values()):
+            return None, True
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return None, bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001
+        return None, False

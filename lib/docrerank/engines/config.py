@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from docrerank.core.config import Config
 from docrerank.engines.registry import available_backends
@@ -90,16 +90,42 @@ class HTTPOptions(Config):
 
 
 class RayStageConfig(Config):
-    """How the Ray Data stage runs an engine (``map_batches`` arguments)."""
+    """How an engine runs on Ray: its model pool (``engines.pool``). Stages whose engines differ only in these
+    settings share one pool (the model loads once), which takes the largest of their values; ``batch_size`` and the
+    error limits stay per stage."""
 
     concurrency: int = Field(default=1, ge=1)
-    """Engine actors (each loads the model once)."""
-    num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs per actor (use vllm.tensor_parallel_size for multi-GPU engines)."""
+    """Engine actors of the pool at most (each loads the model once). The pool starts with as many as the cluster
+    holds, at least ``min_actors``; on an autoscaling cluster more join as nodes are added."""
+    min_actors: int = Field(default=1, ge=1)
+    """Actors the job needs: when the cluster (and what its autoscaler can add) cannot hold every pool's minimum,
+    the job fails at start, before any model loads, with the numbers."""
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+    """GPUs per actor. Unset: tensor_parallel_size x pipeline_parallel_size for vllm (any other value is an
+    error, 0 included), 0 for the other backends."""
     num_cpus: float = Field(default=1.0, gt=0)
     """CPUs per actor."""
     batch_size: int = Field(default=64, ge=1)
-    """Rows per batch handed to an actor; keep all requests of a page in one batch for prefix reuse."""
+    """Requests per call to the pool: a stage's requests are split into calls of this size, spread over the
+    actors, several in flight at once."""
+    batches_in_flight: int = Field(default=4, ge=1)
+    """Calls one engine run takes at most: while the engine runs, the next calls wait in the actor, and the next
+    run takes all that are waiting (up to this many), so the model never idles between calls."""
+    placement_timeout_s: float = Field(default=900.0, gt=0)
+    """How long the job waits for the cluster (or its autoscaler) to place every pool's minimum before failing.
+    A cluster without an autoscaler that cannot hold it fails at once."""
+    max_error_share: float = Field(default=0.5, ge=0, le=1)
+    """The job fails when more than this share of a stage's model requests failed (once ``min_requests`` were
+    made), naming the stage and its top error kinds; and at the end whenever every request of a stage failed.
+    1 turns the check off."""
+    min_requests: int = Field(default=20, ge=1)
+    """Requests a stage makes before ``max_error_share`` is checked during the run."""
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.min_actors > self.concurrency:
+            raise ValueError(f"min_actors: got {self.min_actors}, expected at most concurrency={self.concurrency}")
+        return self
 
 
 class EngineConfig(Config):

@@ -15,13 +15,16 @@ CHARS_PER_TOKEN = 4.0  # English prompt text in BPE vocabularies of this size; a
 
 
 def gpus_per_actor(engine: EngineConfig) -> float:
-    """GPUs one actor of ``engine`` holds: vLLM's tensor parallel size (at least ``ray.num_gpus``), else
-    ``ray.num_gpus``; 0 for an http engine (the endpoint's GPUs are not the cluster's)."""
+    """GPUs one actor of ``engine`` holds (``engines.pool.actor_shape``: vLLM's tensor x pipeline parallel size,
+    else ``ray.num_gpus``); 0 for an http engine (the endpoint's GPUs are not the cluster's)."""
     if engine.backend == "http":
         return 0.0
-    if engine.backend == "vllm":
-        return float(max(engine.vllm.tensor_parallel_size, engine.ray.num_gpus))
-    return float(engine.ray.num_gpus)
+    from docrerank.engines.pool import actor_shape
+
+    try:
+        return float(actor_shape(engine).gpus)
+    except ValueError:  # a config that cannot run: the pool plan reports why
+        return float(engine.ray.num_gpus or 0)
 
 
 def image_tokens(model: str, max_pixels: int) -> int:

@@ -21,7 +21,8 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.engines.plan import STAGE_HEADER, gpus_per_actor, image_tokens, reuses_prefix, stage_cost, text_tokens
+from docrerank.engines.plan import STAGE_HEADER, image_tokens, reuses_prefix, stage_cost, text_tokens
+from docrerank.engines.pool import plan_pools
 from docrerank.mine.config import MineConfig
 from docrerank.models.sources import model_source
 from docrerank.prompts import load_prompt
@@ -86,12 +87,16 @@ def plan_mine(cfg: MineConfig, res: Resources, opts: Optional[PlanOptions] = Non
     need_gpus, need_cpus = mine_gpus, cfg.num_cpus  # the mining pool starts with one actor
     pools.rows.append(["mine (retrieve, sample)", f"1..{cfg.num_workers or ('1' if mine_gpus else 'CPUs')}",
                        mine_gpus, cfg.num_cpus, mine_gpus, cfg.num_cpus])
-    if engine is not None:
-        g = gpus_per_actor(engine)
-        pools.rows.append([f"filter: {engine.model}", engine.ray.concurrency, g, engine.ray.num_cpus,
-                           engine.ray.concurrency * g, engine.ray.concurrency * engine.ray.num_cpus])
-        need_gpus += engine.ray.concurrency * g
-        need_cpus += engine.ray.concurrency * engine.ray.num_cpus
+    pool_plan = plan_pools({"filter": engine}, None)  # sized as the job starts it; the totals checked below
+    for p in pool_plan.problems:
+        report.problem(p)
+    for pool in pool_plan.pools:
+        n = pool.min_actors  # the pool's minimum; it grows to max_actors as the cluster allows
+        g, cpus = (pool.shape.gpus, pool.shape.cpus) if pool.shape else (0.0, 0.0)
+        pools.rows.append([f"filter: {pool.engine.model}", n if n == pool.max_actors else f"{n}..{pool.max_actors}",
+                           g if pool.shape else "?", cpus if pool.shape else "?", n * g, n * cpus])
+        need_gpus += n * g
+        need_cpus += n * cpus
     if cfg.retriever == "colpali":
         need_gpus = max(need_gpus, cfg.colpali.num_gpus)  # the index is built first, by one GPU task
     resources_section(report, res, need_gpus, need_cpus)

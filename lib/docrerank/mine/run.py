@@ -244,15 +244,73 @@ def mining_stats(out: storage.Location, input_ids: set[str]) -> dict:
     }
 
 
-def run_mine(cfg: MineConfig) -> dict:
-    """Mine negatives into ``cfg.output`` on the current Ray cluster; return the stats (also mining_stats.json)."""
+def stage_engines(cfg: MineConfig) -> dict:
+    """The engine config of every model stage by name (the false-negative filter's judge, if a model)."""
+    return {} if isinstance(cfg.filter.engine, str) else {"filter": cfg.filter.engine}
+
+
+def _worker_bundle(cfg: MineConfig) -> dict:
+    gpu = cfg.colpali.num_gpus if cfg.retriever == "colpali" else 0
+    return {"CPU": cfg.num_cpus, **({"GPU": gpu} if gpu else {})}
+
+
+def plan_mine_pools(cfg: MineConfig):
+    """The judge's model pool against the cluster joined, with one mining worker beside it (``engines.pool``);
+    no look at the cluster for a model-free run on the CPU."""
+    from docrerank.engines.pool import ClusterResources, PoolPlan, plan_pools
+    from docrerank.engines.pool_ray import cluster_resources
+
+    engines, worker = stage_engines(cfg), _worker_bundle(cfg)
+    if not engines and "GPU" not in worker:
+        return PoolPlan([], ClusterResources([]))
+    return plan_pools(engines, cluster_resources(), also_needs=[worker])
+
+
+def run_stages(cfg: MineConfig, items: list[dict], out: storage.Location, plan) -> tuple[Counter, list | None]:
+    """Mine, filter and write every batch in one chain of workers; the judge runs in its model pool. Returns the
+    statuses counted and the pools' summary (None without a model judge)."""
+    import contextlib
+
     import ray.data
 
     from docrerank.core import runtime
+    from docrerank.core.raydata import ChainStage, batch_format_of, excluded_from_ray_data
+    from docrerank.engines.pool_ray import ModelPools
+
+    statuses: Counter = Counter()
+    worker = _worker_bundle(cfg)
+    workers = min(len(items), cfg.num_workers or (1 if "GPU" in worker else runtime.cluster_cpus()))
+    with contextlib.ExitStack() as stack:
+        pools = stack.enter_context(ModelPools.start(plan)) if plan.pools else None
+        if pools:
+            stack.enter_context(excluded_from_ray_data(**pools.resources()))
+        kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
+        stages = [(MineStage, kw), (FilterStage, {**kw, "pools": pools.handles if pools else None}), (WriteStage, kw)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=1, batch_format=batch_format_of(stages),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=worker["CPU"],
+            **({"num_gpus": worker["GPU"]} if "GPU" in worker else {}))
+        for batch in ds.iter_batches(batch_size=16, batch_format="pyarrow"):
+            for s in batch.column("status").to_pylist():
+                statuses.update(json.loads(s))
+            if pools:
+                pools.check()  # grows the pool; raises when the judge's requests fail too often
+        if not pools:
+            return statuses, None
+        pools.check(final=True)
+        return statuses, pools.summary()
+
+
+def run_mine(cfg: MineConfig) -> dict:
+    """Mine negatives into ``cfg.output`` on the current Ray cluster; return the stats (also mining_stats.json)."""
+    from docrerank.core import runtime
     from docrerank.core.schema import is_heldout
-    from docrerank.core.raydata import ChainStage, batch_format_of, done_shard_names, remove_orphans
+    from docrerank.core.raydata import done_shard_names, remove_orphans
 
     t0 = time.perf_counter()
+    plan = plan_mine_pools(cfg)  # a cluster that cannot hold the judge (or ColPali's GPUs) fails the job now
+    if plan.problems:
+        raise ValueError("model pools: " + "; ".join(plan.problems))
     out = storage.resolve(cfg.output)
     storage.makedirs(out)
     if not cfg.resume:
@@ -276,33 +334,13 @@ def run_mine(cfg: MineConfig) -> dict:
     split_of_query = {q["query_id"]: split_of.get(q["page_id"]) or
                       ("heldout" if is_heldout(q["page_id"], fraction, hseed) else "train") for q in queries}
     items = make_batches(todo, split_of_query, cfg.queries_per_batch)
-    statuses: Counter = Counter()
-    if items:
-        kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
-        mine = (MineStage, kw)
-        rest = [(FilterStage, kw), (WriteStage, kw)]
-        gpu = cfg.colpali.num_gpus if cfg.retriever == "colpali" else 0
-        workers = min(len(items), cfg.num_workers or (1 if gpu else runtime.cluster_cpus()))
-        groups = [([mine] + rest, None)]
-        if not isinstance(cfg.filter.engine, str):  # one actor pool per model: the judge gets its own
-            groups = [([mine], None), (rest, cfg.filter.engine.ray)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        for stages, eng in groups:
-            if eng is None:
-                compute, res = ray.data.ActorPoolStrategy(min_size=1, max_size=workers), \
-                    {"num_cpus": cfg.num_cpus, "num_gpus": gpu or None}
-            else:
-                compute, res = ray.data.ActorPoolStrategy(size=eng.concurrency), \
-                    {"num_cpus": eng.num_cpus, "num_gpus": eng.num_gpus or None}
-            ds = ds.map_batches(ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=1, compute=compute,
-                                batch_format=batch_format_of(stages), **{k: v for k, v in res.items() if v is not None})
-        for batch in ds.iter_batches(batch_size=16, batch_format="pyarrow"):
-            for s in batch.column("status").to_pylist():
-                statuses.update(json.loads(s))
+    statuses, pool_stats = run_stages(cfg, items, out, plan) if items else (Counter(), None)
     stats = mining_stats(out, {q["query_id"] for q in queries})
     if stats["accounted"] != stats["queries"]:
         raise RuntimeError(f"{stats['queries'] - stats['accounted']} input queries have no mining_status row")
     stats["settings"] = {**fingerprint["settings"], "holdout_fraction": fraction, "holdout_seed": hseed}
+    if pool_stats:
+        stats["pools"] = pool_stats
     stats["this_run"] = {"queries": sum(statuses.values()), "status": dict(statuses), "batches": len(items),
                          "resumed_queries": len(queries) - len(todo), "seconds": round(time.perf_counter() - t0, 2)}
     runtime.write_json(out.join("mining_stats.json"), stats)

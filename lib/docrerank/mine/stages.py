@@ -161,15 +161,16 @@ class FilterStage:
 
     batch_format = "numpy"
 
-    def __init__(self, cfg: MineConfig, index_uri: str):
+    def __init__(self, cfg: MineConfig, index_uri: str, pools=None):
         self.cfg, self.f = cfg, cfg.filter
         self.store = PageStore(index_uri)
-        self.judge_with, self.prompt = self.f.engine, None  # "none", "text", or the engine built here
-        if not isinstance(self.f.engine, str):
+        self.judge_with, self.prompt = self.f.engine, None  # "none", "text", or an engine
+        if not isinstance(self.f.engine, str):  # the run's model pool (``engines.pool_ray``), or one built here
             from docrerank.engines import build_engine
             from docrerank.prompts import load_prompt
 
-            self.judge_with, self.prompt = build_engine(self.f.engine), load_prompt(self.f.prompt)
+            self.judge_with = pools.client("filter") if pools is not None else build_engine(self.f.engine)
+            self.prompt = load_prompt(self.f.prompt)
 
     def __call__(self, batch):
         rows = batch_rows(batch)

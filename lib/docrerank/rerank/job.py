@@ -144,6 +144,18 @@ class ScoreActor:
                 "errors": sum(e is not None for e in errors), "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def check_actors_fit(actors: int, bundle: dict) -> None:
+    """ValueError with the numbers when the cluster (and its autoscaler, as far as known) cannot hold ``actors``
+    scoring actors of ``bundle`` each: Ray Data would wait for them forever."""
+    from docrerank.engines.pool import plan_pools
+    from docrerank.engines.pool_ray import cluster_resources
+
+    plan = plan_pools({}, cluster_resources(), also_needs=[bundle] * actors,
+                      also_label=f"{actors} scoring actor(s) (num_actors, cpus_per_actor, a GPU each on cuda)")
+    if plan.problems:
+        raise ValueError("rerank: " + "; ".join(plan.problems))
+
+
 def run_rerank(cfg: RerankConfig) -> dict:
     """Score every input row group not scored yet; returns the summary (rows in = rows out is checked)."""
     import pyarrow.parquet as pq
@@ -160,6 +172,7 @@ def run_rerank(cfg: RerankConfig) -> dict:
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
     actors = cfg.num_actors or (max(1, gpus) if device == "cuda" else 1)
     actors = max(1, min(actors, len(todo) or 1))
+    check_actors_fit(actors, {"CPU": cfg.cpus_per_actor, **({"GPU": 1} if device == "cuda" else {})})
     log.info("rerank: %d tasks, %d to do, %d %s actor(s) (%d CPUs in the cluster)", len(tasks), len(todo), actors,
              device, cluster_cpus())
     t0 = time.perf_counter()
