@@ -278,6 +278,7 @@ def test_local_run_writes_and_prints_the_realised_mix(dirs, tmp_path, capsys):
     sources = [{"path": dirs["generated"], "name": "generated"}, {"path": dirs["mined"], "name": "mined"}]
     rc = main(["--config", str(CONFIGS / "train_local.yaml"), f"output={out}",
                f"data.sources={json.dumps(sources)}", "data.num_groups=8", "data.validation=null",
+               "data.ranking_validation=null",
                "data.groups_per_device=2", "optim.max_steps=2", "optim.epochs=1", "scaling.use_ray=false",
                "deepspeed.enabled=false", "export=false"])
     assert rc == 0

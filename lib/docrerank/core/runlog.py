@@ -161,9 +161,16 @@ class _RunLogFilter(logging.Filter):
         return not is_ours(record.name)
 
 
-def _writes_to_stderr(h: logging.Handler) -> bool:
+# Libraries whose console handler is routed whatever stream it holds: it may hold a stream that replaced stderr when
+# the library was first imported (a notebook's, a test runner's capture), which is still the console.
+CONSOLE_LIBRARIES = ("transformers", "datasets", "sentence_transformers", "huggingface_hub", "ray")
+
+
+def _writes_to_stderr(h: logging.Handler, logger: str = "") -> bool:
     if not isinstance(h, logging.StreamHandler) or isinstance(h, logging.FileHandler):
         return False
+    if logger.split(".")[0] in CONSOLE_LIBRARIES and getattr(h, "stream", None) is not sys.stdout:
+        return True
     return getattr(h, "stream", None) in (sys.stderr, sys.__stderr__) or type(h).__name__ == "PlainRayHandler"
 
 
@@ -184,7 +191,7 @@ class _Routing:
             if not isinstance(lg, logging.Logger) or is_ours(name):
                 continue
             for h in list(lg.handlers):
-                if id(h) in done or not _writes_to_stderr(h):
+                if id(h) in done or not _writes_to_stderr(h, name):
                     continue
                 new = self.run_log.handler(h.level)
                 lg.removeHandler(h)
