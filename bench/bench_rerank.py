@@ -201,7 +201,8 @@ def bench_text(args, work: Path) -> None:
         f"rerank_pairs_per_s_{args.device}_text", "rerank throughput, text cross-encoder: Reranker.score vs "
         "sentence-transformers CrossEncoder.predict", "pairs/s", base, ours, pairs=n, batch_size=batch,
         max_seq_len=max_len, mean_tokens_per_pair=round(float(np.mean(tokens)), 1), rounds=args.rounds,
-        workload=info, model="all-MiniLM-L6-v2 with a 2-label head (a text reranker as training exports it)",
+        workload=info, model=("all-MiniLM-L6-v2 with a 2-label head (a text reranker as training trains it; "
+                              "the export folds it into 1 label, same scores)"),
         baseline_desc=f"sentence-transformers {_version('sentence-transformers')} CrossEncoder(model dir, "
                       f"max_length={max_len}).predict(pairs, batch_size={batch}); score = logit 1 - logit 0",
         max_abs_score_diff=round(float(np.abs(box["peer"] - box["ours"]).max()), 7),

@@ -416,3 +416,12 @@ def test_eval_modules_import_no_heavy_library():
             f"print(json.dumps(sorted(h for h in {heavy!r} if h in sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_one_dataset_has_no_average_row():
+    one = _results()
+    first = next(iter(one["datasets"]))
+    one["datasets"] = {first: one["datasets"][first]}
+    lines = format_table(one).splitlines()
+    assert any(ln.startswith(first) for ln in lines) and not any(ln.startswith("average") for ln in lines)
+    assert any(ln.startswith("average") for ln in format_table(_results()).splitlines())

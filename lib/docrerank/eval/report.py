@@ -67,8 +67,9 @@ def _value(results: dict, dataset: str, system: str, metric: str) -> float | Non
 
 
 def _rows(results: dict) -> list[str]:
+    """Dataset rows, then the average row when it says something (several datasets, or an average without any)."""
     names = list(results.get("datasets", {}))
-    return names + [AVERAGE] if len(names) > 1 or results.get("average") else names
+    return names + [AVERAGE] if len(names) > 1 or (not names and results.get("average")) else names
 
 
 def _pct(v: float | None) -> str:
