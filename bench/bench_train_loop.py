@@ -49,6 +49,7 @@ LOCAL_CONFIG = ROOT / "jobs" / "configs" / "train_local.yaml"
 def job_overrides(examples: str, out: str, steps: int, threads: int, variant: str) -> list[str]:
     """key=value overrides of ``train_local.yaml`` for one job variant."""
     keys = [f"output={out}", "name=bench", f"data.sources=[{{path: {examples}, name: bench}}]", "data.validation=null",
+            "data.ranking_validation=null",
             f"optim.max_steps={steps}", "log_every_steps=1", "export=false",
             f"checkpoint.every_steps={max(1, steps // 3)}",
             f"scaling.use_ray={'true' if variant == 'ray_zero2' else 'false'}",
@@ -81,7 +82,8 @@ def plain_loop(examples: str, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     cfg = load_config(TrainConfig, str(LOCAL_CONFIG), [f"data.sources=[{{path: {examples}, name: bench}}]",
-                                                       "data.validation=null", "output=/tmp/unused"])
+                                                       "data.validation=null", "data.ranking_validation=null",
+                                                       "output=/tmp/unused"])
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
     scorer = build_scorer(cfg.model, cfg.lora, seed=cfg.seed)
     batches = []

@@ -16,7 +16,7 @@ from docrerank.core.plan import PlanOptions, PlanReport, Resources, fmt_count, p
 from docrerank.ingest.config import IngestConfig
 
 # Measured on 2 CPUs (bench/results/ingest_pages_per_s.json): 144 dpi, 1024-token pixel cap, PNG.
-RENDER_PAGES_PER_S_PER_CPU = 21.4
+RENDER_PAGES_PER_S_PER_CPU = 33.5  # steady state per CPU on 2 CPUs, 5,142 real and sample pages
 SAMPLE_PAGES_PER_REPORT = 4
 SAMPLE_EXTRA_PAGES = SAMPLE_PAGES_PER_REPORT  # the encrypted copy of one report (the empty upload has none)
 
