@@ -301,20 +301,30 @@ def _one_label_classifier(path: str) -> bool:
     return bool(heads) and conf.num_labels == 1
 
 
-def unfold_one_label_head(model: Any) -> None:
-    """Make a 1-label sequence classifier the 2-label one this backbone trains, scoring the same: label 0's row
-    is zero, label 1's the old row, so logit 1 - logit 0 is the old logit (in place). The inverse of the export's
-    fold (``train/export.fold_two_label_head``)."""
+def classifier_head(model: Any, outputs: int) -> Optional[tuple[Any, str, Any]]:
+    """(owner module, attribute name, Linear) of a sequence classifier's last Linear with ``outputs`` outputs, looked
+    up at ``HEAD_PATHS``; None when there is none."""
     import torch
 
     for where in HEAD_PATHS:
         parent, _, name = where.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         head = getattr(owner, name, None)
-        if isinstance(head, torch.nn.Linear) and head.out_features == 1:
-            break
-    else:
+        if isinstance(head, torch.nn.Linear) and head.out_features == outputs:
+            return owner, name, head
+    return None
+
+
+def unfold_one_label_head(model: Any) -> None:
+    """Make a 1-label sequence classifier the 2-label one this backbone trains, scoring the same: label 0's row
+    is zero, label 1's the old row, so logit 1 - logit 0 is the old logit (in place). The inverse of the export's
+    fold (``train/export.fold_two_label_head``)."""
+    import torch
+
+    found = classifier_head(model, 1)
+    if found is None:
         raise ValueError(f"{type(model).__name__}: no 1-output Linear head at {' / '.join(HEAD_PATHS)} to unfold")
+    owner, name, head = found
     two = torch.nn.Linear(head.in_features, 2, bias=head.bias is not None, dtype=head.weight.dtype,
                           device=head.weight.device)
     with torch.no_grad():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.runtime import redact
-from docrerank.train.backbones import HEAD_PATHS
+from docrerank.train.backbones import HEAD_PATHS, classifier_head
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import world
 
@@ -99,14 +99,10 @@ def fold_two_label_head(model: Any) -> bool:
     head is found."""
     import torch
 
-    for path in HEAD_PATHS:
-        parent, _, name = path.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        head = getattr(owner, name, None)
-        if isinstance(head, torch.nn.Linear) and head.out_features == 2:
-            break
-    else:
+    found = classifier_head(model, 2)
+    if found is None:
         return False
+    owner, name, head = found
     w = head.weight.detach().double()
     folded = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype)
     with torch.no_grad():
