@@ -36,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = split_flags(sys.argv[1:] if argv is None else argv)
     cfg, ns = parse_job_args(AnalyseConfig, argv, prog="python -m jobs.analyse_negatives", description=__doc__)
-    from docrerank.analysis.negatives import analyse_examples, format_analysis, write_outputs
+    from docrerank.analysis.negatives import format_analysis
     from docrerank.analysis.plan import plan_analyse
     from docrerank.core import plan, runtime
-    from docrerank.models.embed import Embedder
-    from docrerank.models.hub import resolve_device
+    from docrerank.pipeline.steps import run_analyse
 
     def make_plan():
         return plan_analyse(cfg, plan.local_resources())
@@ -49,18 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return plan.print_plan(make_plan())
     runtime.setup_logging()
 
-    def work():
-        device = resolve_device(cfg.device)
-        embedder = Embedder.load(cfg.embedder, device=device)
-        scorer = None
-        if cfg.reranker:
-            from docrerank.rerank.reranker import Reranker
-
-            scorer = Reranker.load(cfg.reranker, device=device).score
-        result = analyse_examples(cfg.examples, embedder, scorer, cfg.max_groups, cfg.seed, cfg.batch_size)
-        return result, write_outputs(result, cfg.output) if cfg.output else []
-
-    done = runtime.run_job("analyse_negatives", cfg, work, summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]},
+    done = runtime.run_job("analyse_negatives", cfg, lambda: run_analyse(cfg),
+                           summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]},
                            errors=(ValueError, OSError), checks=plan.start_checks(make_plan))
     if done is None:
         return 1

@@ -105,7 +105,8 @@ def _headline_mine(stats) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ analyse
-def _run_analyse(cfg):
+def run_analyse(cfg):
+    """The analysis job's work (also ``jobs.analyse_negatives``'): (result, files written)."""
     from docrerank.analysis.negatives import analyse_examples, write_outputs
     from docrerank.models.embed import Embedder
     from docrerank.models.hub import resolve_device
@@ -227,7 +228,7 @@ STEPS: dict[str, Step] = {
     "build": Step("build", "build_dataset", _run_build, _report_build, _headline_build, _outputs_build, _plan_build),
     "mine": Step("mine", "mine_negatives", _run_mine, _report_mine, _headline_mine,
                  lambda c: (c.output, ["mined/", "mined_heldout/", "mining_stats.json"]), _plan_mine),
-    "analyse": Step("analyse", "analyse_negatives", _run_analyse, _report_analyse, _headline_analyse,
+    "analyse": Step("analyse", "analyse_negatives", run_analyse, _report_analyse, _headline_analyse,
                     lambda c: (c.output, ["negatives_analysis.json"]) if c.output else ("", []), _plan_analyse,
                     ray=lambda c: False, errors=(ValueError, OSError),
                     summarise=lambda r: {"groups": r[0]["groups"], "files": r[1]}),
