@@ -57,7 +57,7 @@ def qa_dev_benchmark(top: int):
     from common import qa_dev_corpus
 
     from docrerank.eval.beir import Benchmark
-    from docrerank.eval.retrievers import BM25Retriever
+    from docrerank.retrieval.retrievers import BM25Retriever
 
     ids, texts, rows = qa_dev_corpus()
     queries = {r["qid"]: r["query"] for r in rows}
@@ -78,9 +78,9 @@ def main() -> int:
 
     from common import write_result
 
-    from docrerank.eval.metrics import evaluate
+    from docrerank.retrieval.metrics import evaluate
     from docrerank.eval.run import rerank_run
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     torch.set_num_threads(os.cpu_count() or 1)
     bench, first = qa_dev_benchmark(args.top)

@@ -40,7 +40,7 @@ DPI, MAX_PIXELS = 144.0, 802_816  # the ingest's defaults, used by both sides
 
 def build_corpus(dst: Path, shared: Path | None, copies: int) -> list[Path]:
     """Copies of the sample corpus and the shared PDFs under ``dst/corpus``, each copy's bytes distinct."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
 
     sources = sorted(make_corpus(dst / "_sample").joinpath("pdfs").glob("*.pdf"))
     sources = [p for p in sources if p.stat().st_size > 0 and "encrypted" not in p.name]
@@ -61,7 +61,7 @@ def plain_file(path: Path) -> int:
     """What a user would write for one file: open, render each page at the clamped scale, PNG, text layer."""
     import pymupdf
 
-    from docrerank.ingest.render import render_scale
+    from docrerank.render.document import render_scale
 
     pymupdf.TOOLS.mupdf_display_errors(False)
     n = 0
@@ -95,8 +95,8 @@ def run_job(corpus: Path, out: Path, cpus: int) -> dict:
 
     from docrerank.core.config import load_config
     from docrerank.core.runtime import configure_ray_data, init_ray
-    from docrerank.ingest.config import IngestConfig
-    from docrerank.ingest.run import run_ingest
+    from docrerank.render.config import IngestConfig
+    from docrerank.render.run import run_ingest
 
     t = time.perf_counter()
     init_ray(None, num_cpus=cpus)

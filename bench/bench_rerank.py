@@ -71,7 +71,7 @@ def corpus_pages(n: int, dpi: float, work: Path) -> list[dict]:
     """Pages of the sample corpus rendered at ``dpi`` with their text layer (needs PyMuPDF)."""
     import json
 
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import render_pages
 
     corpus = Path(make_corpus(work / "corpus", num_companies=4))
@@ -124,7 +124,7 @@ def text_cross_encoder(work: Path) -> str:
 
 
 def build_reranker(args, work: Path, model_dir: str | None = None, max_seq_len: int | None = None):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     if args.backbone == "text":
         return Reranker.load(model_dir or args.model or text_cross_encoder(work), device=args.device,
@@ -144,7 +144,7 @@ def one_pair(rr, queries: list[str], pages: list[dict]):
     """The baseline: pairs in input order, each preprocessed and scored in its own forward pass."""
     import numpy as np
 
-    from docrerank.rerank.pages import as_page
+    from docrerank.models.pages import as_page
 
     return np.array([rr._forward([q], [as_page(p)])[0] for q, p in zip(queries, pages)], dtype=np.float32)
 

@@ -31,7 +31,7 @@ VARIANTS = ("hf_plain", "ours_plain", "ours_zero2")
 
 def make_inputs(work: Path, model: str | None) -> tuple[str, str]:
     """A model path (a tiny Qwen2-VL unless given) and an examples directory from the sample corpus."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 
@@ -49,10 +49,10 @@ def run_variant(variant: str, model: str, examples: str, steps: int, device: str
 
     import torch
 
-    from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import collate_groups
+    from docrerank.models.backbones import build_scorer
+    from docrerank.data.collate import collate_groups
     from docrerank.train.config import TrainConfig
-    from docrerank.train.examples import read_groups
+    from docrerank.data.examples import read_groups
     from docrerank.train.loss import example_weights, pointwise_loss
     from docrerank.train.step import PlainEngine, make_engine, prepare, train_step
 

@@ -65,12 +65,12 @@ def plain_loop(examples: str, steps: int, threads: int) -> dict:
     import torch
 
     from docrerank.core.config import load_config
-    from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import collate_groups, iter_group_batches
+    from docrerank.models.backbones import build_scorer
+    from docrerank.data.collate import collate_groups, iter_group_batches
     from docrerank.train.config import TrainConfig
-    from docrerank.train.examples import iter_plan
+    from docrerank.data.examples import iter_plan
     from docrerank.train.loss import compute_loss
-    from docrerank.train.mix import plan_from_config
+    from docrerank.data.mix import plan_from_config
 
     torch.set_num_threads(threads)
     cfg = load_config(TrainConfig, str(LOCAL_CONFIG), [f"data.sources=[{{path: {examples}, name: bench}}]",
@@ -153,7 +153,7 @@ def summarise(res: dict, warmup: int) -> dict:
 
 def make_examples(work: Path) -> str:
     """Examples of the whole sample corpus (72 groups, one page each, with its text layer)."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples as make
 
     corpus = make_corpus(work / "corpus")

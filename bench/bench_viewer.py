@@ -105,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     from common import write_result
 
-    from docrerank.viewer.site import write_viewer
+    from docrerank.report.viewer import write_viewer
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-viewer-"))
     build = work / f"build-{args.pages}"

@@ -35,10 +35,10 @@ def main() -> int:
     import torch
 
     from docrerank.eval.beir import load_beir
-    from docrerank.eval.metrics import evaluate
-    from docrerank.eval.retrievers import retrieve
+    from docrerank.retrieval.metrics import evaluate
+    from docrerank.retrieval.retrievers import retrieve
     from docrerank.eval.run import rerank_run
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     torch.set_num_threads(2)
     bench = load_beir(args.bench, load_images=False)

@@ -78,7 +78,7 @@ def qa_dev_pairs(top: int, max_queries: int | None = None, shared: Path | None =
 
     Returns (queries, pages, info): one query string and one page row (``page_id``, ``text``) per pair; raises
     FileNotFoundError when the QA dev set is not there."""
-    from docrerank.eval.retrievers import BM25Retriever
+    from docrerank.retrieval.retrievers import BM25Retriever
 
     ids, texts, rows = qa_dev_corpus(shared)
     rows = rows[:max_queries] if max_queries else rows

@@ -188,7 +188,7 @@ def check_generate(rec: Recorder, model: str, args, pages: list[bytes]) -> None:
 
 
 def groups_of(pages: list[bytes], n: int):
-    from docrerank.train.examples import Group
+    from docrerank.data.examples import Group
 
     out = []
     for g in range(n):
@@ -208,9 +208,9 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     import torch
 
     from docrerank.models.hub import resolve_dtype
-    from docrerank.rerank.reranker import Reranker
-    from docrerank.train.backbones import build_scorer
-    from docrerank.train.collate import collate_groups
+    from docrerank.models.reranker import Reranker
+    from docrerank.models.backbones import build_scorer
+    from docrerank.data.collate import collate_groups
     from docrerank.train.config import TrainConfig
     from docrerank.train.export import load_trained, save_local, trainable_state
     from docrerank.train.loss import example_weights, pointwise_loss

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the check; exit 0 when the rankings agree (Spearman >= 0.99), 1 otherwise, 2 without a reference."""
     import numpy as np
     from common import write_result
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.models.prompt_format import resolve_format, shipped
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
     from docrerank.testing.examples import render_pages, sample_questions
     from scipy.stats import spearmanr
 

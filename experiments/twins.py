@@ -161,7 +161,7 @@ def groups_in(path: Path) -> int:
 
 def extra_tests(metrics: dict, pairs: list[tuple[str, str]]) -> dict:
     """Paired randomization tests of NDCG@5 between rerankers (``b`` vs ``a``)."""
-    from docrerank.eval.metrics import paired_test
+    from docrerank.retrieval.metrics import paired_test
 
     out = {}
     for ds in metrics["datasets"].values():
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "eval.yaml").write_text(yaml.safe_dump(eval_cfg, sort_keys=False))
     job("evaluate", ["--config", str(work / "eval.yaml")], log)
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
-    from docrerank.eval.report import format_table as eval_table
+    from docrerank.report.evaluation import format_table as eval_table
 
     table = eval_table(metrics)
     tests = extra_tests(metrics, [("bm25+mined-only", "bm25+base-mix"),

@@ -14,11 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.core.config import parse_job_args
 
     cfg, ns = parse_job_args(BuildConfig, argv, prog="python -m jobs.build_dataset", description=__doc__)
-    from docrerank.build.card import attribute_table, funnel_table
+    from docrerank.report.card import attribute_table, funnel_table
     from docrerank.build.plan import plan_build
     from docrerank.build.run import run_build
     from docrerank.core import plan, runtime
-    from docrerank.ingest.books import summary_table
+    from docrerank.render.books import summary_table
 
     def make_plan():
         return plan_build(cfg, plan.detect_resources(ns.address))

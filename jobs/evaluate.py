@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, ns = parse_job_args(EvalConfig, argv, prog="python -m jobs.evaluate", description=__doc__)
     from docrerank.core import plan, runtime
     from docrerank.eval.plan import plan_eval
-    from docrerank.eval.report import format_table
+    from docrerank.report.evaluation import format_table
     from docrerank.eval.run import run_evaluation
 
     def make_plan():

@@ -11,13 +11,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Run the job with ``argv`` (default: the command line); return the exit status."""
     from docrerank.core.config import parse_job_args
-    from docrerank.ingest.config import IngestConfig
+    from docrerank.render.config import IngestConfig
 
     cfg, ns = parse_job_args(IngestConfig, argv, prog="python -m jobs.ingest", description=__doc__)
     from docrerank.core import plan, runtime, storage
-    from docrerank.ingest.books import summary_table
-    from docrerank.ingest.plan import plan_ingest
-    from docrerank.ingest.run import run_ingest
+    from docrerank.render.books import summary_table
+    from docrerank.render.plan import plan_ingest
+    from docrerank.render.run import run_ingest
 
     def make_plan():
         return plan_ingest(cfg, plan.detect_resources(ns.address))

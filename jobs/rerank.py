@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, ns = parse_job_args(RerankConfig, argv, prog="python -m jobs.rerank", description=__doc__)
     from docrerank.core import plan, runtime
-    from docrerank.rerank.job import run_rerank
+    from docrerank.rerank.run import run_rerank
     from docrerank.rerank.plan import plan_rerank
 
     def make_plan():

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
              if k in ("loss", "val_pairwise_accuracy", "val_loss", "samples_per_s", "tokens_per_s", "memory_mb")]
     print(runtime.format_table(["train_reranker", "value"], rows))
     if summary.get("mix"):
-        from docrerank.train.mix import format_mix
+        from docrerank.data.mix import format_mix
 
         print(format_mix(summary["mix"]))
     return 0

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:] + [f"output={argv[0]}"]
     cfg, _ = parse_job_args(ViewConfig, argv, prog="python -m jobs.view_dataset", description=__doc__)
     from docrerank.core import runtime
-    from docrerank.viewer.site import write_viewer
+    from docrerank.report.viewer import write_viewer
 
     runtime.setup_logging()
     done = runtime.run_job("view_dataset", cfg, lambda: write_viewer(cfg.output, cfg.pages_per_shard, cfg.thumb_width,

@@ -57,7 +57,7 @@ def cluster(tmp_path_factory):
 
 def test_build_and_training_scale_the_right_node_types_up_from_zero(cluster, tmp_path):
     pytest.importorskip("transformers")
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_causal_lm, make_tiny_qwen2_vl
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from docrerank.core.config import ConfigError, apply_overrides, describe, load_config, parse_job_args
-from docrerank.ingest.config import IngestConfig
+from docrerank.render.config import IngestConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

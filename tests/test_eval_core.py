@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from docrerank.eval import metrics
+from docrerank.retrieval import metrics
 from docrerank.eval.beir import Benchmark, image_format, load_beir, load_build_split
-from docrerank.eval.metrics import evaluate, order, paired_test
-from docrerank.eval.report import format_table, write_report
-from docrerank.eval.retrievers import BM25Retriever, read_trec_run, retrieve, write_trec_run
+from docrerank.retrieval.metrics import evaluate, order, paired_test
+from docrerank.report.evaluation import format_table, write_report
+from docrerank.retrieval.retrievers import BM25Retriever, read_trec_run, retrieve, write_trec_run
 
 L2 = math.log2
 
@@ -411,8 +411,8 @@ def test_format_table_is_aligned_plain_text():
 def test_eval_modules_import_no_heavy_library():
     heavy = ["bm25s", "ranx", "matplotlib", "pyarrow", "scipy", "torch", "numba", "PIL"]
     code = ("import importlib, json, sys\n"
-            "for m in ['docrerank.eval', 'docrerank.eval.beir', 'docrerank.eval.metrics', "
-            "'docrerank.eval.retrievers', 'docrerank.eval.report']: importlib.import_module(m)\n"
+            "for m in ['docrerank.eval', 'docrerank.eval.beir', 'docrerank.retrieval.metrics', "
+            "'docrerank.retrieval.retrievers', 'docrerank.report.evaluation']: importlib.import_module(m)\n"
             f"print(json.dumps(sorted(h for h in {heavy!r} if h in sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

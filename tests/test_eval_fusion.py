@@ -1,4 +1,4 @@
-"""Fusion of reranker and first-stage scores (rerank/fusion.py, jobs.evaluate's ``fusion``) and the parts of a
+"""Fusion of reranker and first-stage scores (retrieval/fusion.py, jobs.evaluate's ``fusion``) and the parts of a
 build's held-out split (validation for choices, test for reporting)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from docrerank.eval.metrics import evaluate, order
-from docrerank.rerank.fusion import choose_weight, fuse, fuse_run
+from docrerank.retrieval.metrics import evaluate, order
+from docrerank.retrieval.fusion import choose_weight, fuse, fuse_run
 
 
 def test_interpolation_and_rrf_by_hand():
@@ -58,7 +58,7 @@ def beir_pair(tmp_path_factory):
 
 def test_evaluate_reports_fused_systems_with_the_weight_chosen_on_validation(beir_pair, tmp_path):
     from docrerank.eval.config import EvalConfig
-    from docrerank.eval.report import format_table
+    from docrerank.report.evaluation import format_table
     from docrerank.eval.run import run_evaluation
 
     val, test = beir_pair

@@ -26,7 +26,7 @@ def test_half_split_is_by_file_name_and_seeded():
 
 
 def test_experiment_runs_end_to_end_on_a_tiny_set(ray_local, tmp_path):
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
 
     twins = _twins()
     corpus = make_corpus(tmp_path / "corpus", num_companies=4, years=[2021, 2022])

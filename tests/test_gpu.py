@@ -37,7 +37,7 @@ def vlm(tmp_path_factory):
 def test_gpu_bf16_scores_agree_with_cpu_fp32_and_batching(vlm):
     from scipy.stats import spearmanr
 
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     pages = _pages()
     queries = [f"what was the revenue on page {i}" for i in range(len(pages))] * 2
@@ -58,7 +58,7 @@ def test_gpu_bf16_scores_agree_with_cpu_fp32_and_batching(vlm):
 def test_colpali_first_stage_with_a_tiny_colqwen2(tmp_path):
     """The evaluation's ColQwen2 first stage through colpali-engine, on a tiny random ColQwen2 (no download)."""
     cm = pytest.importorskip("colpali_engine.models")
-    from docrerank.eval.retrievers import ColPaliRetriever
+    from docrerank.retrieval.retrievers import ColPaliRetriever
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 
     src = make_tiny_qwen2_vl(tmp_path / "qwen2vl", hidden_size=128, num_heads=4, max_pixels=28 * 28 * 64)

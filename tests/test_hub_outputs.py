@@ -90,7 +90,7 @@ def text_model(tmp_path_factory):
     """A text reranker exported by the training code: MiniLM with a LoRA whose B factors are perturbed (so the
     merged weights differ from the base) and a random 2-label head."""
     import torch
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
     from docrerank.train.config import TrainConfig
     from docrerank.train.export import export_model, trainable_state
 
@@ -120,7 +120,7 @@ PAIRS = [("What was the total revenue in 2021?", "Total revenue in 2021 was 4.2 
 
 def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_model):
     import torch
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
     from sentence_transformers import CrossEncoder
 
     out, scorer = text_model
@@ -142,7 +142,7 @@ def test_an_exported_text_model_is_a_base_for_more_training_with_the_same_scores
     """The export folds the 2-label head into one label; loading that model as a base unfolds it (label 0 zero,
     label 1 the folded row), so training resumes from exactly the exported scores."""
     import torch
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
     from docrerank.train.config import TrainConfig
 
     out, scorer = text_model
@@ -160,7 +160,7 @@ def test_an_exported_text_model_is_a_base_for_more_training_with_the_same_scores
 
 
 def test_the_model_card_says_what_it_is_and_its_snippets_run(text_model):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     out, _ = text_model
     merged = out / "model" / "merged"

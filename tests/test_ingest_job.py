@@ -10,8 +10,8 @@ import pytest
 
 from conftest import make_pdf
 from docrerank.core.config import load_config
-from docrerank.ingest.config import IngestConfig
-from docrerank.ingest.run import run_ingest
+from docrerank.render.config import IngestConfig
+from docrerank.render.run import run_ingest
 
 
 def _cfg(inp, out, *extra):
@@ -136,8 +136,8 @@ def test_real_pdfs(ray_local, shared_pdfs, tmp_path):
 def test_the_pool_feeds_only_workers_that_started(ray_local, corpus, tmp_path):
     from dataclasses import asdict
 
-    from docrerank.ingest.pool import WorkerPool
-    from docrerank.ingest.render import Passwords, RenderSettings
+    from docrerank.render.pool import WorkerPool
+    from docrerank.render.document import Passwords, RenderSettings
 
     kwargs = {"output": str(tmp_path), "passwords": asdict(Passwords()), "settings": asdict(RenderSettings()),
               "memory_mb": 2048, "timeout_s": 60.0}

@@ -7,10 +7,10 @@ import zlib
 import pytest
 
 from conftest import make_pdf
-from docrerank.ingest.render import (IngestError, Passwords, RenderSettings, check_page_size, doc_id_of, page_id_of,
+from docrerank.render.document import (IngestError, Passwords, RenderSettings, check_page_size, doc_id_of, page_id_of,
                               probe_document, render_document_pages, render_scale)
-from docrerank.ingest.inputs import list_inputs
-from docrerank.ingest.run import plan_tasks
+from docrerank.render.inputs import list_inputs
+from docrerank.render.run import plan_tasks
 
 S = RenderSettings()
 
@@ -132,7 +132,7 @@ def test_list_inputs_dir_glob_and_list_file(tmp_path):
 
 def test_sample_corpus_is_byte_identical_everywhere(tmp_path):
     """Stable bytes -> stable page ids -> reproducible builds across machines and reruns."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
 
     a, b = make_corpus(tmp_path / "a", num_companies=1), make_corpus(tmp_path / "b", num_companies=1)
     files = sorted(p.name for p in (a / "pdfs").glob("*.pdf"))
@@ -142,7 +142,7 @@ def test_sample_corpus_is_byte_identical_everywhere(tmp_path):
 
 
 def test_books_balance_and_the_summary_table():
-    from docrerank.ingest.books import OutputState, balance, summary_table
+    from docrerank.render.books import OutputState, balance, summary_table
 
     st = OutputState(documents={"d1": {"doc_id": "d1", "source_uri": "a.pdf", "num_pages": 3}},
                      doc_quarantine={"b.pdf": {"error": "empty"}}, page_quarantine={"d1": {2}},

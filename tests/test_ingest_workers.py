@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_pdf
-from docrerank.ingest.render import Passwords, RenderSettings
-from docrerank.ingest.workers import IngestWorker
+from docrerank.render.document import Passwords, RenderSettings
+from docrerank.render.workers import IngestWorker
 
-TASK = "docrerank.ingest.child:render_task"
-PAGES = "docrerank.ingest.child:render_pages"
+TASK = "docrerank.render.child:render_task"
+PAGES = "docrerank.render.child:render_pages"
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def build(tmp_path_factory):
     planted copy of one positive page's text under another document (a false negative to catch), a page without
     text, and queries that cannot be mined (no text, unknown page, no word BM25 knows)."""
     from docrerank.core import schema, storage
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import render_pages
 
     root = tmp_path_factory.mktemp("mine")

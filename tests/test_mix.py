@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from docrerank.core.config import ConfigError, load_config
-from docrerank.train.mix import (
+from docrerank.data.mix import (
     GroupFilter,
     mix_counts,
     plan_from_config,
@@ -21,7 +21,7 @@ from docrerank.train.mix import (
     scan_source,
 )
 from docrerank.train.config import DataConfig, TrainConfig
-from docrerank.train.examples import read_groups
+from docrerank.data.examples import read_groups
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "jobs" / "configs"

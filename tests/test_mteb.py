@@ -12,15 +12,15 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 mteb = pytest.importorskip("mteb")
 
-from docrerank.eval.metrics import evaluate as our_metrics  # noqa: E402
+from docrerank.retrieval.metrics import evaluate as our_metrics  # noqa: E402
 from docrerank.eval.mteb_adapter import MtebReranker  # noqa: E402
-from docrerank.rerank.reranker import Reranker  # noqa: E402
+from docrerank.models.reranker import Reranker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """Eight rendered pages of two sample reports (id, PNG bytes, text layer) and questions about four of them."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import render_pages, sample_questions
 
     root = tmp_path_factory.mktemp("mteb")

@@ -32,7 +32,7 @@ def job_of(config: Path) -> str:
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
 
     root = tmp_path_factory.mktemp("plan")

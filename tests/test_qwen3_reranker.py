@@ -28,7 +28,7 @@ MAX_PIXELS = 32 * 32 * 16  # 16 visual tokens per page (Qwen3-VL: 32x32 pixels p
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen3_vl_reranker
 
@@ -101,7 +101,7 @@ def test_what_the_checkpoint_ships_wins_over_the_defaults(tmp_path):
 def test_zero_shot_scores_are_yes_minus_no_of_a_plain_forward(tiny):
     from docrerank.models import qwen_vl
     from docrerank.models.hub import load_tokenizer
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
     from docrerank.testing.examples import render_pages
     from transformers import AutoModelForImageTextToText
 
@@ -149,10 +149,10 @@ def test_evaluate_runs_it_as_a_zero_shot_baseline(tiny, tmp_path):
 
 
 def test_lora_step_export_and_reload_give_the_trained_scores(tiny):
-    from docrerank.rerank.reranker import Reranker
-    from docrerank.train.collate import collate_groups
+    from docrerank.models.reranker import Reranker
+    from docrerank.data.collate import collate_groups
     from docrerank.train.config import TrainConfig
-    from docrerank.train.examples import read_groups
+    from docrerank.data.examples import read_groups
     from docrerank.train.local import train_local
 
     out = tiny["root"] / "out"

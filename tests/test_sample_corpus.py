@@ -12,14 +12,14 @@ import pytest
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    from docrerank.ingest.sample_corpus import resolve_input
+    from docrerank.render.sample_corpus import resolve_input
 
     out = tmp_path_factory.mktemp("a")
     return resolve_input("sample:", str(out)), out / "sample_corpus"
 
 
 def test_every_file_is_the_same_bytes_on_every_run(local, tmp_path):
-    from docrerank.ingest.sample_corpus import make_corpus, resolve_input
+    from docrerank.render.sample_corpus import make_corpus, resolve_input
 
     pdfs, _ = local
     again = resolve_input("sample:", str(tmp_path / "b"))
@@ -39,7 +39,7 @@ def test_every_file_is_the_same_bytes_on_every_run(local, tmp_path):
 def test_the_encrypted_board_pack_opens_with_the_password_only(local):
     import pymupdf
 
-    from docrerank.ingest.sample_corpus import SAMPLE_PASSWORD
+    from docrerank.render.sample_corpus import SAMPLE_PASSWORD
 
     pdfs, _ = local
     doc = pymupdf.open(f"{pdfs}/confidential_board_pack.pdf")

@@ -15,7 +15,7 @@ from docrerank.lexical.textjudge import judge_text
 def corpus(tmp_path_factory):
     import pymupdf
 
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
 
     d = make_corpus(tmp_path_factory.mktemp("sc"), num_companies=3)
     pages = {}

@@ -141,8 +141,8 @@ def test_shipped_configs_validate_and_build(name):
 
 
 def test_driver_side_modules_import_nothing_heavy():
-    code = ("import sys, docrerank.train, docrerank.train.config, docrerank.train.examples, docrerank.train.mix, "
-            "docrerank.train.collate, docrerank.train.loss, docrerank.train.deepspeed_config, docrerank.train.dist, "
+    code = ("import sys, docrerank.train, docrerank.train.config, docrerank.data.examples, docrerank.data.mix, "
+            "docrerank.data.collate, docrerank.train.loss, docrerank.train.deepspeed_config, docrerank.train.dist, "
             "docrerank.train.step, docrerank.train.local, docrerank.train.export, docrerank.train.ray_train, "
             "docrerank.analysis.negatives, jobs.train_reranker; "
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft', 'ray') if m in sys.modules))")

@@ -13,9 +13,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from docrerank.train.collate import collate_groups  # noqa: E402
-from docrerank.train.examples import pack_rows, read_groups, read_task  # noqa: E402
-from docrerank.train.mix import Chunk, mix_counts, plan_mix, scan_source  # noqa: E402
+from docrerank.data.collate import collate_groups  # noqa: E402
+from docrerank.data.examples import pack_rows, read_groups, read_task  # noqa: E402
+from docrerank.data.mix import Chunk, mix_counts, plan_mix, scan_source  # noqa: E402
 from docrerank.train.ray_train import DataPosition  # noqa: E402
 
 MAX_PIXELS = 56 * 56 * 4
@@ -23,7 +23,7 @@ MAX_PIXELS = 56 * 56 * 4
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 

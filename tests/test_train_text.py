@@ -12,9 +12,9 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from docrerank.train.collate import collate_groups  # noqa: E402
+from docrerank.data.collate import collate_groups  # noqa: E402
 from docrerank.train.config import TrainConfig  # noqa: E402
-from docrerank.train.examples import read_groups  # noqa: E402
+from docrerank.data.examples import read_groups  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_examples_helper_makes_a_learnable_task(split):
 def test_minilm_cross_encoder_learns_the_sample_task(split):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
     from docrerank.train.local import train_local
     from docrerank.train.step import PlainEngine, evaluate
 
@@ -102,7 +102,7 @@ def test_ranking_validation_keeps_and_exports_the_best_step(split):
     best step's (its NDCG on the same candidates is the best value logged)."""
     from docrerank.eval.candidates import write_candidates
     from docrerank.eval.config import DatasetSpec
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
     from docrerank.testing.examples import make_beir
     from docrerank.train.local import train_local
     from docrerank.train.validate import load_ranking_set, ndcg, rank_by

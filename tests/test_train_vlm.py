@@ -12,10 +12,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from docrerank.train.backbones import build_scorer, check_vlm_budget, trainable_names  # noqa: E402
-from docrerank.train.collate import collate_groups  # noqa: E402
+from docrerank.models.backbones import build_scorer, check_vlm_budget, trainable_names  # noqa: E402
+from docrerank.data.collate import collate_groups  # noqa: E402
 from docrerank.train.config import TrainConfig  # noqa: E402
-from docrerank.train.examples import read_groups  # noqa: E402
+from docrerank.data.examples import read_groups  # noqa: E402
 from docrerank.train.local import train_local  # noqa: E402
 from docrerank.train.step import PlainEngine, prepare, train_step  # noqa: E402
 
@@ -24,7 +24,7 @@ MAX_PIXELS = 56 * 56 * 4  # 16 visual tokens per page
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 
@@ -93,7 +93,7 @@ def test_encode_builds_the_monoqwen_prompt_with_expanded_image_tokens(scorer, gr
 
 def test_scorer_is_a_module_and_shares_the_hf_engines_input_path(data, scorer, groups):
     from docrerank.engines import EngineConfig, build_engine, user
-    from docrerank.train import backbones
+    from docrerank.models import backbones
 
     assert isinstance(scorer, torch.nn.Module) and type(scorer) is backbones.VLMScorer
     engine = build_engine(EngineConfig(backend="hf", model=data["model"], max_pixels=MAX_PIXELS,

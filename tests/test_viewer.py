@@ -16,7 +16,7 @@ import pytest
 from docrerank.core import storage
 from docrerank.core.schema import page_status_schema, pages_schema, queries_schema, query_id
 from docrerank.testing.browser import Browser, find_chromium
-from docrerank.viewer.site import write_viewer
+from docrerank.report.viewer import write_viewer
 
 REPO = Path(__file__).resolve().parent.parent
 

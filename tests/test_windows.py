@@ -24,7 +24,7 @@ def tok():
 
 
 def test_windows_cover_the_page_from_its_start_overlap_and_are_capped(tok):
-    from docrerank.train.windows import encode_pairs, window_count
+    from docrerank.models.windows import encode_pairs, window_count
 
     qs = ["what does item30 cost?", "what was revenue?"]
     plain = encode_pairs(tok, qs, [LONG, SHORT], 64)
@@ -55,7 +55,7 @@ def test_windows_cover_the_page_from_its_start_overlap_and_are_capped(tok):
 
 
 def test_pooling_max_and_logsumexp():
-    from docrerank.train.windows import pool_windows
+    from docrerank.models.windows import pool_windows
 
     s = torch.tensor([1.0, 3.0, 2.0, -1.0])
     w = torch.tensor([0, 0, 0, 1])
@@ -67,7 +67,7 @@ def test_pooling_max_and_logsumexp():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
     from docrerank.train.config import LoraConfig, ModelConfig
 
     cfg = ModelConfig(backbone="text", max_seq_len=64, max_windows=4, window_overlap=8, gradient_checkpointing=False)
@@ -75,8 +75,8 @@ def scorer():
 
 
 def test_a_pair_scores_as_its_best_window_and_the_reranker_scores_as_trained(scorer, tmp_path):
-    from docrerank.rerank.reranker import Reranker
-    from docrerank.train.collate import Batch as B
+    from docrerank.models.reranker import Reranker
+    from docrerank.data.collate import Batch as B
     from docrerank.train.export import reranker_card
     from docrerank.train.config import TrainConfig
 

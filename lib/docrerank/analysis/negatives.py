@@ -39,7 +39,7 @@ def sample_groups(uri: str, max_groups: int, seed: int = 0, images: bool = False
     import pyarrow.parquet as pq
 
     from docrerank.core import storage
-    from docrerank.train.mix import scan_source
+    from docrerank.data.mix import scan_source
 
     chunks = scan_source(uri, chunk_groups=64)
     ids = [(k, g) for k, c in enumerate(chunks) for g in c.group_ids]

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
-from docrerank.ingest.config import IngestOptions
+from docrerank.render.config import IngestOptions
 from docrerank.lexical.rules import ATTRIBUTES
 
 ModelFree = Literal["rules", "text", "given"]

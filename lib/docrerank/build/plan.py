@@ -62,7 +62,7 @@ def _prompt_tokens(name: str, keys: Optional[tuple[str, ...]] = None) -> int:
 def page_count(cfg: BuildConfig, opts: PlanOptions, report: PlanReport) -> tuple[Optional[int], str]:
     """(pages the build will process, how that was counted)."""
     if cfg.input:
-        from docrerank.ingest.plan import count_input_pages
+        from docrerank.render.plan import count_input_pages
 
         count = count_input_pages(cfg.input, cfg.ingest.suffixes, opts)
         if count.problem:

@@ -39,7 +39,7 @@ from docrerank.core.raydata import (
 )
 from docrerank.engines.pool import ClusterResources, PoolPlan
 from docrerank.engines.pool_ray import ModelPools
-from docrerank.ingest.config import IngestConfig
+from docrerank.render.config import IngestConfig
 
 log = logging.getLogger("docrerank.build")
 
@@ -89,7 +89,7 @@ class Sources:
 
 def resolve_sources(cfg: BuildConfig, out: storage.Location) -> Sources:
     """Run the ingest when ``input`` is given; find the pages table and load the given positives."""
-    from docrerank.ingest.run import run_ingest
+    from docrerank.render.run import run_ingest
 
     positives_file = cfg.positives_file
     if cfg.input:
@@ -149,7 +149,7 @@ def run_build(cfg: BuildConfig) -> dict:
     """Build the dataset into ``cfg.output`` on the current Ray cluster; return stats (also in stats.json)."""
     import ray.data
 
-    from docrerank.build.card import write_card
+    from docrerank.report.card import write_card
     from docrerank.build.write import funnel_stats
     from docrerank.core import runtime
 
@@ -197,7 +197,7 @@ def run_build(cfg: BuildConfig) -> dict:
     runtime.write_json(out.join("stats.json"), stats)
     write_card(out, cfg, stats)
     if cfg.viewer:
-        from docrerank.viewer.site import write_viewer_or_warn
+        from docrerank.report.viewer import write_viewer_or_warn
 
         write_viewer_or_warn(cfg.output)
     return stats

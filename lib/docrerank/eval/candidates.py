@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from docrerank.core import storage
-from docrerank.eval.metrics import order
+from docrerank.retrieval.metrics import order
 
 
 def candidates_table(bench: Any, first: dict[str, dict[str, float]], top_k: int, with_images: bool = False):
@@ -42,7 +42,7 @@ def candidates_table(bench: Any, first: dict[str, dict[str, float]], top_k: int,
 def write_candidates(spec: Any, output: str, top_k: int = 20, with_images: bool = False) -> dict:
     """Load a dataset (a ``DatasetSpec``), retrieve its queries' top ``top_k`` with BM25 and write the candidates
     to ``<output>/candidates.parquet``; returns counts."""
-    from docrerank.eval.retrievers import retrieve
+    from docrerank.retrieval.retrievers import retrieve
     from docrerank.eval.run import load_dataset
 
     bench = load_dataset(spec, load_images=with_images)

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
-from docrerank.eval.metrics import DEFAULT_METRICS
+from docrerank.retrieval.metrics import DEFAULT_METRICS
 from docrerank.rerank.config import RerankerSpec
 
 
@@ -57,7 +57,7 @@ class DatasetSpec(Config):
 
 
 class FusionConfig(Config):
-    """Fuse each reranker's scores with the first stage's (``rerank/fusion.py``) and report the fused system too;
+    """Fuse each reranker's scores with the first stage's (``retrieval/fusion.py``) and report the fused system too;
     the reranker's weight is chosen on a validation dataset, never on the reported ones."""
 
     method: Literal["none", "interpolate", "rrf"] = "none"

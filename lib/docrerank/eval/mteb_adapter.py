@@ -31,8 +31,8 @@ import hashlib
 import logging
 from typing import Any, Optional
 
-from docrerank.rerank.pages import Page
-from docrerank.rerank.reranker import Reranker
+from docrerank.models.pages import Page
+from docrerank.models.reranker import Reranker
 
 log = logging.getLogger(__name__)
 

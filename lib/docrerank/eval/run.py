@@ -5,7 +5,7 @@ Output layout::
 
     <output>/runs/<dataset>/<system>.trec      first stage and every reranker (TREC run files)
     <output>/runs/<dataset>/<system>.json      what produced a reranked run (reused on rerun when it matches)
-    <output>/metrics.json                      the results (see docrerank.eval.report), per-query values too
+    <output>/metrics.json                      the results (see docrerank.report.evaluation), per-query values too
     <output>/report.md, <output>/ndcg5.png     the report
 """
 
@@ -52,7 +52,7 @@ def rerank_run(reranker, bench, first: dict[str, dict[str, float]], top_k: int) 
     """Each query's first-stage top-k re-sorted by ``reranker``; all pairs of a dataset in one ``score`` call
     (batched across queries, pages shared). Pairs that cannot be scored (a page without an image for a vlm)
     rank after every scored page, in first-stage order. Returns (run, info)."""
-    from docrerank.eval.metrics import order
+    from docrerank.retrieval.metrics import order
 
     pairs_q, pairs_p, owners = [], [], []
     for qid in sorted(first):
@@ -90,7 +90,7 @@ class _Runner:
     def __init__(self, cfg: EvalConfig, out, device: str, names: list[str], progress: Callable[[str], None]):
         self.cfg, self.out, self.device, self.names, self.progress = cfg, out, device, names, progress
         self.loaded: dict[str, Any] = {}
-        from docrerank.rerank.reranker import find_model_dir, read_card
+        from docrerank.models.reranker import find_model_dir, read_card
 
         # page images are read only when something looks at them (a vlm reranker, a ColPali first stage)
         self.need_images = cfg.first_stage.kind == "colpali" or any(
@@ -98,7 +98,7 @@ class _Runner:
 
     def first_stage(self, spec: DatasetSpec):
         """(benchmark, first-stage run, runs directory) of a dataset; the first stage's run file is written."""
-        from docrerank.eval.retrievers import retrieve, write_trec_run
+        from docrerank.retrieval.retrievers import retrieve, write_trec_run
 
         cfg = self.cfg
         bench = load_dataset(spec, load_images=self.need_images)
@@ -117,8 +117,8 @@ class _Runner:
 
     def reranked(self, rspec: RerankerSpec, rname: str, spec: DatasetSpec, bench, first, runs_dir):
         """(run, info) of one reranker on one dataset: reused from its run file when made with the same settings."""
-        from docrerank.eval.retrievers import read_trec_run, write_trec_run
-        from docrerank.rerank.reranker import Reranker
+        from docrerank.retrieval.retrievers import read_trec_run, write_trec_run
+        from docrerank.models.reranker import Reranker
 
         cfg = self.cfg
         system = f"{cfg.first_stage.label}+{rname}"
@@ -143,8 +143,8 @@ class _Runner:
 
     def fusion_weights(self) -> dict[str, dict]:
         """Each reranker's fusion weight: fixed, or the best on ``fusion.validation`` (with every weight's value)."""
-        from docrerank.eval.metrics import evaluate
-        from docrerank.rerank.fusion import choose_weight
+        from docrerank.retrieval.metrics import evaluate
+        from docrerank.retrieval.fusion import choose_weight
 
         f, primary = self.cfg.fusion, self.cfg.primary
         if f.method == "none" or not self.cfg.rerankers:
@@ -170,11 +170,11 @@ def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = 
 
     ``progress`` receives one line per dataset and reranker (default: the log; the job prints them)."""
     progress = progress or log.info
-    from docrerank.eval.metrics import evaluate, paired_test
-    from docrerank.eval.report import write_report
-    from docrerank.eval.retrievers import write_trec_run
+    from docrerank.retrieval.metrics import evaluate, paired_test
+    from docrerank.report.evaluation import write_report
+    from docrerank.retrieval.retrievers import write_trec_run
     from docrerank.models.hub import resolve_device
-    from docrerank.rerank.fusion import fuse_run
+    from docrerank.retrieval.fusion import fuse_run
 
     out = storage.resolve(cfg.output)
     storage.makedirs(out)

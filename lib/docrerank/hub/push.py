@@ -98,7 +98,7 @@ def set_section(card: str, heading: str, body: str, before: str = "## Limits") -
 def evaluation_section(evaluation: str) -> str:
     """Markdown of an evaluation job's results (``<evaluation>/metrics.json``): setup line and the primary-metric
     table (values x100, deltas and p-values vs retrieval only)."""
-    from docrerank.eval.report import markdown_table
+    from docrerank.report.evaluation import markdown_table
 
     loc = storage.resolve(evaluation).join("metrics.json")
     if not storage.exists(loc):
@@ -112,7 +112,7 @@ def evaluation_section(evaluation: str) -> str:
 
 def dataset_upload(cfg: PushConfig, root: Path) -> Upload:
     """The files of a dataset build output: the card (front matter re-rendered), stats.json, the example tables."""
-    from docrerank.build.card import HUB_TABLES, front_matter, set_front_matter
+    from docrerank.report.card import HUB_TABLES, front_matter, set_front_matter
 
     out = storage.resolve(str(root))
     readme = root / "README.md"

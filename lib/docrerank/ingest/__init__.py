@@ -1,1 +1,1 @@
-"""PDFs and images in, the pages table out: rendering, inputs, the Ray Data job, the books."""
+"""The ingest job: PDFs and images in, the pages table out (the work lives in ``docrerank.render``)."""

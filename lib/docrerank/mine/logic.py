@@ -35,7 +35,7 @@ def seeded_order(candidates: list[str], seed: int, query_id: str) -> list[str]:
 
 def candidates_of(run: dict[str, float], positive: str, top_n: int) -> tuple[list[str], int | None]:
     """(retrieved pages but the positive, in rank order; the positive's 1-based rank or None) from a top-N run."""
-    from docrerank.eval.metrics import order
+    from docrerank.retrieval.metrics import order
 
     ranked = order(run)[:top_n]
     rank = ranked.index(positive) + 1 if positive in ranked else None

@@ -46,7 +46,7 @@ def build_index(kind: str, loc: storage.Location, ids: list[str], texts: list[st
     import pyarrow.fs as pafs
 
     if kind == "bm25":
-        from docrerank.eval.retrievers import BM25Retriever
+        from docrerank.retrieval.retrievers import BM25Retriever
 
         local = loc.path if isinstance(loc.fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="docrerank-index-")
         BM25Retriever(ids, texts).save(local)
@@ -67,7 +67,7 @@ def _colpali_index(ids: list[str], index_uri: str, dest: str, opts: dict) -> Non
     import torch
     from PIL import Image
 
-    from docrerank.eval.retrievers import ColPaliRetriever
+    from docrerank.retrieval.retrievers import ColPaliRetriever
 
     r = ColPaliRetriever(opts["model"], opts["device"], opts["batch_size"], opts["model_class"])
     store, emb = PageStore(index_uri), []

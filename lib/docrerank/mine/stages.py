@@ -75,7 +75,7 @@ class Searcher:
         local = _fetch_dir(storage.resolve(index_uri))
         self.kind = kind
         if kind == "bm25":
-            from docrerank.eval.retrievers import BM25Retriever
+            from docrerank.retrieval.retrievers import BM25Retriever
 
             self.bm25 = BM25Retriever.load(local)
             return
@@ -83,7 +83,7 @@ class Searcher:
 
         import torch
 
-        from docrerank.eval.retrievers import ColPaliRetriever
+        from docrerank.retrieval.retrievers import ColPaliRetriever
 
         self.model = model or ColPaliRetriever(colpali["model"], colpali["device"], colpali["batch_size"],
                                                colpali["model_class"])
@@ -94,7 +94,7 @@ class Searcher:
         """The top ``k`` pages of each query: ``{query_id: {page_id: score}}``."""
         if self.kind == "bm25":
             return self.bm25.search(queries, k)
-        from docrerank.eval.retrievers import top_k
+        from docrerank.retrieval.retrievers import top_k
 
         if not self.ids:
             return {q: {} for q in queries}

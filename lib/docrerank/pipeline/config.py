@@ -22,7 +22,7 @@ from docrerank.analysis.config import AnalyseConfig
 from docrerank.build.config import BuildConfig
 from docrerank.core.config import Config
 from docrerank.eval.config import EvalConfig
-from docrerank.ingest.config import IngestConfig
+from docrerank.render.config import IngestConfig
 from docrerank.mine.config import MineConfig
 from docrerank.train.config import TrainConfig
 

@@ -34,13 +34,13 @@ class Step:
 
 # ------------------------------------------------------------------------------------------------- ingest
 def _run_ingest(cfg):
-    from docrerank.ingest.run import run_ingest
+    from docrerank.render.run import run_ingest
 
     return run_ingest(cfg)
 
 
 def _report_ingest(cfg, stats) -> str:
-    from docrerank.ingest.books import summary_table
+    from docrerank.render.books import summary_table
 
     return f"ingest summary for {cfg.output}\n{summary_table(stats)}"
 
@@ -59,7 +59,7 @@ def _run_build(cfg):
 
 
 def _report_build(cfg, stats) -> str:
-    from docrerank.build.card import funnel_table
+    from docrerank.report.card import funnel_table
 
     ingest = stats.get("ingest")
     head = ""
@@ -115,7 +115,7 @@ def run_analyse(cfg):
     embedder = Embedder.load(cfg.embedder, device=device)
     scorer = None
     if cfg.reranker:
-        from docrerank.rerank.reranker import Reranker
+        from docrerank.models.reranker import Reranker
 
         scorer = Reranker.load(cfg.reranker, device=device).score
     result = analyse_examples(cfg.examples, embedder, scorer, cfg.max_groups, cfg.seed, cfg.batch_size)
@@ -146,7 +146,7 @@ def _run_train(cfg):
 
 
 def _report_train(cfg, summary) -> str:
-    # The realised mix is logged by the training itself (train/mix.py) when the step starts.
+    # The realised mix is logged by the training itself (data/mix.py) when the step starts.
     metrics = summary.get("metrics") or {}
     rows = [[k, summary.get(k)] for k in ("steps", "groups", "device", "model") if summary.get(k) is not None]
     rows += [[k, round(v, 4) if isinstance(v, float) else v] for k, v in metrics.items()
@@ -168,7 +168,7 @@ def _run_evaluate(cfg):
 
 
 def _report_evaluate(cfg, results) -> str:
-    from docrerank.eval.report import format_table
+    from docrerank.report.evaluation import format_table
 
     return format_table(results)
 
@@ -187,7 +187,7 @@ def _resources(address, cluster: bool = True):
 
 
 def _plan_ingest(cfg, address):
-    from docrerank.ingest.plan import plan_ingest
+    from docrerank.render.plan import plan_ingest
 
     return plan_ingest(cfg, _resources(address))
 

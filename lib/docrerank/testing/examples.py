@@ -22,7 +22,7 @@ YEAR_RANGE = range(2015, 2027)
 
 
 def _companies() -> list[str]:
-    from docrerank.ingest.sample_corpus import COMPANIES
+    from docrerank.render.sample_corpus import COMPANIES
 
     return [c for c, _, _ in COMPANIES]
 
@@ -76,7 +76,7 @@ def sample_questions(corpus: Path, companies: Optional[Sequence[int | str]] = No
                      years: Optional[Sequence[int]] = None) -> list[dict]:
     """The sample corpus's given questions (made under ``corpus`` when missing), each with its report's
     ``company``, restricted to ``companies`` (indices or names) and ``years`` (fiscal years) when given."""
-    from docrerank.ingest.sample_corpus import make_corpus
+    from docrerank.render.sample_corpus import make_corpus
 
     if not (corpus / "questions.jsonl").is_file():
         make_corpus(corpus)
@@ -134,7 +134,7 @@ def make_split(out_dir: str | Path, corpus: str | Path, val_years: Sequence[int]
     """``<out_dir>/train`` and ``<out_dir>/val``: the reports of ``val_years`` held out (their pages are unseen)."""
     import json as _json
 
-    from docrerank.ingest.sample_corpus import YEARS, make_corpus
+    from docrerank.render.sample_corpus import YEARS, make_corpus
 
     make_corpus(corpus)
     years = _json.loads((Path(corpus) / "corpus.json").read_text()).get("years", YEARS)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.runtime import redact
-from docrerank.train.backbones import HEAD_PATHS, classifier_head
+from docrerank.models.backbones import HEAD_PATHS, classifier_head
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import world
 
@@ -59,7 +59,7 @@ def load_trained(cfg: TrainConfig, state: dict, device: str = "cpu", dtype: Opti
     trained ``state``."""
     from transformers.utils import logging as hf_logging
 
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
 
     model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": False, **({"dtype": dtype} if dtype else {})})
     level = hf_logging.get_verbosity()

@@ -10,9 +10,9 @@ from typing import Any, Optional
 from docrerank.core import storage
 from docrerank.models.hub import resolve_device
 from docrerank.train.config import TrainConfig
-from docrerank.train.examples import iter_plan, read_groups
+from docrerank.data.examples import iter_plan, read_groups
 from docrerank.train.export import export_model
-from docrerank.train.mix import plan_from_config, record_mix
+from docrerank.data.mix import plan_from_config, record_mix
 from docrerank.train.step import (
     MetricsLog,
     NullLog,
@@ -53,7 +53,7 @@ def train_local(cfg: TrainConfig, device: str = "auto") -> LocalResult:
 
 
 def _train(cfg: TrainConfig, device: str) -> LocalResult:
-    from docrerank.train.backbones import build_scorer  # imports torch and transformers
+    from docrerank.models.backbones import build_scorer  # imports torch and transformers
 
     tasks = plan_from_config(cfg.data, cfg.optim.epochs, cfg.seed)
     total = total_steps_for(sum(len(t["group_ids"]) for t in tasks), cfg, 1)

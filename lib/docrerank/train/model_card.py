@@ -63,7 +63,7 @@ def _scoring(card: dict) -> str:
 def usage(card: dict, where: str) -> str:
     """Markdown usage snippets for the model at ``where`` (a local directory or hub id)."""
     lines = ["## Usage", "", "With docrerank (any page: image bytes, PIL image, page row or text):", "", "```python",
-             "from docrerank.rerank.reranker import Reranker", "",
+             "from docrerank.models.reranker import Reranker", "",
              f'rr = Reranker.load("{where}")',
              'scores = rr.score("What was the 2021 revenue?", pages)  # float32, higher = more relevant',
              "```", ""]

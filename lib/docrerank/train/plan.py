@@ -33,7 +33,7 @@ EXAMPLES_PER_GROUP = 4  # nominal: 1 positive + 3 negatives
 
 def plan_train(cfg: TrainConfig, res: Resources, opts: Optional[PlanOptions] = None) -> PlanReport:
     """The training's plan (see the module doc)."""
-    from docrerank.train.mix import plan_from_config, realised_mix
+    from docrerank.data.mix import plan_from_config, realised_mix
     from docrerank.train.step import total_steps_for
 
     opts = opts or cfg.plan

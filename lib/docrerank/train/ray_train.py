@@ -22,9 +22,9 @@ from typing import Any, Iterable
 from docrerank.core import storage
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import all_reduce
-from docrerank.train.examples import Group, packed_schema, read_groups, read_task
+from docrerank.data.examples import Group, packed_schema, read_groups, read_task
 from docrerank.train.export import export_model, upload_dir
-from docrerank.train.mix import plan_from_config, record_mix, scan_source
+from docrerank.data.mix import plan_from_config, record_mix, scan_source
 from docrerank.train.step import (
     MetricsLog,
     NullLog,
@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     import ray.train
-    from docrerank.train.backbones import build_scorer
+    from docrerank.models.backbones import build_scorer
 
     set_worker_threads(cfg, device)
     rank = ray.train.get_context().get_world_rank()
@@ -257,7 +257,7 @@ def run_training(cfg: TrainConfig) -> dict:
 
     from docrerank.models.hub import DEFAULT_VLM
     from docrerank.models.sources import fetch_config_files
-    from docrerank.train.backbones import check_vlm_budget
+    from docrerank.models.backbones import check_vlm_budget
 
     cfg = absolute_paths(cfg)
     device = cluster_device(cfg.scaling.device)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from docrerank.train import deepspeed_config as dsc
-from docrerank.train.collate import Batch, collate_groups, iter_group_batches
+from docrerank.data.collate import Batch, collate_groups, iter_group_batches
 from docrerank.train.config import LossConfig, TrainConfig
 from docrerank.train.dist import all_reduce, ensure_process_group, world
-from docrerank.train.examples import Group
+from docrerank.data.examples import Group
 from docrerank.train.loss import compute_loss, example_weights, pairwise_counts
 
 if TYPE_CHECKING:

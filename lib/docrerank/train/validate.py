@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.schema import doc_of_page
-from docrerank.train.collate import Batch
+from docrerank.data.collate import Batch
 from docrerank.train.config import RankingValidationConfig
 from docrerank.train.dist import all_reduce, world
 from docrerank.train.export import trainable_state
@@ -61,7 +61,7 @@ class RankingSet:
 
 
 def ndcg(ranking: list[str], rels: dict[str, int], k: int) -> float:
-    """NDCG@k with trec_eval's definition (as ``docrerank.eval.metrics``): linear gain, log2 discount."""
+    """NDCG@k with trec_eval's definition (as ``docrerank.retrieval.metrics``): linear gain, log2 discount."""
     dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranking[:k]))
     ideal = sum(r / math.log2(i + 2) for i, r in enumerate(sorted(rels.values(), reverse=True)[:k]))
     return dcg / ideal if ideal > 0 else 0.0

@@ -1,1 +1,1 @@
-"""A static HTML viewer of a dataset build: pages, their positives and every negative candidate with its verdict."""
+"""The viewer job: a static HTML viewer of a dataset build (the site is written by ``docrerank.report.viewer``)."""

@@ -13,7 +13,7 @@ from typing import Optional
 
 from docrerank.core import storage
 from docrerank.core.plan import PlanOptions, PlanReport, Resources, fmt_count, paths_section, resources_section
-from docrerank.ingest.config import IngestConfig
+from docrerank.render.config import IngestConfig
 
 # Measured on 2 CPUs (bench/results/ingest_pages_per_s.json): 144 dpi, 1024-token pixel cap, PNG.
 RENDER_PAGES_PER_S_PER_CPU = 33.5  # steady state per CPU on 2 CPUs, 5,142 real and sample pages
@@ -41,8 +41,8 @@ def _pdf_pages(uri: str) -> int:
 
 def count_input_pages(spec: str, suffixes: list[str], opts: PlanOptions) -> PageCount:
     """Pages of an ingest input (see the module doc); never raises for bad files (they count 0, as quarantine)."""
-    from docrerank.ingest.inputs import list_inputs
-    from docrerank.ingest.sample_corpus import COMPANIES, SAMPLE_PREFIX, YEARS
+    from docrerank.render.inputs import list_inputs
+    from docrerank.render.sample_corpus import COMPANIES, SAMPLE_PREFIX, YEARS
 
     if opts.input_pages is not None:
         return PageCount(opts.input_pages, None, "configured (plan.input_pages)")

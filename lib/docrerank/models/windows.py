@@ -4,7 +4,7 @@ A cross-encoder holds ``max_seq_len`` tokens; a real page runs to 500-900. Trunc
 lines only. With ``max_windows`` > 1 each pair becomes up to that many sequences ``[CLS] query [SEP] passage [SEP]``,
 the passages overlapping by ``overlap`` tokens and covering the page from its start; the pair's score is the best
 window's (MaxP) or, ``pool="logsumexp"``, a smooth maximum. Every window of a pair goes into the same forward pass,
-so the pooling sees them all. The training scorer (``train/backbones.py``) and the Reranker (``rerank/reranker.py``)
+so the pooling sees them all. The training scorer (``models/backbones.py``) and the Reranker (``models/reranker.py``)
 share these two functions, so a model is scored as it was trained (``reranker.json`` records the settings).
 
 torch is imported inside the functions.

@@ -1,5 +1,5 @@
 """A fixed pool of ingest workers on the Ray cluster: one actor per CPU, each with its isolated child
-(:class:`docrerank.ingest.workers.IngestWorker`), fed by the driver with two calls in flight per actor.
+(:class:`docrerank.render.workers.IngestWorker`), fed by the driver with two calls in flight per actor.
 
 Why plain actors and not a Ray Data ``map_batches``: an ingest call is a whole task (the child renders and writes its
 shards) and returns a few bytes, so there is nothing for Ray Data to stream; its executor loop and helper actors
@@ -32,7 +32,7 @@ class WorkerPool:
     def __init__(self, size: int, worker_kwargs: dict[str, Any]):
         import ray
 
-        from docrerank.ingest.workers import IngestWorker
+        from docrerank.render.workers import IngestWorker
 
         if size < 1:
             raise ValueError(f"size: expected >= 1 workers, got {size}")

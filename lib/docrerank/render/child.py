@@ -4,14 +4,14 @@ write its shards, or render some pages and hand the rows back. Plain data in, pl
 A whole render task runs in one call and the child writes the task's shards itself, so page images never cross the
 pipe between processes and the worker has nothing left to do between two tasks. When that call fails (a crash, a
 hang, the memory limit), the worker renders the task's pages one call per page with :func:`render_pages` to find the
-page that did it, and writes the shards from the rows it got back (``docrerank.ingest.workers``).
+page that did it, and writes the shards from the rows it got back (``docrerank.render.workers``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from docrerank.ingest.render import (IngestError, Passwords, RenderSettings, doc_id_of, probe_document, quarantine_row,
+from docrerank.render.document import (IngestError, Passwords, RenderSettings, doc_id_of, probe_document, quarantine_row,
                                      render_document_pages)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
-from docrerank.train.examples import Group
+from docrerank.data.examples import Group
 
 
 @dataclass

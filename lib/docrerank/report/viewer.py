@@ -1,7 +1,7 @@
 """Write the static dataset viewer of a build output: ``<output>/viewer/index.html``, opened from disk, no server.
 
 Layout (everything under ``viewer/``):
-  index.html, viewer.js, viewer.css   the app (shipped in ``docrerank/viewer/static/``)
+  index.html, viewer.js, viewer.css   the app (shipped in ``docrerank/report/static/``)
   data/meta.js                        the funnel, the filters' values, one entry per shard with its counts
   data/shard-00000.js ...             ``pages_per_shard`` pages each, loaded on demand
   thumbs/<page_id>.jpg                a small JPEG of every page (``thumb_width`` pixels wide)
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 from docrerank.core import storage
-from docrerank.viewer.data import facet_keys, funnel, page_order, page_record, read_build, shards
+from docrerank.report.viewer_data import facet_keys, funnel, page_order, page_record, read_build, shards
 
 log = logging.getLogger("docrerank.viewer")
 
@@ -126,7 +126,7 @@ def write_viewer(output: str, pages_per_shard: int = 200, thumb_width: int = 300
         "totals": dict(totals), "shards": shard_meta,
     }
     _put(view.join("data", "meta.js"), f"window.docrerankMeta = {_json(meta)};\n".encode())
-    static = resources.files("docrerank.viewer") / "static"
+    static = resources.files("docrerank.report") / "static"
     for name in STATIC:
         _put(view.join(name), (static / name).read_bytes())
     index = view.join("index.html").uri

@@ -1,7 +1,7 @@
 """PDF and image files -> page rows, with no Ray: render, text layer, stable ids, reasons for failures.
 
 Everything here is a pure function of bytes and settings, so it runs the same in a test, in an isolated
-child process (:mod:`docrerank.ingest.child`) and on a cluster worker.
+child process (:mod:`docrerank.render.child`) and on a cluster worker.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """First-stage retrieval: BM25 over the page text layer, a saved TREC run, or ColPali-style late interaction.
 
 Every retriever returns a run ``{query_id: {corpus_id: score}}`` holding at most ``k`` pages per query, ranked
-by :func:`docrerank.eval.metrics.order` (score descending, then corpus id ascending).
+by :func:`docrerank.retrieval.metrics.order` (score descending, then corpus id ascending).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from docrerank.core import storage
-from docrerank.eval.metrics import order
+from docrerank.retrieval.metrics import order
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from docrerank.core import storage
-from docrerank.train.mix import scan_source
+from docrerank.data.mix import scan_source
 
 # Only these are read: example sets written with more columns (an old ``weight``, ``attribute``) load the same.
 EXAMPLE_COLUMNS = ["group_id", "query", "page_id", "image", "image_format", "text", "label", "kind"]

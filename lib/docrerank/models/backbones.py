@@ -26,7 +26,7 @@ from docrerank.models.prompt_format import MONOQWEN, PromptFormat, resolve_forma
 from docrerank.train.config import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
-    from docrerank.train.collate import Batch
+    from docrerank.data.collate import Batch
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT_PROJECTIONS = ["query", "key", "value", "dense"]
@@ -184,8 +184,8 @@ class TextScoring:
 
     def encode(self, batch: Batch) -> dict[str, Any]:
         """Tokenized (query, page text) pairs: the page truncated to ``max_seq_len``, or, ``model.max_windows`` > 1,
-        up to that many overlapping windows of it per pair (``train/windows.py``)."""
-        from docrerank.train.windows import encode_pairs
+        up to that many overlapping windows of it per pair (``models/windows.py``)."""
+        from docrerank.models.windows import encode_pairs
 
         texts = [batch.texts[p] for p in batch.page_of]
         return encode_pairs(self.tokenizer, batch.queries, texts, self.cfg.seq_len, self.cfg.max_windows,
@@ -197,7 +197,7 @@ class TextScoring:
         scores = logits[:, 1] - logits[:, 0]
         if window_of is None:
             return scores
-        from docrerank.train.windows import pool_windows
+        from docrerank.models.windows import pool_windows
 
         return pool_windows(scores, window_of, self.cfg.window_pool)
 

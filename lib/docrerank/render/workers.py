@@ -1,8 +1,8 @@
 """The ingest's workers: each drives one isolated child process (:mod:`docrerank.core.isolate`) and turns what
-goes wrong in it into quarantine rows with a reason. No Ray here; ``docrerank.ingest.run`` places them on the cluster.
+goes wrong in it into quarantine rows with a reason. No Ray here; ``docrerank.render.run`` places them on the cluster.
 
 Rendering a task is one call: the child renders every page and writes the task's shards itself
-(:func:`docrerank.ingest.child.render_task`). When that call crashes, hangs or hits the memory limit, the task is
+(:func:`docrerank.render.child.render_task`). When that call crashes, hangs or hits the memory limit, the task is
 rendered again one page per call, so only the page that did it is lost (quarantined as ``worker_crash``,
 ``timeout`` or ``memory_limit``), and the worker writes the shards from the rows it got back.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-CHILD = "docrerank.ingest.child"
+CHILD = "docrerank.render.child"
 
 
 class IngestWorker:
@@ -49,7 +49,7 @@ class IngestWorker:
     def probe(self, uris: list[str]) -> list[dict]:
         """``{"doc": documents row}`` or ``{"quarantine": row}`` for each URI, in order."""
         from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
-        from docrerank.ingest.render import quarantine_row
+        from docrerank.render.document import quarantine_row
 
         out = []
         for uri in uris:
@@ -89,7 +89,7 @@ class IngestWorker:
 
     def _render_per_page(self, task_id: str, items: list[dict]) -> dict:
         """Render ``items`` one page per call, rows sent back, and write the task's shards here."""
-        from docrerank.ingest.child import write_task_shards
+        from docrerank.render.child import write_task_shards
 
         rows, bad = [], []
         for item in items:
@@ -102,7 +102,7 @@ class IngestWorker:
     def _page(self, doc: dict, page: int) -> tuple[list[dict], list[dict]]:
         """(page rows, quarantine rows) of one page; a failed call quarantines it with the reason."""
         from docrerank.core.isolate import ChildCrashed, ChildTimeout, RemoteError
-        from docrerank.ingest.render import quarantine_row
+        from docrerank.render.document import quarantine_row
 
         try:
             return self.worker.call(f"{CHILD}:render_pages", doc, [page], self.passwords, self.settings,

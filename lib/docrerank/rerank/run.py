@@ -73,7 +73,7 @@ class ScoreActor:
     """Loads the reranker once; scores one task (a row group) per call and writes its output file."""
 
     def __init__(self, cfg_json: str, device: str):
-        from docrerank.rerank.reranker import Reranker
+        from docrerank.models.reranker import Reranker
 
         self.cfg = RerankConfig.model_validate_json(cfg_json)
         r = self.cfg.reranker

@@ -2,7 +2,7 @@
 every negative candidate with its attribute, both verifier scores, verdict and reason, kept ones first), in shards
 of a few hundred pages, with per-shard counts so that a filter can skip shards that hold nothing it matches.
 
-Reads ``pages/`` (page metadata only; images are read by :mod:`docrerank.viewer.site` for the thumbnails),
+Reads ``pages/`` (page metadata only; images are read by :mod:`docrerank.report.viewer` for the thumbnails),
 ``page_status/``, ``queries/`` and ``stats.json``; needs no Ray.
 """
 

@@ -77,6 +77,6 @@ def list_inputs(spec: str, suffixes: list[str]) -> list[str]:
 def resolve_inputs(spec: str, output: str, suffixes: list[str]) -> list[str]:
     """The input URIs of an ingest: ``sample:[N]`` first makes the sample corpus under ``output``, then
     :func:`list_inputs`."""
-    from docrerank.ingest.sample_corpus import resolve_input
+    from docrerank.render.sample_corpus import resolve_input
 
     return list_inputs(resolve_input(spec, output), suffixes)

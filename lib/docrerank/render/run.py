@@ -1,5 +1,5 @@
 """The ingest job's driver: probe new inputs, plan page-range tasks, render them on a pool of workers
-(:mod:`docrerank.ingest.pool`), resume, balance the books.
+(:mod:`docrerank.render.pool`), resume, balance the books.
 
 Output layout under ``output``:
   documents/  one row per opened document (what was planned)
@@ -8,7 +8,7 @@ Output layout under ``output``:
   ingest_stats.json  the books: inputs, pages expected, written and quarantined by reason
 Shard names are deterministic and the pages shard of a task is written last, so a rerun skips what is done,
 never duplicates a row, and removes quarantine shards of tasks that did not finish. Which files are inputs:
-:mod:`docrerank.ingest.inputs`; what the output holds and the books: :mod:`docrerank.ingest.books`.
+:mod:`docrerank.render.inputs`; what the output holds and the books: :mod:`docrerank.render.books`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import time
 from dataclasses import asdict
 
 from docrerank.core import storage
-from docrerank.ingest.books import balance, load_state, summary_table
-from docrerank.ingest.config import IngestConfig
-from docrerank.ingest.inputs import resolve_inputs
-from docrerank.ingest.pool import WorkerPool
-from docrerank.ingest.render import Passwords, RenderSettings, quarantine_row
+from docrerank.render.books import balance, load_state, summary_table
+from docrerank.render.config import IngestConfig
+from docrerank.render.inputs import resolve_inputs
+from docrerank.render.pool import WorkerPool
+from docrerank.render.document import Passwords, RenderSettings, quarantine_row
 
 log = logging.getLogger("docrerank.ingest")
 
@@ -82,7 +82,7 @@ def probe_inputs(uris: list[str], cfg: IngestConfig, pool: WorkerPool | None) ->
     Up to ``cfg.probe_local_max`` files are probed from the driver, in one isolated child process, while the
     pool's actors start; more are probed by the pool, ``PROBE_BATCH`` files per call.
     """
-    from docrerank.ingest.workers import IngestWorker
+    from docrerank.render.workers import IngestWorker
 
     if len(uris) <= cfg.probe_local_max or pool is None:
         local = IngestWorker(**_worker_kwargs(cfg))
@@ -178,7 +178,7 @@ def _render(tasks: list[dict], pool: WorkerPool, n_pages: int) -> dict:
 
 def run_ingest(cfg: IngestConfig) -> dict:
     """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written
-    (``ingest_stats.json``: the books, see :meth:`~docrerank.ingest.books.Books.to_dict`, and ``this_run``).
+    (``ingest_stats.json``: the books, see :meth:`~docrerank.render.books.Books.to_dict`, and ``this_run``).
 
     Raises ValueError for an unusable input or output, RuntimeError when the books do not balance (an input or
     page neither written nor quarantined).

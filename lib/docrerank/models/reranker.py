@@ -1,6 +1,6 @@
 """The Reranker API: load a reranker, score (query, page) pairs, rank pages. Plain torch, no Ray.
 
-    from docrerank.rerank.reranker import Reranker
+    from docrerank.models.reranker import Reranker
 
     rr = Reranker.load("out/train_local")              # a training output, its model/merged, or a base model
     scores = rr.score(["q1", "q2"], [page_a, page_b])  # float32, one per pair
@@ -21,15 +21,15 @@ Pages may be encoded image bytes, PIL images, page rows (dicts with ``image``/``
 project's ``pages`` and ``examples`` tables or a BEIR corpus) or text strings (text backbone only).
 
 Speed: pairs are sorted by input length (vlm: page pixels, then page, then query; text: tokens) and scored
-``batch_size`` pairs per forward pass. text (``rerank/text.py``): each distinct query and page text is tokenized (a
+``batch_size`` pairs per forward pass. text (``models/text.py``): each distinct query and page text is tokenized (a
 page only as far as ``max_seq_len`` reaches) or, for a bi-encoder, embedded once per call. vlm: within a batch each
 distinct page goes through the vision tower once, and page pixels are
 prepared by a thread pool ahead of the model. A page with several queries in one call (``min_prefix_pairs``: 2 on
 the CPU, a whole batch on a GPU) has its [image][prompt] prefix encoded once, its queries run against the cached
 keys and values (``models/prefix.py``). Scores come back in input order, in float32. The model runs in bfloat16 on a
 GPU (``dtype="auto"``, any ``cuda:N``), float32 on the CPU. The same inputs always give the same scores (eval mode,
-no sampling, a deterministic order). Pages and model directories: ``rerank/pages.py``; the vlm inputs and scoring:
-``VLMScorer`` (``train/backbones.py``) over ``models/qwen_vl.py``, the input path the hf engine uses too.
+no sampling, a deterministic order). Pages and model directories: ``models/pages.py``; the vlm inputs and scoring:
+``VLMScorer`` (``models/backbones.py``) over ``models/qwen_vl.py``, the input path the hf engine uses too.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from docrerank.rerank.pages import Page, as_page, find_model_dir, pixel_count, read_card
+from docrerank.models.pages import Page, as_page, find_model_dir, pixel_count, read_card
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Reranker:
         # ... for pages with at least this many pairs in one call. On the CPU (compute-bound) it pays from 2; on a
         # GPU a full batch of whole pairs beats small continuation batches, so only pages with a batch of queries.
         self.min_prefix_pairs: Optional[int] = MIN_PREFIX_PAIRS if device == "cpu" else None
-        # text cross-encoders: long pages scored by overlapping windows (train/windows.py), as trained
+        # text cross-encoders: long pages scored by overlapping windows (models/windows.py), as trained
         self.max_windows, self.window_overlap, self.window_pool = 1, 32, "max"
 
     # ----------------------------------------------------------------------------------------- loading
@@ -99,7 +99,7 @@ class Reranker:
 
     @classmethod
     def _load_vlm(cls, model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len, attn, name):
-        from docrerank.train.backbones import build_scorer
+        from docrerank.models.backbones import build_scorer
         from docrerank.train.config import LoraConfig, ModelConfig
 
         keys = ("prompt_format", "prompt", "instruction", "system_prompt", "true_token", "false_token")
@@ -141,7 +141,7 @@ class Reranker:
             rr = cls((tok, embedder), "text", device, batch_size, name, "biencoder")
             rr.max_seq_len = embedder.max_seq_len
             return rr
-        from docrerank.rerank.text import PairEncoder
+        from docrerank.models.text import PairEncoder
 
         rr = cls((tok, _inference(model, device)), "text", device, batch_size, name, mode)
         rr.max_seq_len = max_seq_len or card.get("max_seq_len") or 256
@@ -238,10 +238,10 @@ class Reranker:
 
         With ``first_scores`` (the first stage's score of each page) and ``fusion_weight`` (the reranker's share,
         chosen on validation data, e.g. by ``jobs.evaluate``'s ``fusion``), the scores are fused with the first
-        stage's (``rerank/fusion.py``: ``interpolate`` or ``rrf``) before ranking."""
+        stage's (``retrieval/fusion.py``: ``interpolate`` or ``rrf``) before ranking."""
         scores = self.score(query, pages)
         if fusion_weight is not None:
-            from docrerank.rerank.fusion import fuse
+            from docrerank.retrieval.fusion import fuse
 
             if first_scores is None or len(first_scores) != len(pages):
                 raise ValueError(f"rank: fusion_weight needs first_scores, one per page ({len(pages)}), got "
@@ -267,7 +267,7 @@ class Reranker:
     def _window_order(self, queries: list[str], pages: list[Page]) -> list[int]:
         """text with windows: pair indices sorted by window count, then input length (little padding); sets
         ``self._windows`` (windows per pair) for ``_text_batches``. Deterministic (ties by index)."""
-        from docrerank.train.windows import window_count
+        from docrerank.models.windows import window_count
 
         tok = self.model[0]
         qlen = [len(x) for x in tok(queries, add_special_tokens=False)["input_ids"]]
@@ -295,11 +295,11 @@ class Reranker:
 
     def _score_text(self, queries: list[str], pages: list[Page], bs: int):
         """text without windows: a bi-encoder embeds each distinct query and page text once; a cross-encoder
-        tokenizes each once and runs the pairs sorted by token length, ``bs`` per forward pass (``rerank/text.py``)."""
+        tokenizes each once and runs the pairs sorted by token length, ``bs`` per forward pass (``models/text.py``)."""
         import numpy as np
         import torch
 
-        from docrerank.rerank.text import biencoder_scores, cross_scores
+        from docrerank.models.text import biencoder_scores, cross_scores
 
         texts = [p.text or "" for p in pages]
         model = self.model[1]
@@ -348,7 +348,7 @@ class Reranker:
 
     def _forward_text(self, queries: list[str], pages: list[Page]):
         """Scores of one batch of text pairs (one forward pass)."""
-        from docrerank.rerank.text import biencoder_scores, cross_scores
+        from docrerank.models.text import biencoder_scores, cross_scores
 
         texts = [p.text or "" for p in pages]
         if self.mode == "biencoder":  # model: an Embedder (unit rows: cosine = dot product)
@@ -358,7 +358,7 @@ class Reranker:
                                 self.device)
         import torch
 
-        from docrerank.train.windows import encode_pairs, pool_windows
+        from docrerank.models.windows import encode_pairs, pool_windows
 
         tok, model = self.model
         enc = encode_pairs(tok, queries, texts, self.max_seq_len, self.max_windows, self.window_overlap)
