@@ -1,8 +1,18 @@
 """The package's layers hold: no module imports a package of a higher layer (or a sibling of its own layer), and
 no import cycle between modules. Read from the source with ``ast``, so it needs no import of the code.
 
-Layers, lowest first (design.md, "Target layout"). ``testing`` may import anything and nothing may import it;
-``jobs/`` is outside the package and nothing in it may be imported by the package.
+Layers, lowest first. Libraries below, jobs on one floor above them, the pipeline (which runs the jobs' ``Job``
+declarations) above the jobs. A job package never imports another job package: what two jobs share lives in a
+library. ``testing`` may import anything and nothing may import it; ``jobs/`` is outside the package and nothing in
+it may be imported by the package.
+
+    pipeline                                                        runs the jobs' Job objects
+    ingest build mine analysis train eval rerank viewer hub        jobs: one floor, none imports another
+    render report                                                   documents -> pages; cards, reports, viewer
+    engines                                                         generation / judging backends and pools
+    models                                                          scorers, windows, model config, Reranker
+    lexical prompts data retrieval                                  text rules; prompts; example sets; retrieval
+    core                                                            config, storage, schema, plan, runtime
 """
 
 from __future__ import annotations
@@ -13,22 +23,22 @@ from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent / "lib"
 PACKAGE = "docrerank"
+JOBS = ["ingest", "build", "mine", "analysis", "train", "eval", "rerank", "viewer", "hub"]
 LAYERS = [
     ["core"],
-    ["lexical", "models", "prompts"],
-    ["engines", "ingest", "train", "viewer"],
-    ["build", "rerank", "analysis"],
-    ["eval"],
-    ["mine"],
-    ["hub"],
+    ["lexical", "prompts", "data", "retrieval"],
+    ["models"],
+    ["engines"],
+    ["render", "report"],
+    JOBS,
     ["pipeline"],
     ["testing"],
 ]
 LAYER = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}
-# Allowed although in the same layer (none today) / forbidden although lower (mine shares nothing with the build's
-# internals: what both need lives in a lower layer).
+# Allowed although in the same layer (none today) / forbidden although lower (none today: a job never imports
+# another job, which the same-layer rule already says).
 SAME_LAYER_ALLOWED: set[tuple[str, str]] = set()
-FORBIDDEN = {("mine", "build")}
+FORBIDDEN: set[tuple[str, str]] = set()
 OUTSIDE = ("jobs", "tests", "bench")
 
 
@@ -121,6 +131,9 @@ def layer_violations() -> list[str]:
                 out.append(f"{where}: {mod} ({src}) imports {target} ({dst}): {src} must not import {dst}")
             elif LAYER[dst] > src_layer:
                 out.append(f"{where}: {mod} ({src}, layer {src_layer}) imports {target} ({dst}, layer {LAYER[dst]} above)")
+            elif src in JOBS and dst in JOBS:
+                out.append(f"{where}: {mod} (job {src}) imports {target} (job {dst}): a job never imports another job; "
+                           "move what both need into a library")
             elif LAYER[dst] == src_layer and (src, dst) not in SAME_LAYER_ALLOWED:
                 out.append(f"{where}: {mod} ({src}) imports {target} ({dst}), a package of the same layer {src_layer}")
     return out
@@ -175,6 +188,18 @@ def test_no_module_imports_a_higher_layer():
     assert not bad, f"{len(bad)} imports break the layers ({' -> '.join('/'.join(ly) for ly in LAYERS)}):\n  " + "\n  ".join(bad)
 
 
+def test_jobs_are_on_one_floor_above_the_libraries():
+    floor = LAYER["build"]
+    assert all(LAYER[j] == floor for j in JOBS)
+    assert all(LAYER[p] < floor for p in LAYER if p not in JOBS and p not in ("pipeline", "testing"))
+    assert LAYER["pipeline"] > floor
+
+
+def test_no_job_imports_another_job():
+    bad = [b for b in layer_violations() if "a job never imports another job" in b]
+    assert not bad, "jobs import each other:\n  " + "\n  ".join(bad)
+
+
 def test_no_import_cycle():
     cycles = import_cycles()
     assert not cycles, "import cycles (module-level imports):\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)
@@ -200,5 +225,6 @@ def test_the_checks_see_function_level_imports_and_cycles(tmp_path, monkeypatch)
     monkeypatch.setattr(sys.modules[__name__], "LIB", tmp_path)
     bad = layer_violations()
     assert any("docrerank.core.a (core, layer 0) imports docrerank.mine.m" in b and ":2:" in b for b in bad)
-    assert any("docrerank.mine.m (mine) imports docrerank.build.b (build): mine must not import build" in b for b in bad)
+    assert any("docrerank.mine.m (job mine) imports docrerank.build.b (job build): a job never imports another job" in b
+               for b in bad)
     assert import_cycles() == [["docrerank.mine.m", "docrerank.mine.n"]]

@@ -68,7 +68,7 @@ def test_pooling_max_and_logsumexp():
 @pytest.fixture(scope="module")
 def scorer():
     from docrerank.models.backbones import build_scorer
-    from docrerank.train.config import LoraConfig, ModelConfig
+    from docrerank.models.config import LoraConfig, ModelConfig
 
     cfg = ModelConfig(backbone="text", max_seq_len=64, max_windows=4, window_overlap=8, gradient_checkpointing=False)
     return build_scorer(cfg, LoraConfig(enabled=False), seed=3).eval()

@@ -17,7 +17,7 @@ from typing import Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
-from docrerank.engines.verify import (VerifyItem, default_threshold, is_verified_negative, is_verified_positive,
+from docrerank.engines.verify import (VerifyItem, judge_threshold, is_verified_negative, is_verified_positive,
                                       verify)
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import ATTRIBUTES, UserAttribute, Vocabulary, rewrite
@@ -148,11 +148,8 @@ class PositivesStage(BuildStage):
 
 
 def verify_threshold(cfg: BuildConfig, role: str) -> float:
-    """The threshold the build judges a role (``positive``, ``negative``) at: ``verify.threshold`` when set, else
-    the judge's default for that use (``engines.verify.default_threshold``)."""
-    if cfg.verify.threshold is not None:
-        return cfg.verify.threshold
-    return default_threshold("text" if cfg.verify.engine == "text" else cfg.verify.engine, role)
+    """The threshold the build judges a role (``positive``, ``negative``) at (``engines.verify.judge_threshold``)."""
+    return judge_threshold(cfg.verify.threshold, cfg.verify.engine, role)
 
 
 class VerifyStage(BuildStage):

@@ -66,11 +66,15 @@ def answerable(p_a: float, p_b: float, threshold: float, rule: str = "both") -> 
     raise ValueError(f"verification rule: got {rule!r}, expected one of {RULES}")
 
 
-def default_threshold(judge, use: str) -> float:
-    """The threshold of a use (``positive``, ``negative``, ``mine``) for a judge: ``"text"`` (the text judge) gets
-    its measured operating point, anything else (an engine or its config) ``MODEL_THRESHOLD``."""
+def judge_threshold(threshold: Optional[float], judge, use: str) -> float:
+    """The threshold a judge is used at for a use (``positive``, ``negative``, ``mine``): ``threshold`` when set
+    (the build's ``verify.threshold``, the mining filter's ``threshold``), else the judge's default: ``"text"``
+    (the text judge) gets its measured operating point, anything else (an engine or its config)
+    ``MODEL_THRESHOLD``. The one resolution the build, mining and the dataset card use."""
     if use not in USES:
         raise ValueError(f"threshold use: got {use!r}, expected one of {USES}")
+    if threshold is not None:
+        return threshold
     return THRESHOLDS[use] if judge == "text" else MODEL_THRESHOLD
 
 

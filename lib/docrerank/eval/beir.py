@@ -269,9 +269,9 @@ def load_build_split(build_output: str, split: str = "heldout", name: str | None
     ``pages/`` of the documents those examples come from (all their pages, not only the judged ones), plus any
     example page missing from ``pages/``; without ``pages/`` it is the pages seen in the examples.
 
-    ``part`` ``validation`` / ``test`` keeps half of those documents (``train.validate.part_of``, seeded by
+    ``part`` ``validation`` / ``test`` keeps half of those documents (``data.heldout.part_of``, seeded by
     ``seed``): choices such as a fusion weight are made on one part, results reported on the other.
-    ``questions``: a questions file (``train.validate.read_questions``) whose questions about these documents are
+    ``questions``: a questions file (``data.heldout.read_questions``) whose questions about these documents are
     the queries, with every page they list as relevant, instead of the split's positives (which exist only for the
     positives that got negatives, one page each).
     """
@@ -279,7 +279,7 @@ def load_build_split(build_output: str, split: str = "heldout", name: str | None
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from docrerank.train.validate import part_of, read_questions
+    from docrerank.data.heldout import part_of, read_questions
 
     if split not in BUILD_SPLITS:
         raise ValueError(f"split must be one of {list(BUILD_SPLITS)}, got {split!r}")

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
 from docrerank.retrieval.metrics import DEFAULT_METRICS
-from docrerank.rerank.config import RerankerSpec
+from docrerank.models.config import RerankerSpec
 
 
 class DatasetSpec(Config):

@@ -20,7 +20,7 @@ from docrerank.core.plan import (
 )
 from docrerank.eval.config import EvalConfig
 from docrerank.models.sources import model_source, reranker_source
-from docrerank.rerank.plan import model_row, reranker_cost
+from docrerank.models.plan import model_row, reranker_cost
 
 EXAMPLES_PER_GROUP = 4  # nominal: 1 positive + 3 negatives, for a build's held-out split
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from docrerank.core import storage
 from docrerank.eval.config import DatasetSpec, EvalConfig
-from docrerank.rerank.config import RerankerSpec
+from docrerank.models.config import RerankerSpec
 
 log = logging.getLogger(__name__)
 

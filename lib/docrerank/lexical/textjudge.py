@@ -56,7 +56,7 @@ QUESTION_WORDS = frozenset(
 _TERM = re.compile(r"\b(?:FY|F|CY)\s?'?(\d{4}|\d{2})\b|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z&'\-]*", re.I)
 _SENTENCE_END = re.compile(r"[.?!:;]\s*$")
 _SMALL_COUNT = 12  # integers up to this are counts ("3 year average", "top 10"), not anchors
-# The judge's threshold for each use (``engines.verify.default_threshold``): ``positive``: both estimates >= it
+# The judge's threshold for each use (``engines.verify.judge_threshold``): ``positive``: both estimates >= it
 # keeps a positive (a wrong "yes" is the costly error: 6% of other pages pass at 0.5); ``negative``: both < it
 # keeps a rewritten negative (estimate A looks only at the changed value, so an answerable rewrite scores near
 # 1 at any threshold; lower thresholds mostly drop good hard negatives: 106 -> 95 dev positives with k at 0.3);

@@ -33,9 +33,9 @@ class MineFilterConfig(Config):
     @model_validator(mode="after")
     def _threshold(self):
         if self.threshold is None:  # the judge's own operating point (resolved here, so stages read a number)
-            from docrerank.engines.verify import default_threshold
+            from docrerank.engines.verify import judge_threshold
 
-            self.threshold = default_threshold("text" if self.engine == "text" else "model", "mine")
+            self.threshold = judge_threshold(None, self.engine, "mine")
         return self
 
 

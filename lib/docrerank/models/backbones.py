@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from docrerank.models import qwen_vl
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM, load_tokenizer, resolve_dtype, resolve_model_path
 from docrerank.models.prompt_format import MONOQWEN, PromptFormat, resolve_format
-from docrerank.train.config import LoraConfig, ModelConfig
+from docrerank.models.config import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
     from docrerank.data.collate import Batch

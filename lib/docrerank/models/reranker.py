@@ -100,7 +100,7 @@ class Reranker:
     @classmethod
     def _load_vlm(cls, model_dir, card, device, dtype, batch_size, max_pixels, max_seq_len, attn, name):
         from docrerank.models.backbones import build_scorer
-        from docrerank.train.config import LoraConfig, ModelConfig
+        from docrerank.models.config import LoraConfig, ModelConfig
 
         keys = ("prompt_format", "prompt", "instruction", "system_prompt", "true_token", "false_token")
         fields = {k: card[k] for k in keys if card.get(k)}

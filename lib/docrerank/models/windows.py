@@ -61,14 +61,32 @@ def encode_pairs(tokenizer: Any, queries: Sequence[str], texts: Sequence[str], m
 def pool_windows(scores: torch.Tensor, window_of: torch.Tensor, pool: str = "max") -> torch.Tensor:
     """One score per pair from the scores of its windows: the maximum, or ``logsumexp`` (a smooth maximum whose
     gradient reaches every window, weighted by its softmax share)."""
-    from docrerank.train.loss import padded_groups
-
     if pool not in POOLS:
         raise ValueError(f"window pool: got {pool!r}, expected one of {list(POOLS)}")
     mat, _ = padded_groups(scores, window_of, float("-inf"))
     if pool == "max":
         return mat.max(dim=1).values
     return mat.logsumexp(dim=1)
+
+
+def padded_groups(values: torch.Tensor, group_index: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, K) matrix of ``values`` by group (K = largest group) padded with ``fill``, and its validity mask."""
+    import torch
+
+    if values.dim() != 1 or group_index.shape != values.shape:
+        raise ValueError(f"padded_groups: expected 1-D values and group_index of one shape, got "
+                         f"{tuple(values.shape)} and {tuple(group_index.shape)}")
+    g = int(group_index.max()) + 1 if group_index.numel() else 0
+    counts = torch.bincount(group_index, minlength=g)
+    k = int(counts.max()) if g else 0
+    order = torch.argsort(group_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(group_index), device=group_index.device) - starts[group_index[order]]
+    out = torch.full((g, k), fill, dtype=values.dtype, device=values.device)
+    mask = torch.zeros((g, k), dtype=torch.bool, device=values.device)
+    out[group_index[order], col] = values[order]
+    mask[group_index[order], col] = True
+    return out, mask
 
 
 def window_count(page_tokens: int, query_tokens: int, max_len: int, max_windows: int, overlap: int) -> int:

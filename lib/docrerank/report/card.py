@@ -175,10 +175,11 @@ def set_front_matter(readme: str, block: str) -> str:
 
 def write_card(out: storage.Location, cfg, stats: dict) -> None:
     """Write ``card.md`` and ``README.md`` (the same card after a Hugging Face front matter, see ``front_matter``)."""
-    from docrerank.build.stages import verify_threshold
     from docrerank.core.runtime import redact
+    from docrerank.engines.verify import judge_threshold
 
     conf = redact(cfg.model_dump(mode="json"))
+    t_pos, t_neg = (judge_threshold(cfg.verify.threshold, cfg.verify.engine, role) for role in ("positive", "negative"))
     engines = {k: (conf[k]["engine"] if isinstance(conf[k]["engine"], str) else
                    f"{conf[k]['engine']['backend']}: {conf[k]['engine']['model']}")
                for k in ("positives", "verify", "negatives", "rephrase")}
@@ -189,8 +190,8 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
         "## How it was built", "",
         f"- source: `{cfg.input or cfg.pages or cfg.query_pages}`",
         positives_line(cfg),
-        f"- verification: {engines['verify']}, two prompts, thresholds {verify_threshold(cfg, 'positive')} for "
-        f"positives (both >=) and {verify_threshold(cfg, 'negative')} for negatives (both <); text pre-filter: "
+        f"- verification: {engines['verify']}, two prompts, thresholds {t_pos} for "
+        f"positives (both >=) and {t_neg} for negatives (both <); text pre-filter: "
         f"{cfg.verify.prefilter}",
         f"- negatives: {engines['negatives']}, mode `{cfg.negatives.mode}`, {cfg.negatives.num_candidates} per positive",
         f"- selection: {cfg.select.k} per positive, strategy `{cfg.select.strategy}`, seed {cfg.seed}",

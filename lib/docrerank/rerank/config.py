@@ -1,4 +1,4 @@
-"""``jobs.rerank``'s typed config and the reranker spec shared with evaluation."""
+"""``jobs.rerank``'s typed config (the reranker spec it shares with evaluation: ``models.config``)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,7 @@ from pydantic import Field
 
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
-
-
-class RerankerSpec(Config):
-    """A reranker to load (the rerank job's model, each of the evaluation's rerankers): a training output, a merged
-    model, or a base checkpoint (zero-shot)."""
-
-    path: str
-    """``jobs.train_reranker``'s output directory (its model/merged is used), a merged model directory, or a base
-    checkpoint (Qwen2-VL-family: zero-shot MonoQwen prompt; text encoder without a head: embedding cosine)."""
-
-    name: Optional[str] = None
-    """Column name in the report; default: the path's last component."""
-
-    batch_size: Optional[int] = Field(None, ge=1)
-    """Pairs per forward pass; default: 8 (vlm) or 64 (text)."""
-
-    max_pixels: Optional[int] = Field(None, ge=56 * 56)
-    """vlm: pixel cap of a page; default: what the model was trained with (reranker.json), else 1024 tokens."""
-
-    max_seq_len: Optional[int] = Field(None, ge=16)
-    """Token budget of one pair; default: the trained value (reranker.json)."""
+from docrerank.models.config import RerankerSpec
 
 
 class RerankConfig(Config):

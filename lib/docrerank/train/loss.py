@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from docrerank.models.windows import padded_groups
+
 if TYPE_CHECKING:
     import torch
 
@@ -46,24 +48,6 @@ def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor, weights: Optional
     if total <= 0:
         raise ValueError("weights: expected a positive sum, got 0")
     return (w * ce).sum() / total
-
-
-def padded_groups(values: torch.Tensor, group_index: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(G, K) matrix of ``values`` by group (K = largest group) padded with ``fill``, and its validity mask."""
-    import torch
-
-    _check_flat(values.float(), group_index=group_index)
-    g = int(group_index.max()) + 1 if group_index.numel() else 0
-    counts = torch.bincount(group_index, minlength=g)
-    k = int(counts.max()) if g else 0
-    order = torch.argsort(group_index, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    col = torch.arange(len(group_index), device=group_index.device) - starts[group_index[order]]
-    out = torch.full((g, k), fill, dtype=values.dtype, device=values.device)
-    mask = torch.zeros((g, k), dtype=torch.bool, device=values.device)
-    out[group_index[order], col] = values[order]
-    mask[group_index[order], col] = True
-    return out, mask
 
 
 def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
