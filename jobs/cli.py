@@ -10,21 +10,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-# job module -> what it does (the first line of ``docrerank --help``'s list)
-JOBS = {
-    "pipeline": "several jobs as one, from one config (ingest -> build -> mine -> analyse -> train -> evaluate)",
-    "ingest": "PDFs and images -> pages/ (and quarantine/)",
-    "build_dataset": "pages -> hard-negative training data (queries/, examples/, export/, card.md, README.md, viewer/)",
-    "view_dataset": "a browsable HTML viewer of a build output (<output>/viewer/index.html)",
-    "mine_negatives": "document-mined negatives for a build's positives",
-    "analyse_negatives": "how hard and how diverse the negatives are",
-    "train_reranker": "train a reranker on example sets (Ray Train + DeepSpeed)",
-    "evaluate": "rerankers against a first stage on benchmarks or a build's held-out split",
-    "rerank": "score (query, page) pairs from Parquet",
-    "push_to_hub": "publish a build output or a trained reranker to the Hugging Face Hub, with its card",
-}
-ALIASES = {"build": "build_dataset", "view": "view_dataset", "mine": "mine_negatives", "analyse": "analyse_negatives",
-           "analyze": "analyse_negatives", "train": "train_reranker", "eval": "evaluate", "push": "push_to_hub"}
+PIPELINE = "several jobs as one, from one config (ingest -> build -> mine -> analyse -> train -> evaluate)"
+
+
+def _declared() -> tuple[dict[str, str], dict[str, str]]:
+    """(job -> what it does, short name -> job), from the jobs' declarations (``docrerank/<package>/job.py``)."""
+    from docrerank.pipeline.steps import JOBS as DECLARED
+
+    jobs = {"pipeline": PIPELINE, **{name: job.summary for name, job in DECLARED.items()}}
+    return jobs, {alias: name for name, job in DECLARED.items() for alias in job.aliases}
+
+
+JOBS, ALIASES = _declared()
 
 
 def usage() -> str:
@@ -38,7 +35,8 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``argv`` (default: the command line) to ``jobs.<job>.main``; return its exit status."""
+    """Dispatch ``argv`` (default: the command line) to ``jobs.<job>.main`` (the job's ``JOB.main``); return its exit
+    status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

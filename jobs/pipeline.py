@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     runtime.setup_logging()
 
-    def echo(text: str) -> None:
-        print(f"\n{text}", flush=True)
+    def echo(text: str) -> None:  # each step's report, as its job prints it, after one blank line
+        print(f"\n{text.lstrip(chr(10))}", flush=True)
 
     results = runtime.run_job("pipeline", cfg, lambda: run_pipeline(cfg, ns.address, echo=echo),
                               summarise=lambda rs: [asdict(r) for r in rs])

@@ -1,48 +1,10 @@
-"""Publish a dataset build output or a trained reranker to the Hugging Face Hub (a separate, explicit step: no
-other job pushes anything).
-
-    python -m jobs.push_to_hub path=out/local repo_id=me/my-hard-negatives license=cc-by-4.0
-    python -m jobs.push_to_hub path=out/train_local repo_id=me/my-reranker evaluation=out/eval_local
-
-A dataset goes up with its card (README.md: configs export/examples/mined, the Image feature, funnel, settings),
-stats.json and the example tables; a model with its card (plus the evaluation table when ``evaluation`` is set),
-the merged weights, the LoRA adapter under adapter/ and train_config.json. One commit per push; the repository is
-created (private by default) when missing. The token is read from $HF_TOKEN (``token_env``). ``--plan`` lists the
-files that would be uploaded, without contacting the Hub.
-"""
-
-from __future__ import annotations
+"""``python -m jobs.push_to_hub``: the job declared in ``docrerank/hub/job.py`` (``--help`` describes it)."""
 
 import sys
 
+from docrerank.hub.job import JOB
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the job with ``argv`` (default: the command line); return the exit status."""
-    from docrerank.core.config import parse_job_args
-    from docrerank.hub.config import PushConfig
-
-    cfg, ns = parse_job_args(PushConfig, argv, prog="python -m jobs.push_to_hub", description=__doc__)
-    from docrerank.core import runtime
-    from docrerank.hub.push import local_copy, plan_upload, push
-
-    if ns.plan:
-        try:
-            with local_copy(cfg.path) as root:
-                up = plan_upload(cfg, root)
-        except (ValueError, OSError) as e:
-            print(f"push_to_hub cannot start: {e}", file=sys.stderr)
-            return 1
-        print(runtime.format_table([f"{up.repo_type} {up.repo_id}: file", "bytes"],
-                                   [[p, len(s) if isinstance(s, bytes) else s.stat().st_size] for p, s in up.files]))
-        print(f"{len(up.files)} files, {up.size()} bytes, one commit; private={cfg.private}")
-        return 0
-    runtime.setup_logging()
-    res = runtime.run_job("push_to_hub", cfg, lambda: push(cfg), errors=(ValueError, RuntimeError, OSError))
-    if res is None:
-        return 1
-    print(runtime.format_table(["push_to_hub", "value"], [[k, v] for k, v in res.items()]))
-    return 0
-
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

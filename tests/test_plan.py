@@ -288,3 +288,32 @@ def test_plan_section_lists_models_with_their_source(tiny_vlm, tmp_path):
     stages = {r[0]: r for r in next(s for s in report.sections if s.title == "stages").rows}
     assert stages["verify positives"][2] == "152"  # 76 pages x 1 given positive x 2 prompts
     assert json.dumps(report.problems) == "[]"
+
+
+def test_image_tokens_per_model_family(tmp_path):
+    from docrerank.models.tokens import page_image_tokens, token_side
+
+    assert page_image_tokens("Qwen/Qwen2-VL-2B-Instruct", 802_816) == 1024  # 28 x 28 pixels per token
+    assert page_image_tokens("Qwen/Qwen2.5-VL-3B-Instruct", 802_816) == 1024
+    assert page_image_tokens("Qwen/Qwen3-VL-2B-Instruct", 802_816) == 784  # 32 x 32
+    assert page_image_tokens("mistralai/Pixtral-12B-2409", 802_816) == 3136  # 16 x 16
+    local = tmp_path / "my-model"  # a local directory: its config's model_type decides, not its name
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    assert token_side(str(local)) == 32
+
+
+def test_train_plan_counts_a_qwen3_vl_page_as_qwen3_vl_sees_it(examples, tmp_path):
+    # It counted every model at 28 x 28 pixels per token: 31% too many tokens (and GPU-hours) for Qwen3-VL pages.
+    from docrerank.train.config import TrainConfig
+    from docrerank.train.plan import PROMPT_TOKENS, plan_train
+
+    per_example = {}
+    for model in ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"):
+        cfg = TrainConfig(output=str(tmp_path / "o"), data={"sources": [{"path": examples}]},
+                          model={"backbone": "vlm", "path": model})
+        report = plan_train(cfg, plan.Resources(2.0, 0.0, "test"))
+        row = next(s for s in report.sections if s.title == "stages").rows[0]
+        per_example[model] = int(row[3].replace(",", "")) / int(row[2].replace(",", ""))
+    assert per_example["Qwen/Qwen2-VL-2B-Instruct"] == 1024 + PROMPT_TOKENS
+    assert per_example["Qwen/Qwen3-VL-2B-Instruct"] == 784 + PROMPT_TOKENS

@@ -27,7 +27,8 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.engines.plan import STAGE_HEADER, StageCost, image_tokens, reuses_prefix, stage_cost, text_tokens
+from docrerank.models.tokens import page_image_tokens
+from docrerank.engines.plan import STAGE_HEADER, StageCost, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import PoolPlan, plan_pools
 from docrerank.models.sources import model_source
 from docrerank.prompts import load_prompt
@@ -91,11 +92,11 @@ def stage_costs(cfg: BuildConfig, pages: int, opts: PlanOptions) -> list[StageCo
     kept = min(candidates, cfg.verify.max_positives)
     if not given:
         e = cfg.positives.engine
-        prompt = image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.positives.prompt)
+        prompt = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.positives.prompt)
         costs.append(stage_cost("positives", e, pages, pages * prompt, pages * cfg.positives.max_tokens, opts))
     if isinstance(cfg.verify.engine, EngineConfig):
         e = cfg.verify.engine
-        prefix = image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.verify.prompt, ("prompt_a", "prompt_b"))
+        prefix = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.verify.prompt, ("prompt_a", "prompt_b"))
         for stage, per_page in (("verify positives", 2 * candidates),
                                 ("verify negatives", 2 * kept * cfg.negatives.num_candidates)):
             calls = pages * per_page

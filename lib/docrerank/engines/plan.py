@@ -27,14 +27,6 @@ def gpus_per_actor(engine: EngineConfig) -> float:
         return float(engine.ray.num_gpus or 0)
 
 
-def image_tokens(model: str, max_pixels: int) -> int:
-    """Language-model tokens of one page at ``max_pixels``: 28x28 pixels per token for Qwen2/2.5-VL (14-pixel
-    patches merged 2x2), 32x32 for Qwen3-VL, 16x16 for Pixtral; other models are counted like Qwen2-VL."""
-    name = model.lower()
-    side = 32 if "qwen3" in name else 16 if "pixtral" in name else 28
-    return max(1, max_pixels // (side * side))
-
-
 def text_tokens(text: str) -> int:
     """Tokens of ``text``, estimated from its length."""
     return max(1, round(len(text) / CHARS_PER_TOKEN))

@@ -21,7 +21,8 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.engines.plan import STAGE_HEADER, image_tokens, reuses_prefix, stage_cost, text_tokens
+from docrerank.models.tokens import page_image_tokens
+from docrerank.engines.plan import STAGE_HEADER, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import plan_pools
 from docrerank.mine.config import MineConfig
 from docrerank.models.sources import model_source
@@ -69,7 +70,7 @@ def plan_mine(cfg: MineConfig, res: Resources, opts: Optional[PlanOptions] = Non
                         fmt_count(queries), "", "", "?" if cfg.retriever == "colpali" else "0"])
     if engine is not None and queries is not None:
         tmpl = load_prompt(cfg.filter.prompt)
-        prefix = image_tokens(engine.model, engine.max_pixels) + max(
+        prefix = page_image_tokens(engine.model, engine.max_pixels) + max(
             text_tokens(tmpl.get("prompt_a", "")), text_tokens(tmpl.get("prompt_b", "")))
         calls = queries * 2 * (cfg.top_n - 1)
         judged_pages = queries * (cfg.top_n - 1)

@@ -238,8 +238,9 @@ def prompt_format_of(cfg: ModelConfig, path: str) -> PromptFormat:
 def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
     """Fail before training when a page at the pixel cap cannot fit ``max_seq_len`` (no weights loaded)."""
     proc = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
-    patch = getattr(proc, "patch_size", 14) * getattr(proc, "merge_size", 2)
-    image_tokens = cfg.max_pixels // (patch * patch)
+    from docrerank.models.tokens import tokens_at
+
+    image_tokens = tokens_at(cfg.max_pixels, getattr(proc, "patch_size", 14) * getattr(proc, "merge_size", 2))
     need = len(prompt_format_of(cfg, path).prompt_ids(load_tokenizer(path), "")) - 1 + image_tokens
     if need > cfg.seq_len:
         raise ValueError(f"model.max_seq_len={cfg.seq_len} cannot hold a page at model.max_pixels={cfg.max_pixels}: "

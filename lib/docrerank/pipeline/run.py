@@ -22,7 +22,8 @@ from typing import Callable
 
 from docrerank.core import runtime, storage
 from docrerank.pipeline.config import PipelineConfig
-from docrerank.pipeline.steps import STEPS, Step
+from docrerank.core.job import Job
+from docrerank.pipeline.steps import STEPS
 
 log = logging.getLogger("docrerank.pipeline")
 
@@ -46,13 +47,13 @@ def fingerprint(cfg, upstream: str) -> str:
     return hashlib.sha256(f"{upstream}|{dump}".encode()).hexdigest()[:24]
 
 
-def marker_location(step: Step, cfg) -> storage.Location | None:
+def marker_location(step: str, cfg) -> storage.Location | None:
     """``<output>/_meta/pipeline-<step>.json``, or None for a step without an output."""
     output = getattr(cfg, "output", None)
-    return storage.resolve(output).join("_meta", f"pipeline-{step.name}.json") if output else None
+    return storage.resolve(output).join("_meta", f"pipeline-{step}.json") if output else None
 
 
-def read_marker(step: Step, cfg) -> dict | None:
+def read_marker(step: str, cfg) -> dict | None:
     """The step's marker, or None when it has none (never finished, or no output)."""
     loc = marker_location(step, cfg)
     if loc is None or not storage.exists(loc):
@@ -60,18 +61,18 @@ def read_marker(step: Step, cfg) -> dict | None:
     try:
         return json.loads(storage.read_bytes(loc))
     except (ValueError, OSError) as e:  # a damaged marker only costs a rerun of the step
-        log.warning("%s: unreadable marker %s (%s): running the step again", step.name, loc.uri, e)
+        log.warning("%s: unreadable marker %s (%s): running the step again", step, loc.uri, e)
         return None
 
 
-def start_checks(step: Step, cfg, address: str | None) -> Callable[[], list[str]]:
+def start_checks(job: Job, cfg, address: str | None) -> Callable[[], list[str]]:
     """The ``checks`` of a step's ``run_job``: its job's plan, written to the run log (the console gets the problems
     only, as ``<job> cannot start: ...``)."""
     def checks() -> list[str]:
         from docrerank.core import runlog
         from docrerank.core.plan import format_report
 
-        report = step.plan(cfg, address)
+        report = job.make_plan(cfg, address)
         rl = runlog.active()
         if rl is not None:
             rl.write(format_report(report) + "\n")
@@ -91,15 +92,15 @@ def plan_pipeline(cfg: PipelineConfig, address: str | None = None) -> tuple[str,
     from docrerank.core.plan import format_report
 
     for i, name in enumerate(cfg.chosen, 1):
-        step, scfg = STEPS[name], getattr(cfg, name)
-        report = step.plan(scfg, address)
+        job, scfg = STEPS[name], getattr(cfg, name)
+        report = job.make_plan(scfg, address)
         waiting = [p for p in report.problems if _made_by(p, earlier)]
         report.problems = [p for p in report.problems if p not in waiting]
         ok &= report.ok
         text = format_report(report)
         if waiting:
             text += "\nwaiting for earlier steps (their outputs do not exist yet):\n" + "\n".join(f"  - {p}" for p in waiting)
-        parts.append(f"== step {i} of {len(cfg.chosen)}: {name} (jobs.{step.job}) ==\n{text}")
+        parts.append(f"== step {i} of {len(cfg.chosen)}: {name} (jobs.{job.name}) ==\n{text}")
         out = getattr(scfg, "output", None)
         if out:
             earlier += [out, storage.resolve(out).uri]
@@ -116,39 +117,39 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable
     names = cfg.chosen
     try:
         for i, name in enumerate(names):
-            step, scfg = STEPS[name], getattr(cfg, name)
+            job, scfg = STEPS[name], getattr(cfg, name)
             fp = fingerprint(scfg, upstream)
-            marker = read_marker(step, scfg)
+            marker = read_marker(name, scfg)
             if marker and marker.get("fingerprint") == fp and name not in cfg.rerun:
                 log.info("%s: finished %s with the same config and inputs: skipped", name, marker.get("finished"))
-                results.append(StepResult(name, "skipped", 0.0, marker.get("headline", ""), step.outputs(scfg),
+                results.append(StepResult(name, "skipped", 0.0, marker.get("headline", ""), job.outputs(scfg),
                                           f"finished {marker.get('finished')}"))
                 upstream = marker["run_id"]
                 continue
             why = "rerun requested" if name in cfg.rerun else ("config or inputs changed" if marker else "")
-            log.info("%s: running jobs.%s%s", name, step.job, f" ({why})" if why else "")
-            if step.ray(scfg) and ray_mode is None:
+            log.info("%s: running jobs.%s%s", name, job.name, f" ({why})" if why else "")
+            if job.needs_ray(scfg) and ray_mode is None:
                 ray_mode = runtime.init_ray(address)
-            if step.ray(scfg):
-                runtime.configure_ray_data(step.progress)
+            if job.needs_ray(scfg):
+                runtime.configure_ray_data(job.progress)
             t0 = time.perf_counter()
-            result = runtime.run_job(step.job, scfg, lambda: step.run(scfg), summarise=step.summarise,
-                                     errors=step.errors, checks=start_checks(step, scfg, address))
+            result = runtime.run_job(job.name, scfg, lambda: job.run(scfg, log.info), summarise=job.summarise,
+                                     errors=job.errors, checks=start_checks(job, scfg, address))
             seconds = round(time.perf_counter() - t0, 1)
             if result is None:
-                results.append(StepResult(name, "failed", seconds, reason=f"jobs.{step.job} failed (see above)"))
+                results.append(StepResult(name, "failed", seconds, reason=f"jobs.{job.name} failed (see above)"))
                 results += [StepResult(n, "not run", reason=f"{name} failed") for n in names[i + 1:]]
                 break
-            headline = step.headline(result)
+            headline = job.headline(result)
             run_id = uuid.uuid4().hex[:16]
-            loc = marker_location(step, scfg)
+            loc = marker_location(name, scfg)
             if loc is not None:
                 runtime.write_json(loc, {
-                    "step": name, "job": step.job, "fingerprint": fp, "run_id": run_id, "upstream": upstream,
+                    "step": name, "job": job.name, "fingerprint": fp, "run_id": run_id, "upstream": upstream,
                     "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "seconds": seconds, "headline": headline, "outputs": step.outputs(scfg)})
-            echo(step.report(scfg, result))
-            results.append(StepResult(name, "ran", seconds, headline, step.outputs(scfg)))
+                    "seconds": seconds, "headline": headline, "outputs": job.outputs(scfg)})
+            echo(job.report(scfg, result))
+            results.append(StepResult(name, "ran", seconds, headline, job.outputs(scfg)))
             upstream = run_id
     finally:
         if ray_mode == "local":

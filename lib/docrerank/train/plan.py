@@ -2,7 +2,8 @@
 groups and steps (the same mix plan the job makes: group ids only, no images read), the model and where it loads
 from, the workers' GPUs and CPUs against the cluster, tokens and GPU-hours, and the paths.
 
-GPU time: tokens per example = the page's image tokens (``model.max_pixels`` / 28^2) + the prompt; a training
+GPU time: tokens per example = the page's image tokens (``models.tokens``: ``model.max_pixels`` / 28^2 for
+Qwen2/2.5-VL, / 32^2 for Qwen3-VL) + the prompt; a training
 step costs about three forward passes (forward, backward, recomputation under gradient checkpointing), so the
 default rate is the inference prompt-token figure (``core.plan.throughput_for``) divided by 3.
 """
@@ -24,6 +25,7 @@ from docrerank.core.plan import (
 )
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM
 from docrerank.models.sources import model_source
+from docrerank.models.tokens import page_image_tokens
 from docrerank.train.config import TrainConfig
 
 TRAIN_COST = 3.0  # forward + backward + recomputation, in forward passes
@@ -74,7 +76,7 @@ def plan_train(cfg: TrainConfig, res: Resources, opts: Optional[PlanOptions] = N
     cost = report.section("stages", ["stage", "model", "examples", "tokens", "GPU-h", "wall h"])
     examples = None if steps is None else steps * cfg.data.groups_per_device * cfg.optim.grad_accum * workers \
         * EXAMPLES_PER_GROUP
-    tokens_per_example = (cfg.model.max_pixels // (28 * 28) + PROMPT_TOKENS if cfg.model.backbone == "vlm"
+    tokens_per_example = (page_image_tokens(path, cfg.model.max_pixels) + PROMPT_TOKENS if cfg.model.backbone == "vlm"
                           else cfg.model.seq_len)
     tokens = None if examples is None else examples * tokens_per_example
     figure, source = throughput_for(path, opts)
