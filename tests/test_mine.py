@@ -11,7 +11,7 @@ import pytest
 from docrerank.core.schema import is_heldout
 from docrerank.core.config import load_config
 from docrerank.mine.config import MineConfig
-from docrerank.mine.logic import seeded_order, select_negatives
+from docrerank.mine.logic import MinedQuery, seeded_order, select_negatives
 from docrerank.mine.run import run_mine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,8 +200,9 @@ def test_query_page_set_input(ray_local, build, tmp_path):
 def test_sampling_is_seeded_per_query_and_replaces_false_negatives():
     cands = [f"p{i}" for i in range(9)]
     assert seeded_order(cands, 0, "q1") == seeded_order(cands, 0, "q1") != seeded_order(cands, 1, "q1")
-    qs = [{"query_id": "q1", "order": seeded_order(cands, 0, "q1")}, {"query_id": "q2", "order": ["a", "b"]}]
-    bad = set(qs[0]["order"][:2])
+    qs = [MinedQuery("q1", "p1", "revenue?", order=seeded_order(cands, 0, "q1")),
+          MinedQuery("q2", "p2", "profit?", order=["a", "b"])]
+    bad = set(qs[0].order[:2])
     calls = []
 
     def judge(jobs):
@@ -209,8 +210,23 @@ def test_sampling_is_seeded_per_query_and_replaces_false_negatives():
         return [(1.0, 1.0, None) if p in bad else (0.0, 0.0, None) for _, p in jobs]
 
     select_negatives(qs, 3, judge)
-    assert qs[0]["negatives"] == qs[0]["order"][2:5] and qs[0]["false_negatives"] == qs[0]["order"][:2]
-    assert qs[1]["negatives"] == ["a", "b"] and calls == [5, 2]  # judged only what could be used
+    assert qs[0].negatives == qs[0].order[2:5] and qs[0].false_negatives == qs[0].order[:2]
+    assert qs[1].negatives == ["a", "b"] and calls == [5, 2]  # judged only what could be used
+    assert qs[0].judged[qs[0].order[0]] == (1.0, 1.0) and qs[0].judged[qs[0].order[2]] == (0.0, 0.0)
+
+
+def test_the_mining_state_round_trips_through_its_arrow_type():
+    from docrerank.mine.logic import batches_from_arrow, batches_to_arrow, finish_status
+
+    done = MinedQuery("q1", "p1", "revenue?", candidates=["a", "b"], order=["b", "a"], retrieved=3, positive_rank=1,
+                      negatives=["b"], false_negatives=["a"], judged={"a": (0.9, 0.8), "b": (0.1, 0.2)})
+    finish_status(done, k=2, min_negatives=1)
+    assert (done.status, done.reason) == ("short", "false_negatives")
+    fresh = MinedQuery("q2", "p2", "")
+    fresh.skip("no_query_text")
+    arr = batches_to_arrow([[done, fresh], []])
+    assert batches_from_arrow(arr) == [[done, fresh], []]
+    assert arr.type.value_type.field("status").type == "string"
 
 
 def test_config_errors_name_the_key():

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from docrerank.build.config import BuildConfig
-from docrerank.build.plan import model_pools, stage_costs
+from docrerank.build.plan import model_pools, model_stages, stage_costs
 from docrerank.core import plan, runtime
 from docrerank.core.config import load_config
 from docrerank.models import sources
@@ -83,7 +83,7 @@ def test_plan_runs_on_every_shipped_config(config, tmp_path, capsys):
     assert not (tmp_path / "out").exists(), "--plan must leave no trace"
     if config.stem == "build_paper":
         # 3 distinct models: Pixtral, the judge shared by both verify stages, the rewriter (1 actor each at least)
-        assert "needs 3 GPUs at once" in out and "verify positives, verify negatives" in out
+        assert "needs 3 GPUs at once" in out and "verify_positives, verify_negatives" in out
         assert "counted with PyMuPDF" in out and "; 2 files" in out
         assert "not (fully) in the local Hugging Face cache and HF_HUB_OFFLINE=1" in out
     if config.stem.startswith("train_paper"):
@@ -110,7 +110,7 @@ def test_a_job_needing_more_gpus_than_the_cluster_has_fails_at_start_with_the_nu
             f"verify.engine={{backend: hf, model: {tiny_vlm}, ray: {{num_gpus: 1, concurrency: 64, min_actors: 64}}}}"]
     rc, out, _ = run_main("build_dataset", argv + ["--plan"], capsys)
     assert rc == 1 and "needs 64 GPUs at once" in out
-    assert "verify positives, verify negatives" in out  # one pool for the judge of both verify stages
+    assert "verify_positives, verify_negatives" in out  # one pool for the judge of both verify stages
     rc, out, err = run_main("build_dataset", argv, capsys)
     assert rc == 1
     assert "build_dataset cannot start: " in err and "needs 64 GPUs at once" in err and "cluster has" in err
@@ -137,21 +137,30 @@ def test_calls_per_stage_follow_the_method():
         "rephrase": {"engine": {"backend": "vllm", "model": "org/LLM-7B"}, "fraction": 0.5}})
     costs = {c.stage: c for c in stage_costs(cfg, 10, cfg.plan)}
     assert {s: c.calls for s, c in costs.items()} == {
-        "positives": 10, "verify positives": 10 * 4 * 2, "negatives": 10, "verify negatives": 10 * 12 * 2,
+        "positives": 10, "verify_positives": 10 * 4 * 2, "negatives": 10, "verify_negatives": 10 * 12 * 2,
         "rephrase": 5}
     assert costs["positives"].output_tokens == 10 * 100 and costs["negatives"].output_tokens == 10 * 50
+    # the plan's stages are the running stages, by the names their metrics and pools use (one definition)
+    from docrerank.build.run import stage_engines
+    from docrerank.build.stages import VerifyStage
+
+    assert set(costs) == set(stage_engines(cfg)) == {s for s, _ in model_stages(cfg)}
+    text_judge = BuildConfig.model_validate({"pages": "x", "output": "y", "positives_file": "q.jsonl",
+                                             "verify": {"engine": "text"}})
+    assert [VerifyStage(text_judge, role).name for role in ("positive", "negative")] == ["verify_positives",
+                                                                                       "verify_negatives"]
     # prefix caching: the 100 image tokens + instruction are encoded once per page and prompt, queries per call
-    v = costs["verify negatives"]
+    v = costs["verify_negatives"]
     assert v.prompt_tokens < v.calls * 100 and v.prompt_tokens > 10 * 2 * 100
     no_cache = cfg.verify.engine.model_copy(update={"vllm": cfg.verify.engine.vllm.model_copy(
         update={"enable_prefix_caching": False})})
     cfg2 = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"engine": no_cache})})
-    assert {c.stage: c for c in stage_costs(cfg2, 10, cfg.plan)}["verify negatives"].prompt_tokens > v.calls * 100
+    assert {c.stage: c for c in stage_costs(cfg2, 10, cfg.plan)}["verify_negatives"].prompt_tokens > v.calls * 100
     # throughput: configured figures win over the default, and the report says which was used
     assert "default" in v.figure and v.gpu_s > 0
     cfg.plan.throughput["org/Judge-7B"] = plan.Throughput(prompt_tokens_per_s=1000.0, output_tokens_per_s=10.0)
     cfg3 = BuildConfig.model_validate(cfg.model_dump())
-    v3 = {c.stage: c for c in stage_costs(cfg3, 10, cfg3.plan)}["verify negatives"]
+    v3 = {c.stage: c for c in stage_costs(cfg3, 10, cfg3.plan)}["verify_negatives"]
     assert "configured" in v3.figure
     assert v3.gpu_s == pytest.approx(v3.prompt_tokens / 1000 + v3.output_tokens / 10)
 
@@ -162,7 +171,7 @@ def test_one_pool_per_distinct_model():
     cfg = BuildConfig.model_validate({"pages": "x", "output": "y", "positives_file": "q.jsonl",
                                       "verify": {"engine": judge}, "negatives": {"engine": {"model": "org/L"}}})
     pools = model_pools(cfg).pools  # the pools planner the job starts its pools with
-    assert [p.stages for p in pools] == [["verify positives", "verify negatives"], ["negatives"]]
+    assert [p.stages for p in pools] == [["verify_positives", "verify_negatives"], ["negatives"]]
     assert (pools[0].min_actors, pools[0].shape.gpus) == (3, 2.0)  # GPUs per actor from tensor parallelism
     bad = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"engine": cfg.verify.engine.model_copy(
         update={"ray": cfg.verify.engine.ray.model_copy(update={"num_gpus": 0})})})})
@@ -286,7 +295,7 @@ def test_plan_section_lists_models_with_their_source(tiny_vlm, tmp_path):
     models = next(s for s in report.sections if s.title == "models")
     assert models.rows[0][0] == tiny_vlm and models.rows[0][3] == "local"
     stages = {r[0]: r for r in next(s for s in report.sections if s.title == "stages").rows}
-    assert stages["verify positives"][2] == "152"  # 76 pages x 1 given positive x 2 prompts
+    assert stages["verify_positives"][2] == "152"  # 76 pages x 1 given positive x 2 prompts
     assert json.dumps(report.problems) == "[]"
 
 

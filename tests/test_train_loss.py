@@ -13,7 +13,6 @@ from docrerank.train.loss import (
     example_weights,
     listwise_loss,
     padded_groups,
-    pairwise_accuracy,
     pairwise_counts,
     pointwise_loss,
 )
@@ -95,13 +94,11 @@ def test_padded_groups():
     assert vals[0, :2].tolist() == [2.0, 4.0] and vals[1].tolist() == [1.0, 3.0, 5.0]
 
 
-def test_pairwise_accuracy_counts_pairs_within_groups_only():
+def test_pairwise_counts_count_pairs_within_groups_only():
     scores = torch.tensor([0.9, 0.1, 0.95, 0.9, 0.2, 0.5, 0.5])
     labels = torch.tensor([1, 0, 0, 0, 1, 0, 0])
     gidx = torch.tensor([0, 0, 0, 0, 1, 1, 1])
     # group 0: 0.9 > 0.1 yes, > 0.95 no, = 0.9 tie (half); group 1: 0.2 < 0.5 twice. The 0.95 of group 0 is never
     # compared with group 1's positive.
     assert pairwise_counts(scores, labels, gidx) == (1.5, 5)
-    assert pairwise_accuracy(scores, labels, gidx) == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="no \\(positive, negative\\) pair"):
-        pairwise_accuracy(scores[:1], labels[:1], gidx[:1])
+    assert pairwise_counts(scores[:1], labels[:1], gidx[:1]) == (0.0, 0)  # no (positive, negative) pair

@@ -12,8 +12,6 @@ from docrerank.engines.config import EngineConfig
 from docrerank.render.config import IngestOptions
 from docrerank.lexical.rules import ATTRIBUTES
 
-ModelFree = Literal["rules", "text", "given"]
-
 
 class UserAttributeConfig(Config):
     """An attribute of your domain that negatives may change (attributes mode)."""

@@ -16,6 +16,7 @@ import importlib.util
 from typing import Optional, Union
 
 from docrerank.build.config import BuildConfig
+from docrerank.build.stages import VerifyStage, model_stage_engines
 from docrerank.core.plan import (
     PlanOptions,
     PlanReport,
@@ -40,11 +41,7 @@ GIVEN_PER_PAGE = 1  # given positives per page, estimated (the sample corpus has
 
 def model_stages(cfg: BuildConfig) -> list[tuple[str, Union[str, EngineConfig]]]:
     """(stage, engine config or model-free engine name) in order."""
-    out = [("positives", cfg.positives.engine), ("verify positives", cfg.verify.engine),
-           ("negatives", cfg.negatives.engine), ("verify negatives", cfg.verify.engine)]
-    if cfg.rephrase.engine != "none":
-        out.append(("rephrase", cfg.rephrase.engine))
-    return out
+    return [(stage, e) for stage, e in model_stage_engines(cfg).items() if stage != "rephrase" or e != "none"]
 
 
 def model_pools(cfg: BuildConfig) -> PoolPlan:
@@ -97,8 +94,8 @@ def stage_costs(cfg: BuildConfig, pages: int, opts: PlanOptions) -> list[StageCo
     if isinstance(cfg.verify.engine, EngineConfig):
         e = cfg.verify.engine
         prefix = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.verify.prompt, ("prompt_a", "prompt_b"))
-        for stage, per_page in (("verify positives", 2 * candidates),
-                                ("verify negatives", 2 * kept * cfg.negatives.num_candidates)):
+        for stage, per_page in ((VerifyStage.name_of("positive"), 2 * candidates),
+                                (VerifyStage.name_of("negative"), 2 * kept * cfg.negatives.num_candidates)):
             calls = pages * per_page
             prompt = (pages * 2 * prefix + calls * QUERY_TOKENS) if reuses_prefix(e) else calls * (prefix + QUERY_TOKENS)
             costs.append(stage_cost(stage, e, calls, prompt, calls, opts))

@@ -24,6 +24,7 @@ from docrerank.build.stages import (
     RephraseStage,
     SelectStage,
     VerifyStage,
+    model_stage_engines,
 )
 from docrerank.build.write import MARKER, OUTPUT_TABLES, WriteStage, done_pages
 from docrerank.core import storage
@@ -51,10 +52,7 @@ MODEL_FREE_CPUS = 0.9
 def stage_engines(cfg: BuildConfig) -> dict:
     """The engine config of every model stage, by stage name (``engines.pool.plan_pools`` takes this; the two
     verification stages name the same judge, so they share its pool)."""
-    engines = {"positives": cfg.positives.engine, "verify_positives": cfg.verify.engine,
-               "negatives": cfg.negatives.engine, "verify_negatives": cfg.verify.engine,
-               "rephrase": cfg.rephrase.engine}
-    return {stage: e for stage, e in engines.items() if not isinstance(e, str)}
+    return {stage: e for stage, e in model_stage_engines(cfg).items() if not isinstance(e, str)}
 
 
 def stage_specs(cfg: BuildConfig, vocab: dict, given: dict, done: set, limit_ids, write_pages: bool,

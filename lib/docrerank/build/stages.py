@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
@@ -156,10 +156,15 @@ class VerifyStage(BuildStage):
     """Stages 2 and 4: both prompts judge every pending query of one role (``engines.verify``); positives are
     verified when both find the page answers them, negatives when neither does."""
 
+    @staticmethod
+    def name_of(role: str) -> str:
+        """The stage's name for ``role``: ``verify_positives`` or ``verify_negatives`` (metrics, pools, plans)."""
+        return f"verify_{role}s"
+
     def __init__(self, cfg: BuildConfig, role: str, pools=None):
         if role not in ("positive", "negative"):
             raise ValueError(f"VerifyStage role: got {role!r}, expected 'positive' or 'negative'")
-        self.role, self.cfg, self.name = role, cfg.verify, f"verify_{role}s"
+        self.role, self.cfg, self.name = role, cfg.verify, self.name_of(role)
         self.judge = "text" if self.cfg.engine == "text" else _engine(self.cfg.engine, self.name, pools)
         self.prompt = load_prompt(self.cfg.prompt)
         self.threshold = verify_threshold(cfg, role)
@@ -356,3 +361,11 @@ class RephraseStage(BuildStage):
                 if n.parent_id == q.query_id:
                     n.parent_id = r.query_id
             p.state.queries.append(r)
+
+
+def model_stage_engines(cfg: BuildConfig) -> dict[str, Any]:
+    """The engine (an engine config, or a model-free engine's name) of every stage that may call a model, by stage
+    name, in order: the one list the job's pools (``build.run``) and its plan (``build.plan``) read."""
+    return {PositivesStage.name: cfg.positives.engine, VerifyStage.name_of("positive"): cfg.verify.engine,
+            NegativesStage.name: cfg.negatives.engine, VerifyStage.name_of("negative"): cfg.verify.engine,
+            RephraseStage.name: cfg.rephrase.engine}

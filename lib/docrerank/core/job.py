@@ -25,9 +25,6 @@ def _no_outputs(cfg: Any) -> tuple[str, list[str]]:
     return "", []
 
 
-def _output_dir(cfg: Any) -> str:
-    return getattr(cfg, "output", None) or ""
-
 
 @dataclass(frozen=True)
 class Job:

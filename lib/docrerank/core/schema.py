@@ -1,4 +1,4 @@
-"""Every table's Arrow schema and every id, in one place (see docs/design.md, "Tables").
+"""Every table's Arrow schema and every id, in one place.
 
 Ids are content hashes, so reruns and resumed runs give the same ids:
 ``doc_id_of`` (a document's bytes), ``page_id_of`` (document + page number), ``query_id`` (page + role + text),
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields
 from functools import cache
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 
 # ------------------------------------------------------------------------------------------------- ids
@@ -198,6 +198,11 @@ def page_status_schema():
 
 
 # ------------------------------------------------------------------------------------ build pipeline state
+Role = Literal["positive", "negative"]
+Origin = Literal["given", "generated", "rephrased", "rules", "mined"]
+Verdict = Literal["verified", "kept", "rejected"]
+
+
 @dataclass
 class QueryRow:
     """One row of the queries table (``queries_schema()``): a candidate query and, once judged, its verdict."""
@@ -205,20 +210,20 @@ class QueryRow:
     query_id: str
     page_id: str
     text: str
-    role: str  # positive | negative
-    origin: str  # given | generated | rephrased | rules | mined
+    role: Role
+    origin: Origin
     parent_id: Optional[str] = None
     attribute: Optional[str] = None
     answer: Optional[str] = None
     p_answerable_a: Optional[float] = None
     p_answerable_b: Optional[float] = None
-    verdict: Optional[str] = None  # None while pending; verified (between stages) | kept | rejected
+    verdict: Optional[Verdict] = None  # None while pending; verified between stages
     reason: Optional[str] = None
     model: str = ""
     prompt_version: str = ""
 
     @classmethod
-    def new(cls, page_id: str, text: str, role: str, origin: str, **kw: Any) -> "QueryRow":
+    def new(cls, page_id: str, text: str, role: Role, origin: Origin, **kw: Any) -> "QueryRow":
         """A pending candidate, its id derived from page, role and text."""
         if role not in ("positive", "negative"):
             raise ValueError(f"query role: got {role!r}, expected 'positive' or 'negative'")
@@ -229,7 +234,7 @@ class QueryRow:
         """Not judged yet."""
         return self.verdict is None
 
-    def judged(self, verdict: str, reason: Optional[str] = None) -> None:
+    def judged(self, verdict: Verdict, reason: Optional[str] = None) -> None:
         """Set the verdict and its reason."""
         self.verdict, self.reason = verdict, reason
 

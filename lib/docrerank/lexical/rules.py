@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SENTENCE_START, SUBJECT_METRICS)
 from docrerank.lexical.spans import (CODE, MONTH, NUMBER, NUMBER_KINDS, QUARTER, REFERENCE, REFERENCE_WORDS,
-                                     SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, all_caps, is_year_text, month_of,
+                                     SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, all_caps, month_of,
                                      number_key, number_kind, number_value, own_kind, reference_of, runs)
 from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, swap_terms
 from docrerank.lexical.text import normalize
@@ -293,7 +293,3 @@ def rewrite(query: str, page_text: str, vocab: Vocabulary, attributes: list[str]
                     out.append(cand)
     return out
 
-
-def is_year(text: str) -> bool:
-    """Whether ``text`` is a plain year (1950-2099)."""
-    return is_year_text(text)

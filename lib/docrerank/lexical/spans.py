@@ -30,11 +30,9 @@ from docrerank.lexical.lexicon import (
     SENTENCE_START,
 )
 
-NAME_KINDS = ("company", "person", "place", "product")
 NUMBER_KINDS = ("percent", "money", "scaled", "plain")
 CORPORATE = frozenset("inc incorporated corp corporation company co ltd limited llc llp lp plc ag sa se nv bv gmbh "
                       "pty holdings holding".split())  # suffixes a company is also called without ("Boeing")
-SCALES = ("thousand", "million", "billion", "trillion", "crore", "lakh", "bn", "mn")
 REFERENCE_WORDS = frozenset("page pages section sections table tables figure figures fig chapter chapters appendix step "
                             "steps item items note notes part exhibit no no. number numbers # line lines row column "
                             "error errors code version top".split())

@@ -13,7 +13,6 @@ STOPWORDS = frozenset(
     much many most more less least total amount number value level""".split()
 )
 _TOKEN = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z&'\-]*")
-_YEAR = re.compile(r"^(19|20)\d\d$")
 
 
 def normalize(text: str) -> str:
@@ -55,11 +54,6 @@ def key_tokens(text: str) -> list[str]:
     return out
 
 
-def is_year(tok: str) -> bool:
-    """Whether a token is a year (1900-2099)."""
-    return bool(_YEAR.match(tok))
-
-
 def char_ngrams(text: str, n: int = 3) -> Counter:
     """Counts of the normalised text's character ``n``-grams (padded with a space each side)."""
     t = f" {normalize(text)} "
@@ -78,8 +72,3 @@ def char_similarity(a: str, b: str) -> float:
     """Cosine of character trigram counts: 1 for identical text, near 1 for near-duplicates."""
     return cosine(char_ngrams(a), char_ngrams(b))
 
-
-def token_jaccard(a: str, b: str) -> float:
-    """Jaccard overlap of two texts' content words (1 when both have none)."""
-    sa, sb = set(content_tokens(a)), set(content_tokens(b))
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0

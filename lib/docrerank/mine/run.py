@@ -19,7 +19,7 @@ from collections import Counter
 
 from docrerank.core import storage
 from docrerank.mine.config import ColPaliOptions, MineConfig
-from docrerank.mine.logic import NOT_SEARCHED, SPLITS, status_schema
+from docrerank.mine.logic import NOT_SEARCHED, SPLITS, MinedQuery, batches_to_arrow, status_schema
 from docrerank.mine.stages import FilterStage, MineStage, PageStore, WriteStage
 
 log = logging.getLogger("docrerank.mine")
@@ -205,7 +205,8 @@ def prepare_index(cfg: MineConfig, out: storage.Location, pages_loc: storage.Loc
 
 
 def make_batches(queries: list[dict], split_of_query: dict[str, str], size: int) -> list[dict]:
-    """Dataset rows: the queries of each split in query-id order, ``size`` at a time, shards named by their ids.
+    """Dataset rows: the queries of each split in query-id order, ``size`` at a time, shards named by their ids;
+    ``state``: the batch's ``MinedQuery`` list.
 
     Finished batches are whole, so the queries left after an interruption batch up exactly as before."""
     items = []
@@ -214,8 +215,18 @@ def make_batches(queries: list[dict], split_of_query: dict[str, str], size: int)
         for i in range(0, len(qs), size):
             chunk = qs[i:i + size]
             name = "part-" + _sha(q["query_id"] for q in chunk) + ".parquet"
-            items.append({"name": name, "split": split, "state": json.dumps(chunk)})
+            state = [MinedQuery(q["query_id"], q["page_id"], q["text"]) for q in chunk]
+            items.append({"name": name, "split": split, "state": state})
     return items
+
+
+def batches_table(items: list[dict]):
+    """``make_batches``' rows as a pyarrow Table (the state typed as ``list<mined_query_type()>``)."""
+    import pyarrow as pa
+
+    return pa.table({"name": pa.array([it["name"] for it in items], pa.string()),
+                     "split": pa.array([it["split"] for it in items], pa.string()),
+                     "state": batches_to_arrow([it["state"] for it in items])})
 
 
 def mining_stats(out: storage.Location, input_ids: set[str]) -> dict:
@@ -286,13 +297,13 @@ def run_stages(cfg: MineConfig, items: list[dict], out: storage.Location, plan) 
             stack.enter_context(excluded_from_ray_data(**pools.resources()))
         kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
         stages = [(MineStage, kw), (FilterStage, {**kw, "pools": pools.handles if pools else None}), (WriteStage, kw)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        table = batches_table(items)
+        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(table.num_rows)]).map_batches(
             ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=1, batch_format=batch_format_of(stages),
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=worker["CPU"],
             **({"num_gpus": worker["GPU"]} if "GPU" in worker else {}))
         for batch in ds.iter_batches(batch_size=16, batch_format="pyarrow"):
-            for s in batch.column("status").to_pylist():
-                statuses.update(json.loads(s))
+            statuses.update({s: n for s in WriteStage.STATUSES if (n := sum(batch.column(s).to_pylist()))})
             if pools:
                 pools.check()  # grows the pool; raises when the judge's requests fail too often
         if not pools:

@@ -1,22 +1,25 @@
 """The mining job's Ray Data stages: retrieve (``MineStage``), filter (``FilterStage``), write (``WriteStage``).
 
-One dataset row = one batch of queries (``name`` of its shard, ``split``, ``state``: JSON list of queries); the
-stages run chained in ``core.raydata.ChainStage`` actors (``run_mine`` passes them by class). Also the pieces they
+One dataset row = one batch of queries (``name`` of its shard, ``split``, ``state``: a list of ``MinedQuery``, typed
+as ``list<mined_query_type()>``, as the build carries ``PageState``); the stages run chained in ``core.raydata.ChainStage`` actors (``run_mine`` passes them by class). Also the pieces they
 load once per actor: ``PageStore`` (pages by id) and ``Searcher`` (a split's index). The false-negative filter
 judges with ``engines.verify``, the build's two-prompt verification.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from docrerank.core import storage
-from docrerank.core.raydata import batch_rows, rows_to_columns
 from docrerank.engines.verify import VerifyItem, verify
 from docrerank.mine.config import MineConfig
 from docrerank.mine.logic import (
     SPLITS,
+    MinedQuery,
+    MineStatus,
+    Split,
+    batches_from_arrow,
+    batches_to_arrow,
     candidates_of,
     finish_status,
     group_rows,
@@ -107,10 +110,15 @@ class Searcher:
 # --- Ray Data stages -----------------------------------------------------------------------------------
 
 
+def _with_state(batch, batches: list[list[MinedQuery]]):
+    """``batch`` (a pyarrow Table) with its ``state`` column replaced by ``batches``."""
+    return batch.set_column(batch.schema.get_field_index("state"), "state", batches_to_arrow(batches))
+
+
 class MineStage:
     """Retrieve the top N of each query in its split's index, drop the positive, put the rest in seeded order."""
 
-    batch_format = "numpy"
+    batch_format = "pyarrow"
 
     def __init__(self, cfg: MineConfig, index_uri: str):
         self.cfg, self.index_uri = cfg, index_uri
@@ -125,41 +133,38 @@ class MineStage:
         return self.searchers[split]
 
     def __call__(self, batch):
-        rows = batch_rows(batch)
-        for r in rows:
-            qs = json.loads(r["state"])
-            self.mine(r["split"], qs)
-            r["state"] = json.dumps(qs)
-        return rows_to_columns(rows)
+        batches = batches_from_arrow(batch.column("state"))
+        for split, qs in zip(batch.column("split").to_pylist(), batches):
+            self.mine(split, qs)
+        return _with_state(batch, batches)
 
-    def mine(self, split: str, qs: list[dict]) -> None:
+    def mine(self, split: Split, qs: list[MinedQuery]) -> None:
         """Set every query's candidates and seeded order (or its skip reason) in place."""
         todo = []
-        for q in qs:
-            q.update(candidates=[], order=[], retrieved=0, positive_rank=None, negatives=[], false_negatives=[],
-                     judged={}, judge_errors=0, status=None, reason=None)
+        for i, q in enumerate(qs):
+            q = qs[i] = MinedQuery(q.query_id, q.page_id, q.text)  # a fresh state: nothing of an earlier stage
             if split == "heldout" and self.cfg.heldout == "skip":
-                q["status"], q["reason"] = "skipped", "heldout_not_mined"
-            elif not (q["text"] or "").strip():
-                q["status"], q["reason"] = "skipped", "no_query_text"
-            elif q["page_id"] not in self.store.file_of:
-                q["status"], q["reason"] = "skipped", "page_not_found"
+                q.skip("heldout_not_mined")
+            elif not (q.text or "").strip():
+                q.skip("no_query_text")
+            elif q.page_id not in self.store.file_of:
+                q.skip("page_not_found")
             else:
                 todo.append(q)
         if not todo:
             return
-        run = self._searcher(split).search({q["query_id"]: q["text"] for q in todo}, self.cfg.top_n)
+        run = self._searcher(split).search({q.query_id: q.text for q in todo}, self.cfg.top_n)
         for q in todo:
-            hits = run.get(q["query_id"], {})
-            q["candidates"], q["positive_rank"] = candidates_of(hits, q["page_id"], self.cfg.top_n)
-            q["retrieved"] = min(len(hits), self.cfg.top_n)
-            q["order"] = seeded_order(q["candidates"], self.cfg.seed, q["query_id"])
+            hits = run.get(q.query_id, {})
+            q.candidates, q.positive_rank = candidates_of(hits, q.page_id, self.cfg.top_n)
+            q.retrieved = min(len(hits), self.cfg.top_n)
+            q.order = seeded_order(q.candidates, self.cfg.seed, q.query_id)
 
 
 class FilterStage:
     """Pick each query's negatives from its seeded order, judging candidates with the false-negative filter."""
 
-    batch_format = "numpy"
+    batch_format = "pyarrow"
 
     def __init__(self, cfg: MineConfig, index_uri: str, pools=None):
         self.cfg, self.f = cfg, cfg.filter
@@ -173,24 +178,22 @@ class FilterStage:
             self.prompt = load_prompt(self.f.prompt)
 
     def __call__(self, batch):
-        rows = batch_rows(batch)
-        for r in rows:
-            qs = json.loads(r["state"])
-            todo = [q for q in qs if q["status"] is None]
+        batches = batches_from_arrow(batch.column("state"))
+        for qs in batches:
+            todo = [q for q in qs if q.status is None]
             select_negatives(todo, self.cfg.k, None if self.f.engine == "none" else self.judge, self.f.threshold,
                              self.f.rule)
             for q in todo:
                 finish_status(q, self.cfg.k, self.cfg.min_negatives)
-            r["state"] = json.dumps(qs)
         self.store.cache.clear()
-        return rows_to_columns(rows)
+        return _with_state(batch, batches)
 
-    def judge(self, jobs: list[tuple[dict, str]]) -> list[tuple[float | None, float | None, str | None]]:
+    def judge(self, jobs: list[tuple[MinedQuery, str]]) -> list[tuple[float | None, float | None, str | None]]:
         """(p_a, p_b, error) per (query, page): the text judge, or the VLM's two verify prompts."""
         model = not isinstance(self.judge_with, str)
         pages = self.store.get([p for _, p in jobs], ("text", "image") if model else ("text",))
         found = [i for i, (_, p) in enumerate(jobs) if p in pages]
-        items = [VerifyItem(jobs[i][0]["text"], pages[jobs[i][1]].get("text") or "", pages[jobs[i][1]].get("image"),
+        items = [VerifyItem(jobs[i][0].text, pages[jobs[i][1]].get("text") or "", pages[jobs[i][1]].get("image"),
                             id=jobs[i][1]) for i in found]
         # in front of a model, the text layer only removes what both of its estimates find answerable
         judged = verify(items, self.judge_with, self.prompt, threshold=self.f.threshold,
@@ -202,9 +205,11 @@ class FilterStage:
 
 
 class WriteStage:
-    """Writes a batch's examples shard (mined/ or mined_heldout/), then its mining_status shard (the marker)."""
+    """Writes a batch's examples shard (mined/ or mined_heldout/), then its mining_status shard (the marker).
+    Returns one row per batch: its name and how many of its queries ended in each status."""
 
-    batch_format = "numpy"
+    batch_format = "pyarrow"
+    STATUSES: tuple[MineStatus, ...] = ("complete", "short", "skipped")
 
     def __init__(self, cfg: MineConfig, index_uri: str):
         self.out = storage.resolve(cfg.output)
@@ -215,20 +220,21 @@ class WriteStage:
 
         from docrerank.core.schema import examples_schema
 
-        rows = batch_rows(batch)
-        summary = []
-        for r in rows:
-            qs = json.loads(r["state"])
-            kept = [q for q in qs if q["status"] in ("complete", "short")]
-            pages = self.store.get([p for q in kept for p in [q["page_id"], *q["negatives"]]],
+        names, splits = batch.column("name").to_pylist(), batch.column("split").to_pylist()
+        counts: dict[str, list[int]] = {s: [] for s in self.STATUSES}
+        for name, split, qs in zip(names, splits, batches_from_arrow(batch.column("state"))):
+            kept = [q for q in qs if q.status in ("complete", "short")]
+            pages = self.store.get([p for q in kept for p in [q.page_id, *q.negatives]],
                                    ("image", "image_format", "text"))
             examples = [e for q in kept for e in group_rows(q, pages)]
             if examples:
-                storage.write_table_atomic(self.out.join(SPLITS[r["split"]], r["name"]),
+                storage.write_table_atomic(self.out.join(SPLITS[split], name),
                                            pa.Table.from_pylist(examples, schema=examples_schema()))
-            status = [status_row(q, r["split"]) for q in qs]
-            storage.write_table_atomic(self.out.join("mining_status", r["name"]),
+            status = [status_row(q, split) for q in qs]
+            storage.write_table_atomic(self.out.join("mining_status", name),
                                        pa.Table.from_pylist(status, schema=status_schema()))
             self.store.cache.clear()
-            summary.append({"name": r["name"], "status": json.dumps(Counter(q["status"] for q in qs))})
-        return rows_to_columns(summary)
+            n = Counter(q.status for q in qs)
+            for s in self.STATUSES:
+                counts[s].append(n[s])
+        return pa.table({"name": pa.array(names, pa.string()), **{s: pa.array(c, pa.int64()) for s, c in counts.items()}})

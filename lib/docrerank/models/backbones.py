@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from docrerank.models import qwen_vl
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM, load_tokenizer, resolve_dtype, resolve_model_path
-from docrerank.models.prompt_format import MONOQWEN, PromptFormat, resolve_format
+from docrerank.models.prompt_format import PromptFormat, resolve_format
 from docrerank.models.config import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -223,12 +223,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def vlm_prompt_ids(tokenizer: Any, prompt: str, query: str) -> list[int]:
-    """MonoQwen2-VL input ids: user turn = one image placeholder then ``prompt`` with the query; generation
-    prompt on."""
-    return PromptFormat(MONOQWEN, prompt=prompt).prompt_ids(tokenizer, query)
-
-
 def prompt_format_of(cfg: ModelConfig, path: str) -> PromptFormat:
     """The vlm prompt format of the checkpoint at ``path`` under ``cfg`` (see ``models.prompt_format``)."""
     return resolve_format(path, cfg.prompt_format, cfg.prompt, cfg.instruction, cfg.system_prompt, cfg.true_token,
@@ -339,7 +333,3 @@ def unfold_one_label_head(model: Any) -> None:
     model.config.id2label, model.config.label2id = {0: "False", 1: "True"}, {"False": 0, "True": 1}
     model.num_labels = 2
 
-
-def trainable_names(scorer: Any) -> list[str]:
-    """Names of the parameters that train."""
-    return [n for n, p in scorer.named_parameters() if p.requires_grad]

@@ -86,10 +86,3 @@ def pairwise_counts(scores: torch.Tensor, labels: torch.Tensor, group_index: tor
     correct = ((diff > 0).float() + 0.5 * (diff == 0).float())[pairs].sum()
     return float(correct), int(pairs.sum())
 
-
-def pairwise_accuracy(scores: torch.Tensor, labels: torch.Tensor, group_index: torch.Tensor) -> float:
-    """Share of (positive, negative) pairs of a group where the positive scores higher (ties count one half)."""
-    correct, n = pairwise_counts(scores, labels, group_index)
-    if n == 0:
-        raise ValueError("pairwise accuracy: no (positive, negative) pair in the batch")
-    return correct / n
