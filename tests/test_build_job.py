@@ -15,6 +15,8 @@ from docrerank.build.run import run_build
 from docrerank.core.config import load_config
 from docrerank.build.config import BuildConfig
 
+pytestmark = pytest.mark.slow  # the dataset build end to end on Ray, with killed drivers and workers (minutes)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import RAY_BIN, finish_session, start_session
 
+pytestmark = pytest.mark.slow  # a real ray start --head and ray job submit
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
 

@@ -130,6 +130,7 @@ def test_eval_config_errors_name_the_key():
         load_config(EvalConfig, None, ["output=x", 'datasets=[{"path": "d"}]', "primary=ndcg@3"])
 
 
+@pytest.mark.slow
 def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray_local, tmp_path):
     from docrerank.rerank.config import RerankConfig
     from docrerank.rerank.run import run_rerank

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole build and training run as fixtures (minutes)
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 datasets = pytest.importorskip("datasets")
 

@@ -58,6 +58,7 @@ def corpus(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsys):
     from jobs.ingest import main
 
@@ -86,6 +87,7 @@ def test_job_renders_quarantines_and_balances(ray_local, corpus, tmp_path, capsy
     assert meta["docrerank_version"] and "git_commit" in meta and meta["summary"]["balanced"]
 
 
+@pytest.mark.slow
 def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path):
     out = tmp_path / "out"
     cfg = _cfg(corpus, out, "pages_per_task=8", "task_timeout_s=5", "password_map={'locked_ok.pdf': s3cret}",
@@ -110,6 +112,7 @@ def test_resume_skips_done_work_and_never_duplicates(ray_local, corpus, tmp_path
         run_ingest(_cfg(corpus, out, "resume=false"))
 
 
+@pytest.mark.slow
 def test_real_pdfs(ray_local, shared_pdfs, tmp_path):
     out = tmp_path / "out"
     stats = run_ingest(_cfg(shared_pdfs, out, "passwords=[test]"))

@@ -14,6 +14,8 @@ from docrerank.mine.config import MineConfig
 from docrerank.mine.logic import MinedQuery, seeded_order, select_negatives
 from docrerank.mine.run import run_mine
 
+pytestmark = pytest.mark.slow  # mining end to end on Ray (minutes)
+
 REPO = Path(__file__).resolve().parent.parent
 FRACTION = 0.3  # 2 of the 9 reports of 3 companies are held out at seed 0
 

@@ -13,6 +13,8 @@ import time
 import pytest
 from conftest import finish_session, start_session
 
+pytestmark = pytest.mark.slow  # a multi-node Ray started with ray start
+
 PAGES = 6
 
 

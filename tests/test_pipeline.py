@@ -130,6 +130,7 @@ def _summary(printed: str) -> dict[str, str]:
     return {ln.split()[0]: ln.split()[1] for ln in block.splitlines()[3:] if ln.strip()}
 
 
+@pytest.mark.slow
 def test_run_rerun_and_partial_reruns(pipeline_out, capsys):
     from jobs.pipeline import main
 
@@ -160,6 +161,7 @@ def test_run_rerun_and_partial_reruns(pipeline_out, capsys):
     assert _summary(capsys.readouterr().out) == {"build": "skipped", "mine": "ran", "analyse": "ran"}
 
 
+@pytest.mark.slow
 def test_a_failed_step_stops_the_pipeline(pipeline_out, capsys):
     from jobs.pipeline import main
 

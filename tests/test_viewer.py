@@ -171,6 +171,7 @@ def sample_build(ray_local, tmp_path_factory):
     return out, stats
 
 
+@pytest.mark.slow
 def test_the_build_writes_the_viewer_and_it_renders_in_chromium(sample_build, tmp_path):
     exe = find_chromium()
     if exe is None:

@@ -26,7 +26,6 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
 SECTION = "## Negatives: hardness and diversity"
 READ_COLUMNS = ["group_id", "query", "page_id", "text", "label", "kind", "attribute"]
 Scorer = Callable[[list[str], list[dict]], Sequence[float]]
@@ -68,7 +67,7 @@ def summarise(values: Sequence[float]) -> dict[str, Any]:
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if not len(v):
         return {"n": 0, "mean": None, "median": None, "p10": None, "p90": None}
-    p10, med, p90 = np.percentile(v, [10, 50, 90])
+    p10, med, p90 = np.percentile(v, [10, 50, 90])  # type: ignore[misc]  # an array of three
     return {"n": len(v), "mean": float(v.mean()), "median": float(med), "p10": float(p10), "p90": float(p90)}
 
 

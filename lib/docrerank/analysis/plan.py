@@ -7,8 +7,15 @@ from __future__ import annotations
 from typing import Optional
 
 from docrerank.analysis.config import AnalyseConfig
-from docrerank.core.plan import PlanOptions, PlanReport, Resources, fmt_count, parquet_rows, paths_section, \
-    resources_section
+from docrerank.core.plan import (
+    PlanOptions,
+    PlanReport,
+    Resources,
+    fmt_count,
+    parquet_rows,
+    paths_section,
+    resources_section,
+)
 from docrerank.models.sources import model_source, reranker_source
 
 EXAMPLES_PER_GROUP = 4  # nominal: 1 positive + 3 negatives

@@ -9,8 +9,8 @@ from pydantic import Field, model_validator
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
 from docrerank.engines.config import EngineConfig
-from docrerank.render.config import IngestOptions
 from docrerank.lexical.rules import ATTRIBUTES
+from docrerank.render.config import IngestOptions
 
 
 class UserAttributeConfig(Config):

@@ -28,10 +28,10 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.models.tokens import page_image_tokens
 from docrerank.engines.plan import STAGE_HEADER, StageCost, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import PoolPlan, plan_pools
 from docrerank.models.sources import model_source
+from docrerank.models.tokens import page_image_tokens
 from docrerank.prompts import load_prompt
 
 MODEL_FREE_CPUS = 0.9  # build/run.py: a model-free actor's CPUs (the pool starts with one)
@@ -89,14 +89,15 @@ def stage_costs(cfg: BuildConfig, pages: int, opts: PlanOptions) -> list[StageCo
     kept = min(candidates, cfg.verify.max_positives)
     if not given:
         e = cfg.positives.engine
-        prompt = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.positives.prompt)
+        assert isinstance(e, EngineConfig)
+        prompt: float = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.positives.prompt)
         costs.append(stage_cost("positives", e, pages, pages * prompt, pages * cfg.positives.max_tokens, opts))
     if isinstance(cfg.verify.engine, EngineConfig):
         e = cfg.verify.engine
         prefix = page_image_tokens(e.model, e.max_pixels) + _prompt_tokens(cfg.verify.prompt, ("prompt_a", "prompt_b"))
         for stage, per_page in ((VerifyStage.name_of("positive"), 2 * candidates),
                                 (VerifyStage.name_of("negative"), 2 * kept * cfg.negatives.num_candidates)):
-            calls = pages * per_page
+            calls: float = pages * per_page
             prompt = (pages * 2 * prefix + calls * QUERY_TOKENS) if reuses_prefix(e) else calls * (prefix + QUERY_TOKENS)
             costs.append(stage_cost(stage, e, calls, prompt, calls, opts))
     if isinstance(cfg.negatives.engine, EngineConfig):

@@ -147,9 +147,9 @@ def run_build(cfg: BuildConfig) -> dict:
     """Build the dataset into ``cfg.output`` on the current Ray cluster; return stats (also in stats.json)."""
     import ray.data
 
-    from docrerank.report.card import write_card
     from docrerank.build.write import funnel_stats
     from docrerank.core import runtime
+    from docrerank.report.card import write_card
 
     t0 = time.perf_counter()
     plan = plan_build_pools(cfg)  # before the ingest: a cluster that cannot hold the models fails the job now

@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
-from docrerank.engines.verify import (VerifyItem, judge_threshold, is_verified_negative, is_verified_positive,
-                                      verify)
+from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, judge_threshold, verify
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import ATTRIBUTES, UserAttribute, Vocabulary, rewrite
 from docrerank.lexical.select import select
@@ -43,7 +42,7 @@ def pages_of(batch) -> list[Page]:
     """The pages of a pipeline batch (a pyarrow table with ``PAGE_COLUMNS`` and ``state``)."""
     cols = [batch.column(c).to_pylist() for c in PAGE_COLUMNS]
     states = states_from_arrow(batch.column("state"))
-    return [Page(*(c[i] for c in cols), state=s) for i, s in enumerate(states)]
+    return [Page(*(c[i] for c in cols), state=s) for i, s in enumerate(states)]  # type: ignore[misc]
 
 
 def with_states(batch, pages: list[Page]):

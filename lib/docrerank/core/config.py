@@ -95,7 +95,7 @@ def _members(ann: Any) -> list[Any]:
 def _child_type(ann: Any, key: str) -> Any:
     for member in _members(ann):
         if isinstance(member, type) and issubclass(member, BaseModel):
-            field = member.model_fields.get(key)
+            field = member.model_fields.get(key)  # type: ignore[attr-defined]  # pydantic is not followed (pyproject)
             if field is not None:
                 return field.annotation
         elif get_origin(member) in (dict, Mapping) and len(get_args(member)) == 2:

@@ -172,7 +172,7 @@ def autoscaler_view(labels: Sequence[dict] = (), status_wait_s: float = 30.0) ->
         config = None
     if config is not None and config.node_group_configs:
         try:
-            from ray._raylet import RAY_NODE_GROUP_KEY as key
+            from ray._raylet import RAY_NODE_GROUP_KEY as key  # type: ignore[attr-defined]  # not in every Ray
         except ImportError:
             key = "ray.io/node-group"
         running = Counter(lab.get(key) for lab in labels)

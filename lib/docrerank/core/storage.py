@@ -10,13 +10,14 @@ import io
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Location:
     """A filesystem and a path on it; ``uri`` is what the user gave (kept for provenance)."""
 
-    fs: object  # pyarrow.fs.FileSystem
+    fs: Any  # pyarrow.fs.FileSystem
     path: str
     uri: str
 

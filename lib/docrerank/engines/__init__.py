@@ -13,9 +13,9 @@ torch, transformers, vllm, ray and httpx load inside the backend that needs them
 
 from docrerank.engines.base import Engine, TextEngine
 from docrerank.engines.config import EngineConfig, HFOptions, HTTPOptions, RayStageConfig, VLLMOptions
+from docrerank.engines.factory import build_engine
 from docrerank.engines.messages import ImagePart, Message, TextPart, assistant, system, user
 from docrerank.engines.parsing import parse_json
-from docrerank.engines.factory import build_engine
 from docrerank.engines.registry import available_backends, register_backend
 from docrerank.engines.requests import (
     ERROR_KINDS,

@@ -16,6 +16,7 @@ def build_engine(cfg: Union[EngineConfig, dict]) -> "Engine":
     """Construct the engine ``cfg.backend`` names (a dict is validated as an ``EngineConfig`` first)."""
     if isinstance(cfg, dict):
         cfg = EngineConfig.model_validate(cfg)
+    assert isinstance(cfg, EngineConfig)
     factory = _BACKENDS[cfg.backend]
     if isinstance(factory, str):
         module, attr = factory.split(":")

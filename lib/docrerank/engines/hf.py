@@ -193,8 +193,8 @@ class HFEngine(TextEngine):
             try:
                 pairs[i] = self.answer_tokens(req.yes, req.no)
                 encs[i] = self.encode(req.messages)
-            except ValueError as err:
-                results[i] = JudgeResult(error=make_error("bad_input", str(err)), id=req.id)
+            except ValueError as e:
+                results[i] = JudgeResult(error=make_error("bad_input", str(e)), id=req.id)
                 continue
             err = self._too_long(len(encs[i].ids), 1)
             if err:
@@ -258,8 +258,8 @@ class HFEngine(TextEngine):
         for i, req in enumerate(requests):
             try:
                 encs[i] = self.encode(req.messages)
-            except ValueError as err:
-                raws[i] = RawGeneration(error=make_error("bad_input", str(err)))
+            except ValueError as e:
+                raws[i] = RawGeneration(error=make_error("bad_input", str(e)))
                 continue
             err = self._too_long(len(encs[i].ids), req.sampling.max_tokens)
             if err:

@@ -230,7 +230,7 @@ class HTTPEngine(TextEngine):
                 nxt = JSON_MODES.index(rejected) + 1
                 if nxt == len(JSON_MODES):
                     return None
-                self._json_mode = JSON_MODES[nxt]
+                self._json_mode = JSON_MODES[nxt]  # type: ignore[assignment]  # JSON_MODES holds the Literal's values
                 self.stats[f"json_mode_{self._json_mode}"] += 1
                 log.warning("%s rejected response_format %s (%s); sending JSON schemas as %s from now on",
                             self.opts.base_url, rejected, detail[:160], self._json_mode)
@@ -241,8 +241,8 @@ class HTTPEngine(TextEngine):
             mode = self._json_mode
             try:
                 body = generate_body(self.cfg.model, req, mode, self.opts.extra_body)
-            except ValueError as err:
-                return RawGeneration(error=make_error("bad_input", str(err)))
+            except ValueError as e:
+                return RawGeneration(error=make_error("bad_input", str(e)))
             data, err = self.post(body, format_sensitive=req.json_schema is not None and mode != "none")
             if err and FORMAT_REJECTED in err:
                 if self.opts.json_mode == "auto" and self._step_down(mode, err) is not None:
@@ -258,8 +258,8 @@ class HTTPEngine(TextEngine):
         mode = self.opts.judge_mode
         try:
             body = judge_body(self.cfg.model, req, mode != "answer", self.opts.top_logprobs, self.opts.extra_body)
-        except ValueError as err:
-            return JudgeResult(error=make_error("bad_input", str(err)), id=req.id)
+        except ValueError as e:
+            return JudgeResult(error=make_error("bad_input", str(e)), id=req.id)
         data, err = self.post(body)
         res = JudgeResult(error=err) if err else parse_judgement(data, req.yes, req.no, allow_answer=mode != "logprobs")
         res.id = req.id

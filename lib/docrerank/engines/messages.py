@@ -166,7 +166,7 @@ def image_keys(messages: Sequence[Message]) -> tuple[str, ...]:
 
 def to_template_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
     """Hugging Face chat-template input: images become ``{"type": "image"}`` placeholders (see ``images_of``)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for m in messages:
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
@@ -181,7 +181,7 @@ def to_openai_dicts(messages: Sequence[Message], image_part: Optional[Callable[[
     """OpenAI chat-completions ``messages``: images as ``image_url`` data URLs, or as ``image_part(part)`` makes them
     (the vLLM engine passes decoded PIL images). ``images_first`` moves each turn's images before its text (stable),
     so requests about one page share the longest token prefix."""
-    out = []
+    out: list[dict[str, Any]] = []
     for m in messages:
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
@@ -220,7 +220,7 @@ def from_dicts(items: Iterable[dict[str, Any]]) -> list[Message]:
     Accepted parts: ``{"type": "text", "text": ...}``, ``{"type": "image", "image": bytes|PIL}`` and
     ``{"type": "image_url", "image_url": {"url": "data:image/...;base64,..."}}``; content may be a string.
     """
-    out = []
+    out: list[Message] = []
     for i, item in enumerate(items):
         if isinstance(item, Message):
             out.append(item)

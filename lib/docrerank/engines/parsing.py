@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 from docrerank.engines.messages import assistant, user
 from docrerank.engines.requests import GenerateRequest, GenerateResult, JudgeResult, RawGeneration, make_error
 
+
 # ------------------------------------------------------------------------------------------ logprob maths
 def p_yes_from_logprobs(lp_yes: float, lp_no: float) -> float:
     """P(yes) restricted to the two answer tokens: ``softmax([lp_yes, lp_no])[0]`` (logits work too)."""

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from docrerank.engines.pool import ClusterResources, NodeType, PoolPlan, PoolSpec, stage_error_problems
 from docrerank.engines.pool_actor import EngineActor, PoolHandles, last_line
@@ -34,7 +34,8 @@ def cluster_resources() -> ClusterResources:
     """The live nodes' resources (CPU, GPU and custom ones) and what the autoscaler, if any, can add."""
     import ray
 
-    nodes, labels = [], []
+    nodes: list[Mapping[str, float]] = []
+    labels: list[dict] = []
     for n in ray.nodes():
         if n.get("Alive"):
             nodes.append({k: v for k, v in n["Resources"].items()

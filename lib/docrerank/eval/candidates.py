@@ -42,8 +42,8 @@ def candidates_table(bench: Any, first: dict[str, dict[str, float]], top_k: int,
 def write_candidates(spec: Any, output: str, top_k: int = 20, with_images: bool = False) -> dict:
     """Load a dataset (a ``DatasetSpec``), retrieve its queries' top ``top_k`` with BM25 and write the candidates
     to ``<output>/candidates.parquet``; returns counts."""
-    from docrerank.retrieval.retrievers import retrieve
     from docrerank.eval.run import load_dataset
+    from docrerank.retrieval.retrievers import retrieve
 
     bench = load_dataset(spec, load_images=with_images)
     first = retrieve(bench, "bm25", top_k)

@@ -8,8 +8,8 @@ from pydantic import Field, model_validator
 
 from docrerank.core.config import Config
 from docrerank.core.plan import PlanOptions
-from docrerank.retrieval.metrics import DEFAULT_METRICS
 from docrerank.models.config import RerankerSpec
+from docrerank.retrieval.metrics import DEFAULT_METRICS
 
 
 class DatasetSpec(Config):

@@ -19,8 +19,8 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.eval.config import EvalConfig
-from docrerank.models.sources import model_source, reranker_source
 from docrerank.models.plan import model_row, reranker_cost
+from docrerank.models.sources import model_source, reranker_source
 
 EXAMPLES_PER_GROUP = 4  # nominal: 1 positive + 3 negatives, for a build's held-out split
 

@@ -117,8 +117,8 @@ class _Runner:
 
     def reranked(self, rspec: RerankerSpec, rname: str, spec: DatasetSpec, bench, first, runs_dir):
         """(run, info) of one reranker on one dataset: reused from its run file when made with the same settings."""
-        from docrerank.retrieval.retrievers import read_trec_run, write_trec_run
         from docrerank.models.reranker import Reranker
+        from docrerank.retrieval.retrievers import read_trec_run, write_trec_run
 
         cfg = self.cfg
         system = f"{cfg.first_stage.label}+{rname}"
@@ -143,8 +143,8 @@ class _Runner:
 
     def fusion_weights(self) -> dict[str, dict]:
         """Each reranker's fusion weight: fixed, or the best on ``fusion.validation`` (with every weight's value)."""
-        from docrerank.retrieval.metrics import evaluate
         from docrerank.retrieval.fusion import choose_weight
+        from docrerank.retrieval.metrics import evaluate
 
         f, primary = self.cfg.fusion, self.cfg.primary
         if f.method == "none" or not self.cfg.rerankers:
@@ -170,11 +170,11 @@ def run_evaluation(cfg: EvalConfig, progress: Optional[Callable[[str], None]] = 
 
     ``progress`` receives one line per dataset and reranker (default: the log; the job prints them)."""
     progress = progress or log.info
-    from docrerank.retrieval.metrics import evaluate, paired_test
-    from docrerank.report.evaluation import write_report
-    from docrerank.retrieval.retrievers import write_trec_run
     from docrerank.models.hub import resolve_device
+    from docrerank.report.evaluation import write_report
     from docrerank.retrieval.fusion import fuse_run
+    from docrerank.retrieval.metrics import evaluate, paired_test
+    from docrerank.retrieval.retrievers import write_trec_run
 
     out = storage.resolve(cfg.output)
     storage.makedirs(out)

@@ -23,15 +23,44 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
-from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SENTENCE_START, SUBJECT_METRICS)
-from docrerank.lexical.spans import (CODE, MONTH, NUMBER, NUMBER_KINDS, QUARTER, REFERENCE, REFERENCE_WORDS,
-                                     SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, all_caps, month_of,
-                                     number_key, number_kind, number_value, own_kind, reference_of, runs)
+from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SENTENCE_START, SUBJECT_METRICS
+from docrerank.lexical.spans import (
+    CODE,
+    MONTH,
+    NUMBER,
+    NUMBER_KINDS,
+    QUARTER,
+    REFERENCE,
+    REFERENCE_WORDS,
+    SMALL_COUNT,
+    YEAR,
+    Span,
+    Vocabulary,
+    _not_a_code,
+    all_caps,
+    month_of,
+    number_key,
+    number_kind,
+    number_value,
+    own_kind,
+    reference_of,
+    runs,
+)
 from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, swap_terms
 from docrerank.lexical.text import normalize
-from docrerank.lexical.values import (CHAIN, month_on, month_values, name_values, number_values, on, quarter_values,
-                                      shifted, takes_the)
+from docrerank.lexical.values import (
+    CHAIN,
+    month_on,
+    month_values,
+    name_values,
+    number_values,
+    on,
+    quarter_values,
+    shifted,
+    takes_the,
+)
 
 FINANCE_ATTRIBUTES = ("year", "company", "numeric_value", "financial_metric", "subject_metric", "business_segment")
 ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference")
@@ -260,7 +289,7 @@ def _swap_spans(q: str, page: str, attribute: str, spans: list[Span], vocab: Voc
 
 
 def rewrite(query: str, page_text: str, vocab: Vocabulary, attributes: list[str], n: int, seed: str,
-            user_attributes: list[UserAttribute] = (), counts: Counter | None = None) -> list[Rewrite]:
+            user_attributes: Sequence[UserAttribute] = (), counts: Counter | None = None) -> list[Rewrite]:
     """Up to ``n`` rewrites of ``query``, each changing exactly one attribute, spread over the attributes.
     Spans it cannot change are counted into ``counts`` (``<attribute or name>:<reason>``)."""
     counts = counts if counts is not None else Counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from docrerank.lexical.lexicon import (
     CONNECTORS,
@@ -142,7 +143,8 @@ def runs(text: str) -> list[tuple[int, int, str]]:
     out = []
     for m in RUN.finditer(text):
         parts = re.split(r"(\s+(?:and|&)\s+)", m.group(0))
-        pieces, off = [[m.start(), parts[0]]], m.start() + len(parts[0])
+        pieces: list[list[Any]] = [[m.start(), parts[0]]]
+        off = m.start() + len(parts[0])
         for sep, part in zip(parts[1::2], parts[2::2]):
             if _ends_a_name(pieces[-1][1], part):
                 pieces.append([off + len(sep), part])

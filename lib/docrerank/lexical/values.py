@@ -19,8 +19,7 @@ from __future__ import annotations
 import re
 
 from docrerank.lexical.lexicon import MONTHS, ORG_HEADS, ORG_SUFFIXES, PLACES, TAKES_THE
-from docrerank.lexical.spans import (CODE, CORPORATE, NUMBER, REFERENCE, YEAR, Span, Vocabulary, all_caps,
-                                     number_value)
+from docrerank.lexical.spans import CODE, CORPORATE, NUMBER, REFERENCE, YEAR, Span, Vocabulary, all_caps, number_value
 from docrerank.lexical.text import normalize
 
 SHIFTS = (-1, 1, -2, 2, -3, 3)  # how far a year, month or reference moves, nearest first (earlier on a tie)

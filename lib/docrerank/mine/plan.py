@@ -21,11 +21,11 @@ from docrerank.core.plan import (
     resources_section,
 )
 from docrerank.engines.config import EngineConfig
-from docrerank.models.tokens import page_image_tokens
 from docrerank.engines.plan import STAGE_HEADER, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import plan_pools
 from docrerank.mine.config import MineConfig
 from docrerank.models.sources import model_source
+from docrerank.models.tokens import page_image_tokens
 from docrerank.prompts import load_prompt
 
 QUERY_TOKENS = 25  # a question, estimated

@@ -296,7 +296,7 @@ def run_stages(cfg: MineConfig, items: list[dict], out: storage.Location, plan) 
         if pools:
             stack.enter_context(excluded_from_ray_data(**pools.resources()))
         kw = {"cfg": cfg, "index_uri": out.join("_index").uri}
-        stages = [(MineStage, kw), (FilterStage, {**kw, "pools": pools.handles if pools else None}), (WriteStage, kw)]
+        stages: list = [(MineStage, kw), (FilterStage, {**kw, "pools": pools.handles if pools else None}), (WriteStage, kw)]
         table = batches_table(items)
         ds = ray.data.from_arrow([table.slice(i, 1) for i in range(table.num_rows)]).map_batches(
             ChainStage, fn_constructor_kwargs={"stages": stages}, batch_size=1, batch_format=batch_format_of(stages),
@@ -315,8 +315,8 @@ def run_stages(cfg: MineConfig, items: list[dict], out: storage.Location, plan) 
 def run_mine(cfg: MineConfig) -> dict:
     """Mine negatives into ``cfg.output`` on the current Ray cluster; return the stats (also mining_stats.json)."""
     from docrerank.core import runtime
-    from docrerank.core.schema import is_heldout
     from docrerank.core.raydata import done_shard_names, remove_orphans
+    from docrerank.core.schema import is_heldout
 
     t0 = time.perf_counter()
     plan = plan_mine_pools(cfg)  # a cluster that cannot hold the judge (or ColPali's GPUs) fails the job now

@@ -9,6 +9,7 @@ judges with ``engines.verify``, the build's two-prompt verification.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from docrerank.core import storage
 from docrerank.engines.verify import VerifyItem, verify
@@ -169,7 +170,8 @@ class FilterStage:
     def __init__(self, cfg: MineConfig, index_uri: str, pools=None):
         self.cfg, self.f = cfg, cfg.filter
         self.store = PageStore(index_uri)
-        self.judge_with, self.prompt = self.f.engine, None  # "none", "text", or an engine
+        self.judge_with: Any = self.f.engine  # "none", "text", or an engine
+        self.prompt = None
         if not isinstance(self.f.engine, str):  # the run's model pool (``engines.pool_ray``), or one built here
             from docrerank.engines import build_engine
             from docrerank.prompts import load_prompt

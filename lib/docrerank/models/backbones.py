@@ -21,9 +21,9 @@ import functools
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from docrerank.models import qwen_vl
+from docrerank.models.config import LoraConfig, ModelConfig
 from docrerank.models.hub import DEFAULT_TEXT, DEFAULT_VLM, load_tokenizer, resolve_dtype, resolve_model_path
 from docrerank.models.prompt_format import PromptFormat, resolve_format
-from docrerank.models.config import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
     from docrerank.data.collate import Batch
@@ -154,7 +154,7 @@ class VLMScoring:
         """float32 scores of (query, page) pairs as ``encode_pairs`` takes them, run on ``device`` (inference: the
         caller sets the grad mode)."""
         inputs = self.encode_pairs(queries, page_of, pages)
-        return self(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+        return self(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})  # type: ignore[operator]  # an nn.Module once mixed (scorer_class)
 
     def score_shared_page(self, queries: Sequence[str], pixels: tuple[Any, Any], batch_size: int, device: Any) -> Any:
         """float32 scores of several queries on one page (``pixels``: its ``(pixel_values, grid_thw)``): the

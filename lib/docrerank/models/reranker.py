@@ -51,6 +51,9 @@ MIN_PREFIX_PAIRS = 2  # vlm on CPU: a page with this many pairs in one call has 
 class Reranker:
     """Scores (query, page) pairs with a loaded model; see the module docstring."""
 
+    max_seq_len: int  # set by the loaders for the text backbone
+    pairs: Any  # text: the pair encoder (``models.text.PairEncoder``), set by the loader
+
     def __init__(self, model: Any, backbone: str, device: str = "cpu", batch_size: Optional[int] = None,
                  name: str = "reranker", mode: str = "cross"):
         """``model``: a ``VLMScorer`` (vlm) or a ``(tokenizer, model)`` pair (text); ``mode`` (text): ``cross``

@@ -22,8 +22,8 @@ from docrerank.analysis.config import AnalyseConfig
 from docrerank.build.config import BuildConfig
 from docrerank.core.config import Config
 from docrerank.eval.config import EvalConfig
-from docrerank.render.config import IngestConfig
 from docrerank.mine.config import MineConfig
+from docrerank.render.config import IngestConfig
 from docrerank.train.config import TrainConfig
 
 STEPS = ("ingest", "build", "mine", "analyse", "train", "evaluate")

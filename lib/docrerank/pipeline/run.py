@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from docrerank.core import runtime, storage
-from docrerank.pipeline.config import PipelineConfig
 from docrerank.core.job import Job
+from docrerank.pipeline.config import PipelineConfig
 from docrerank.pipeline.steps import STEPS
 
 log = logging.getLogger("docrerank.pipeline")

@@ -11,8 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from docrerank.render.document import (IngestError, Passwords, RenderSettings, doc_id_of, probe_document, quarantine_row,
-                                     render_document_pages)
+from docrerank.render.document import (
+    IngestError,
+    Passwords,
+    RenderSettings,
+    doc_id_of,
+    probe_document,
+    quarantine_row,
+    render_document_pages,
+)
 
 
 class ShardWriteError(RuntimeError):

@@ -22,9 +22,9 @@ from dataclasses import asdict
 from docrerank.core import storage
 from docrerank.render.books import balance, load_state, summary_table
 from docrerank.render.config import IngestConfig
+from docrerank.render.document import Passwords, RenderSettings, quarantine_row
 from docrerank.render.inputs import resolve_inputs
 from docrerank.render.pool import WorkerPool
-from docrerank.render.document import Passwords, RenderSettings, quarantine_row
 
 log = logging.getLogger("docrerank.ingest")
 
@@ -123,7 +123,7 @@ def _done(state, doc: dict) -> set[int]:
     return state.pages_done.get(doc["doc_id"], set()) | state.page_quarantine.get(doc["doc_id"], set())
 
 
-def _rate(pages: int, seconds: float) -> float | None:
+def _rate(pages: float, seconds: float) -> float | None:
     return round(pages / seconds, 2) if seconds > 0 and pages else None
 
 

@@ -11,7 +11,7 @@ left for the user (a commented line, or ``license=`` of ``jobs.push_to_hub``).
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.runtime import format_table
@@ -90,7 +90,7 @@ def hf_feature(name: str, arrow_type) -> dict:
     bytes) becomes an ``Image`` feature, lists nest as ``list:``, other types keep their Arrow name."""
     import pyarrow as pa
 
-    def dtype(t) -> object:
+    def dtype(t) -> Any:
         if pa.types.is_list(t) or pa.types.is_large_list(t):
             inner = dtype(t.value_type)
             return {"list": inner if isinstance(inner, str) else inner}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from docrerank.core import storage
 
@@ -28,7 +28,7 @@ class BuildTables:
 
     pages: dict  # page_id -> page metadata row
     status: dict  # page_id -> page_status row
-    queries: object  # pyarrow.Table sorted by page_id
+    queries: Any  # pyarrow.Table sorted by page_id
     spans: dict  # page_id -> (start, end) rows of ``queries``
     stats: dict
 

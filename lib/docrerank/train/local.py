@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from docrerank.core import storage
+from docrerank.data.examples import iter_plan, read_groups
+from docrerank.data.mix import plan_from_config, record_mix
 from docrerank.models.hub import resolve_device
 from docrerank.train.config import TrainConfig
-from docrerank.data.examples import iter_plan, read_groups
 from docrerank.train.export import export_model
-from docrerank.data.mix import plan_from_config, record_mix
 from docrerank.train.step import (
     MetricsLog,
     NullLog,

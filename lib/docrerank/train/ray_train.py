@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from docrerank.core import storage
+from docrerank.data.examples import Group, packed_schema, read_groups, read_task
+from docrerank.data.mix import plan_from_config, record_mix, scan_source
 from docrerank.train.config import TrainConfig
 from docrerank.train.dist import all_reduce
-from docrerank.data.examples import Group, packed_schema, read_groups, read_task
 from docrerank.train.export import export_model, upload_dir
-from docrerank.data.mix import plan_from_config, record_mix, scan_source
 from docrerank.train.step import (
     MetricsLog,
     NullLog,
@@ -148,9 +148,9 @@ def train_loop_per_worker(config: dict) -> None:
     device, total_steps = config["device"], config["total_steps"]
     if device == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
+    import ray.train
     import torch.distributed as dist
 
-    import ray.train
     from docrerank.models.backbones import build_scorer
 
     set_worker_threads(cfg, device)
@@ -255,9 +255,9 @@ def run_training(cfg: TrainConfig) -> dict:
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from docrerank.models.backbones import check_vlm_budget
     from docrerank.models.hub import DEFAULT_VLM
     from docrerank.models.sources import fetch_config_files
-    from docrerank.models.backbones import check_vlm_budget
 
     cfg = absolute_paths(cfg)
     device = cluster_device(cfg.scaling.device)

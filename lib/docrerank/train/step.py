@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-from docrerank.train import deepspeed_config as dsc
 from docrerank.data.collate import Batch, collate_groups, iter_group_batches
+from docrerank.data.examples import Group
+from docrerank.train import deepspeed_config as dsc
 from docrerank.train.config import LossConfig, TrainConfig
 from docrerank.train.dist import all_reduce, ensure_process_group, world
-from docrerank.data.examples import Group
 from docrerank.train.loss import compute_loss, example_weights, pairwise_counts
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, devi
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    loss_sum, n, tokens = all_reduce([loss_sum, n, tokens])
+    loss_sum, n, tokens = all_reduce([loss_sum, n, tokens])  # type: ignore[assignment]  # sums come back as floats
     dt_max = -all_reduce([-dt], "min")[0]  # the slowest worker sets the pace
     norm = engine.get_global_grad_norm()
     return {"loss": loss_sum / max(n, 1), "lr": lr, "grad_norm": float(norm) if norm is not None else math.nan,

@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 from docrerank.core import storage
 from docrerank.core.schema import doc_of_page
-from docrerank.data.heldout import part_of, read_questions
 from docrerank.data.collate import Batch
+from docrerank.data.heldout import part_of, read_questions
 from docrerank.train.config import RankingValidationConfig
 from docrerank.train.dist import all_reduce, world
 from docrerank.train.export import trainable_state
