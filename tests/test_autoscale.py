@@ -21,6 +21,8 @@ import pytest
 from conftest import finish_session, start_session
 from test_multinode import engine, write_pages
 
+pytestmark = pytest.mark.slow  # a Ray cluster with a fake autoscaler, scaled up from zero by a build and a training
+
 HEAD = "ray.head.default"  # the fake provider's name for the head's node type
 
 

@@ -11,6 +11,8 @@ from docrerank.build.run import run_build
 from docrerank.core.config import load_config
 from docrerank.build.config import BuildConfig
 
+pytestmark = pytest.mark.slow  # the build with real (tiny) model calls on Ray
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
