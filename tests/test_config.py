@@ -126,3 +126,27 @@ def test_shipped_configs_load(path, monkeypatch):
     cls = CONFIG_CLASSES.get(job)
     assert cls is not None, f"{path.name}: no config class for job prefix {job!r}; register it in CONFIG_CLASSES"
     load_config(cls, path)
+
+
+def test_the_judge_threshold_resolves_one_way_for_the_build_the_mining_and_the_card():
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.stages import verify_threshold
+    from docrerank.engines.verify import judge_threshold
+    from docrerank.mine.config import MineConfig
+
+    model = {"backend": "vllm", "model": "org/Judge-7B"}
+    base = {"pages": "x", "output": "y", "positives_file": "q.jsonl"}
+    # unset: the judge's own operating point for the use (the text judge's measured one, 0.5 for a model)
+    assert MineConfig.model_validate({"input": "a", "output": "b", "filter": {"engine": "text"}}).filter.threshold \
+        == judge_threshold(None, "text", "mine") == 0.4
+    assert MineConfig.model_validate({"input": "a", "output": "b", "filter": {"engine": model}}).filter.threshold \
+        == judge_threshold(None, model, "mine") == 0.5
+    assert verify_threshold(BuildConfig.model_validate({**base, "verify": {"engine": "text"}}), "negative") \
+        == judge_threshold(None, "text", "negative") == 0.5
+    # set: the configured threshold, in both jobs
+    assert verify_threshold(BuildConfig.model_validate({**base, "verify": {"engine": "text", "threshold": 0.7}}),
+                            "positive") == 0.7
+    assert MineConfig.model_validate({"input": "a", "output": "b",
+                                      "filter": {"engine": "text", "threshold": 0.7}}).filter.threshold == 0.7
+    with pytest.raises(ValueError, match="threshold use"):
+        judge_threshold(None, "text", "verify")
