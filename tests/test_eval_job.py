@@ -133,7 +133,7 @@ def test_eval_config_errors_name_the_key():
 @pytest.mark.slow
 def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray_local, tmp_path):
     from docrerank.rerank.config import RerankConfig
-    from docrerank.rerank.run import run_rerank
+    from docrerank.rerank.job import run_rerank
 
     pages = pa.table({"page_id": ["p1", "p2", "p3"], "image": [None, None, None],
                       "text": ["Acme revenue was 5 billion in 2021.", "Acme employs 12,000 people.",

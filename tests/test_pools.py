@@ -250,7 +250,7 @@ def test_jobs_asking_for_gpus_the_cluster_lacks_fail_at_start_with_the_numbers(r
     """The rerank job's scoring actors and the mining job's ColPali workers are checked the same way."""
     from docrerank.mine.config import MineConfig
     from docrerank.mine.run import plan_mine_pools
-    from docrerank.rerank.run import check_actors_fit
+    from docrerank.rerank.job import check_actors_fit
 
     with pytest.raises(ValueError, match=r"2 scoring actor\(s\) .* need 2 CPU, 2 GPU; in all at least 2 GPUs and "
                                          r"2 CPUs; the cluster has 0 GPUs and 2 CPUs on 1 node\(s\)"):

@@ -40,7 +40,7 @@ def plan_rerank(cfg: RerankConfig, res: Resources, opts: Optional[PlanOptions] =
         report.problem(p)
     report.section("models", ["model", "source", "where", "files", "gated"]).rows.append(model_row(src))
 
-    # as rerank/run.py decides: cuda when the cluster has GPUs now, one actor per GPU by default
+    # as rerank/job.py decides: cuda when the cluster has GPUs now, one actor per GPU by default
     device = cfg.device if cfg.device != "auto" else ("cuda" if res.gpus else "cpu")
     actors = cfg.num_actors or (max(1, int(res.gpus)) if device == "cuda" else 1)
     gpus_each = 1 if device == "cuda" else 0
