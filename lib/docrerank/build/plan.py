@@ -29,7 +29,7 @@ from docrerank.core.plan import (
 from docrerank.engines.config import EngineConfig
 from docrerank.engines.plan import STAGE_HEADER, StageCost, image_tokens, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import PoolPlan, plan_pools
-from docrerank.models.sources import model_source
+from docrerank.models.sources import engine_layout, model_source
 from docrerank.prompts import load_prompt
 
 MODEL_FREE_CPUS = 0.9  # build/run.py: a model-free actor's CPUs (the pool starts with one)
@@ -143,7 +143,8 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
     models = report.section("models", ["model", "backend", "stages", "source", "where", "files", "gated"])
     hub_models = False
     for pool in pool_plan.pools:
-        src = model_source(pool.engine.model, key=f"{pool.stages[0]}.engine.model", backend=pool.engine.backend)
+        src = model_source(pool.engine.model, key=f"{pool.stages[0]}.engine.model", backend=pool.engine.backend,
+                           layout=engine_layout(pool.engine))
         models.rows.append([pool.engine.model, pool.engine.backend, ", ".join(pool.stages), src.kind, src.where,
                             src.files, src.gated])
         for p in src.problems:
