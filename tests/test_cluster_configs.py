@@ -36,10 +36,87 @@ def pod_templates():
 
 def test_the_image_runs_as_the_ray_user_with_a_cache_in_its_home():
     img = dockerfile()
-    assert img["base"].startswith("rayproject/ray:2.60.0") and img["base"].endswith("-gpu")
+    assert img["base"].startswith("rayproject/ray:2.60.0")
     assert img["user"] == "1000:100"  # the rayproject images' user ray (uid 1000, gid users=100)
     assert img["hf_home"] == "/home/ray/.cache/huggingface"
     assert "[${EXTRAS}]" in img["text"] and "ARG EXTRAS=gpu,cloud" in img["text"]  # the GPU extras baked in
+
+
+# torch 2.13 on PyPI (vLLM 0.32's pin) requires cuda-toolkit==13.0.3 (its wheel's metadata, read with
+# pip install --dry-run --no-deps --report torch==2.13.0): a CUDA 13.0 build, which needs an NVIDIA driver >= 580.
+TORCH_CUDA = {"2.13": "13.0"}
+DRIVER_FOR_CUDA_MAJOR = {12: 525, 13: 580}
+
+
+def test_the_images_cuda_compiler_is_torchs_and_the_compiled_ops_are_prebuilt():
+    """The -gpu Ray base has a CUDA 12 nvcc; DeepSpeed will not load an op compiled across CUDA majors. The image
+    adds the compiler of torch's CUDA, checks it against torch at build time, prebuilds FusedAdam, turns vLLM's
+    FlashInfer sampler JIT off, and the guide states the driver that CUDA needs."""
+    text = dockerfile()["text"]
+    arg = re.search(r"^ARG TORCH_CUDA=(\S+)", text, re.M)
+    assert arg, "the image must name the CUDA of its torch"
+    gpu = _spec(pyproject()["project"]["optional-dependencies"]["gpu"], "vllm")
+    torch_of = {v: pins["torch"] for v, pins in VLLM_PINS.items() if v in gpu}
+    assert {TORCH_CUDA[".".join(t.split(".")[:2])] for t in torch_of.values()} == {arg.group(1)}, torch_of
+    assert "cuda-minimal-build-$(echo ${TORCH_CUDA} | tr . -)" in text and "CUDA_HOME=/usr/local/cuda-${TORCH_CUDA}" in text
+    assert "torch.version.cuda" in text  # the build fails when torch's CUDA is not the compiler's
+    assert "DS_BUILD_FUSED_ADAM=1" in text and "installed_ops" in text  # FusedAdam prebuilt and checked
+    assert re.search(r"^ENV VLLM_USE_FLASHINFER_SAMPLER=0", text, re.M)
+    guide = (CLUSTER / "README.md").read_text()
+    major = int(arg.group(1).split(".")[0])
+    assert f"CUDA {arg.group(1)}" in guide and f">= {DRIVER_FOR_CUDA_MAJOR[major]}" in guide
+    assert "VLLM_USE_FLASHINFER_SAMPLER" in guide
+
+
+def docker_context(dest: Path) -> Path:
+    """The paths the Dockerfile COPYs into /home/ray/docrerank, copied from the repository to ``dest``."""
+    import shutil
+
+    text = dockerfile()["text"]
+    for line in re.findall(r"^COPY\s+(.+)$", text, re.M):
+        *srcs, target = [w for w in line.split() if not w.startswith("--")]
+        assert target.startswith("/home/ray/docrerank"), line
+        for src in srcs:
+            where = dest / target.removeprefix("/home/ray/docrerank").strip("/")
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, where, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                where.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, where / Path(src).name)
+    return dest
+
+
+def test_a_wheel_built_from_the_image_context_carries_the_entry_points(tmp_path):
+    """The image installs what the Dockerfile COPYs: a wheel built from exactly those paths holds jobs/ and its
+    `docrerank` console script runs from an install of that wheel (no checkout on the path)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    ctx = docker_context(tmp_path / "ctx")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(ctx)], check=True, env=env, cwd=tmp_path, timeout=300)
+    wheel = next((tmp_path / "dist").glob("docrerank-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "jobs/cli.py" in names and "jobs/build_dataset.py" in names and "docrerank/core/config.py" in names
+    entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "docrerank = jobs.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, env=env, cwd=tmp_path, timeout=300)
+    probe = ("import importlib.metadata as m, sys\n"
+             f"dist = next(m.distributions(name='docrerank', path=[{str(target)!r}]))\n"
+             "ep = next(e for e in dist.entry_points if e.name == 'docrerank' and e.group == 'console_scripts')\n"
+             "main = ep.load()\n"
+             "import jobs, docrerank\n"
+             f"assert jobs.__file__.startswith({str(target)!r}), jobs.__file__\n"
+             f"assert docrerank.__file__.startswith({str(target)!r}), docrerank.__file__\n"
+             "sys.exit(main(['--help']))\n")
+    out = subprocess.run([sys.executable, "-c", probe], env=dict(env, PYTHONPATH=str(target)), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "build_dataset" in out.stdout and "usage: docrerank" in out.stdout
 
 
 @pytest.mark.parametrize("name, template", list(pod_templates()), ids=[n for n, _ in pod_templates()])
