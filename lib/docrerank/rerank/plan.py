@@ -60,15 +60,19 @@ def plan_rerank(cfg: RerankConfig, res: Resources, opts: Optional[PlanOptions] =
         report.problem(p)
     report.section("models", ["model", "source", "where", "files", "gated"]).rows.append(model_row(src))
 
-    # as rerank/job.py decides: cuda when the cluster has GPUs now, one actor per GPU by default
-    device = cfg.device if cfg.device != "auto" else ("cuda" if res.gpus else "cpu")
-    actors = cfg.num_actors or (max(1, int(res.gpus)) if device == "cuda" else 1)
+    # as rerank/job.py decides: cuda when the cluster has or can get GPUs, one actor per GPU by default
+    from docrerank.rerank.job import choose_device, reranker_backbone
+
+    device, why = choose_device(cfg.device, res, reranker_backbone(cfg.reranker.path) if not src.problems else None)
+    actors = cfg.num_actors or (max(1, int(res.gpus or res.max_gpus or 0)) if device == "cuda" else 1)
     gpus_each = 1 if device == "cuda" else 0
     gpu_s, source = reranker_cost(cfg.reranker.path, pairs, device, opts)
     sec = report.section("stages", ["stage", "device", "actors", "GPUs/actor", "CPUs/actor", "GPU-h", "wall h"])
     sec.rows.append(["score", device, actors, gpus_each, cfg.cpus_per_actor, fmt_hours(gpu_s),
                      fmt_hours(None if gpu_s is None else gpu_s / actors)])
     sec.notes.append(f"throughput: {source}")
+    if why:
+        sec.notes.append(why)
     resources_section(report, res, actors * gpus_each, actors * cfg.cpus_per_actor, what=f"{actors} scoring actor(s)")
     reads = [("input", cfg.input)] + ([("pages", cfg.pages)] if cfg.pages else [])
     paths_section(report, reads, [("output", cfg.output)])
