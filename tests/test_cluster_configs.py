@@ -232,3 +232,64 @@ def test_gpu_extras_resolve_together():
     allowed = [v for v in VLLM_PINS if v in gpu_vllm]
     assert allowed and all(VLLM_PINS[v]["torch"] in SpecifierSet(COLPALI_0_3_18["torch"]) for v in allowed), allowed
     assert any(v in peft and v in SpecifierSet(COLPALI_0_3_18["peft"]) for v in ("0.20.0", "0.19.1"))
+
+
+# EC2 instance types the KubeRay groups select (vCPUs, GiB, GPUs, the EKS AMI's max pods for the type).
+INSTANCES = {"m6i.2xlarge": (8, 32, 0, 58), "m6i.4xlarge": (16, 64, 0, 234), "g6e.2xlarge": (8, 64, 1, 58),
+             "g6e.12xlarge": (48, 384, 4, 234)}
+DAEMONSETS = (0.3, 1.0)  # CPUs, GiB the node's daemonsets take (CNI, kube-proxy, GPU device plugin, log agent)
+
+
+def allocatable(vcpus: int, gib: int, max_pods: int) -> tuple[float, float]:
+    """(CPUs, GiB) a pod can request on the instance: its capacity less the kubelet's reserve as the EKS AMI sets it
+    (CPU: 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% of the rest; memory: 255 MiB + 11 MiB
+    per pod + a 100 MiB eviction threshold), the kernel's share of memory (~3%, what the node reports as capacity
+    below the instance's nominal GiB) and the daemonsets."""
+    cores = [0.06, 0.01, 0.005, 0.005] + [0.0025] * max(0, vcpus - 4)
+    cpu = vcpus - sum(cores[:vcpus]) - DAEMONSETS[0]
+    mem = gib * 0.97 - (255 + 11 * max_pods + 100) / 1024 - DAEMONSETS[1]
+    return cpu, mem
+
+
+def _gib(q: str) -> float:
+    return float(q[:-2]) * (1 if q.endswith("Gi") else 1 / 1024) if q.endswith(("Gi", "Mi")) else float(q) / 2**30
+
+
+@pytest.mark.parametrize("name, template", list(pod_templates()), ids=[n for n, _ in pod_templates()])
+def test_every_kuberay_pod_fits_the_allocatable_of_its_instance_type(name, template):
+    """A pod requesting a whole instance (16 CPUs on a 16-vCPU node) stays Pending: allocatable is always less. Each
+    group names its instance type, and its requests (= limits, = Ray's num-cpus) leave the reserve room."""
+    spec = template["spec"]
+    kind = (spec.get("nodeSelector") or {}).get("node.kubernetes.io/instance-type")
+    assert kind in INSTANCES, f"{name}: nodeSelector names no known instance type ({kind!r})"
+    vcpus, gib, gpus, pods = INSTANCES[kind]
+    cpu_ok, mem_ok = allocatable(vcpus, gib, pods)
+    req = spec["containers"][0]["resources"]["requests"]
+    assert float(req["cpu"]) <= cpu_ok, f"{name}: requests {req['cpu']} CPUs, {kind} allocates about {cpu_ok:.2f}"
+    assert _gib(req["memory"]) <= mem_ok, f"{name}: requests {req['memory']}, {kind} allocates about {mem_ok:.1f} GiB"
+    assert int(req.get("nvidia.com/gpu", 0)) == gpus, f"{name}: {kind} has {gpus} GPU(s)"
+    if not name.endswith(":head"):  # the head runs no tasks (num-cpus 0); a worker should use its node
+        assert float(req["cpu"]) >= vcpus - 2, f"{name}: {req['cpu']} CPUs leaves most of a {vcpus}-vCPU {kind} idle"
+
+
+def test_every_kuberay_group_gets_the_hub_token_from_an_optional_secret():
+    for name, template in pod_templates():
+        for c in template["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            ref = env.get("HF_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            assert ref.get("name") == "hf-token" and ref.get("optional") is True, f"{name}: {env.get('HF_TOKEN')}"
+            assert "value" not in env["HF_TOKEN"], f"{name}: a token value in the manifest"
+
+
+def test_token_auth_is_on_where_the_guide_says_the_launchers_enable_it():
+    """The guide says the launcher and KubeRay start the cluster with token auth: aws.yaml's nodes run with
+    RAY_AUTH_MODE=token and get the token file, the KubeRay clusters ask the operator for a token."""
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    assert "-e RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+            assert spec.get("authOptions") == {"mode": "token"}, path.name
+    guide = (CLUSTER / "README.md").read_text()
+    assert "RAY_AUTH_MODE=token" in guide and "authOptions" in guide

@@ -150,6 +150,9 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
         for p in src.problems:
             report.problem(p)
         hub_models |= src.kind in ("cache", "hub")
+        if src.gated.startswith("gated") and src.kind == "hub":
+            models.notes.append(f"{pool.engine.model} is gated: the nodes need HF_TOKEN, a token whose account "
+                                "accepted its licence (cluster/README.md, 'Gated models')")
         if pool.engine.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             models.notes.append("vllm is not installed here; the GPU workers need it (the image of cluster/README.md)")
 
