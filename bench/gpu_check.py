@@ -6,13 +6,20 @@ without Ray, vLLM or DeepSpeed (torch, transformers and peft only, plus docreran
 3. LoRA training steps of the reranker (``scaling.use_ray=false`` path: the scorer, collate, loss, plain AdamW):
    samples/s, tokens/s, peak memory, MFU estimate, vs a plain transformers step (full forward per example);
 4. export (LoRA merged in float32, cast to bf16) and reload through the ``Reranker``: score parity with the
-   trained adapter.
+   trained adapter;
+5. one DeepSpeed ZeRO-2 bf16 run of a few steps through the training's own engine (``train.step.make_engine``) with
+   ``deepspeed.optimizer: auto`` (skipped, saying so, where DeepSpeed is not installed).
+
+It asserts, not only measures (the run exits non-zero, naming the check): the page image changes the score (a
+model that ignored the images, as transformers < 5.18 silently did, scores every page the same), the training loss
+decreases, the exported model scores as the trained adapter did, and the DeepSpeed steps lower the loss.
+``--budget-s`` bounds the whole run: a check that would start too late is skipped and recorded as such.
 
 Each writes ``<out-dir>/<name>_<tag>.json`` (metric, unit, baseline, value, ratio, device, command, date), tag
 ``cuda_2b`` on a GPU, ``cpu_tiny`` with ``--tiny`` (a tiny model and small pages: checks the script end to end on
 a CPU in a few minutes). The model is built from its config: nothing is downloaded.
 
-    python bench/gpu_check.py [--tiny] [--out-dir bench/results] [--only judge,generate,train]
+    python bench/gpu_check.py [--tiny] [--out-dir bench/results] [--only judge,generate,train,deepspeed]
 """
 
 from __future__ import annotations
@@ -100,6 +107,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class CheckFailed(AssertionError):
+    """A check's assertion: the run goes on with the other checks and exits non-zero at the end."""
+
+
+def require(ok: bool, what: str) -> None:
+    """Fail the current check with ``what`` unless ``ok``."""
+    if not ok:
+        raise CheckFailed(what)
+
+
 def build_model(work: Path, tiny: bool, device: str) -> tuple[str, float]:
     """A random Qwen2-VL checkpoint with 2B shapes (or tiny) written to ``work``; (path, seconds)."""
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
@@ -133,7 +150,7 @@ def check_judge(rec: Recorder, model: str, args, pages: list[bytes]) -> None:
     timed(requests(1, 4), True)
     timed(requests(1, 4), False)
     settings = {}
-    for per_page in (12, 24):
+    for per_page in (12,):  # 24 checks per page: --only judge with a larger budget
         reqs = requests(len(pages), per_page)
         best = {True: float("inf"), False: float("inf")}
         out = {}
@@ -146,6 +163,11 @@ def check_judge(rec: Recorder, model: str, args, pages: list[bytes]) -> None:
         if errors:
             raise SystemExit(f"judge errors: {errors[:3]}")
         diff = max(abs(a.p_yes - b.p_yes) for a, b in zip(out[True], out[False]))
+        # the same question on different pages: the image must change the judgement
+        same_q = [r.p_yes for r in out[False][::per_page]]
+        require(max(same_q) - min(same_q) > 1e-6, f"judge: one question on {len(same_q)} different pages got the "
+                f"same p_yes {same_q}: the page image is ignored")
+        require(diff < 0.05, f"judge: prefix reuse and plain judging differ by {diff:.4f} in p_yes")
         settings[str(per_page)] = {"pairs": len(reqs), "baseline_pairs_per_s": len(reqs) / best[False],
                                    "value_pairs_per_s": len(reqs) / best[True], "ratio": best[False] / best[True],
                                    "max_abs_diff_p_yes": diff, "prompt_tokens_per_pair": out[True][0].prompt_tokens}
@@ -272,6 +294,14 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     flops = 6 * n_lm * mb.tokens + 2 * n_vis * pixels_per_page * len(mb.inputs["page_grid"])
     peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in rec.device_name()), None)
     mfu = flops / step_s / (peak_tflops * 1e12) if peak_tflops and device == "cuda" else None
+    require(losses[-1] < losses[0], f"train: the loss did not decrease over {len(losses)} steps on one batch: {losses}")
+    # one query against each page: the image must change the score
+    scorer.eval()
+    pix = [scorer.page_pixels(pages[i], f"p{i}") for i in range(len(pages))]
+    with torch.no_grad():
+        per_page = scorer.score_pairs([QUERIES[0]] * len(pix), list(range(len(pix))), pix, device).float().cpu()
+    require(float(per_page.max() - per_page.min()) > 1e-6, f"train: one query on {len(pix)} pages scores "
+            f"{per_page.tolist()}: the page image is ignored (transformers >= 5.18 needed)")
     rec.write("train_lora", "reranker training samples/s, LoRA, gradient checkpointing, no DeepSpeed", "samples/s",
               mb.examples / base_s, mb.examples / step_s, examples_per_step=mb.examples, tokens_per_step=mb.tokens,
               tokens_per_s=mb.tokens / step_s, step_s=step_s, baseline_step_s=base_s, peak_memory_mb=peak,
@@ -300,17 +330,98 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     moved = (trained - untrained).abs().max().item()
     rank = lambda t: t.argsort().argsort().float()  # noqa: E731 - Spearman without scipy (not on every GPU box)
     rho = float(torch.corrcoef(torch.stack([rank(merged), rank(trained)]))[0, 1]) if len(merged) > 2 else None
+    # fp32 end to end on the CPU: equal up to float rounding; bf16 on the GPU: within bf16 rounding of the scores,
+    # far below how far training moved them, and the same order
+    limit = 1e-3 if device == "cpu" else 0.5 * moved + 0.1
+    require(gap <= limit, f"export: the merged model's scores differ from the trained adapter's by {gap:.4f} "
+            f"(> {limit:.4f}; training moved them by {moved:.4f})")
+    require(rho is None or rho > 0.9, f"export: Spearman {rho} between the merged and the trained scores")
+    require(moved > 0, "export: training did not move the scores at all")
     rec.write("export_parity", "max |merged model score - trained adapter score| (Reranker reload)", "score",
               moved, gap, pairs=len(merged), spearman=rho, export_s=export_s, merged_dtype=str(next(rr.model.parameters()).dtype),
               baseline_desc="max |trained - untrained| score: how far training moved the scores",
               value_desc="max |Reranker on the exported merged model - the trained scorer| on the same pairs")
 
 
+def check_deepspeed(rec: Recorder, model: str, args, pages: list[bytes], work: Path) -> None:
+    """A few ZeRO-2 steps (bf16 on the GPU, fp32 on the CPU) through the training's DeepSpeed engine with the `auto`
+    Adam choice: the choice is logged and recorded, the loss must decrease."""
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("deepspeed") is None:
+        print("[deepspeed] SKIPPED: DeepSpeed is not installed here (put its wheel in bench/wheels/: "
+              "DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation deepspeed==0.19.8)", flush=True)
+        rec.write("deepspeed_zero2_step", "DeepSpeed ZeRO-2 step: skipped (DeepSpeed not installed)", "s", None, 0,
+                  skipped="deepspeed not installed")
+        return
+    import torch
+
+    from docrerank.models.backbones import build_scorer
+    from docrerank.data.collate import collate_groups
+    from docrerank.train.config import TrainConfig
+    from docrerank.train.step import make_engine, prepare, train_step
+
+    device = rec.device
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    cfg = TrainConfig.model_validate({
+        "output": str(work / "ds"), "data": {"sources": [{"path": "unused"}], "groups_per_device": args.groups},
+        "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048, "gradient_checkpointing": True},
+        "deepspeed": {"enabled": True, "stage": 2, "precision": "auto", "optimizer": "auto"},
+        "scaling": {"use_ray": False, "device": device}, "optim": {"warmup_steps": 0, "lr": 1e-4}})
+    scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=0)
+    seen: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Grab()
+    logging.getLogger("docrerank.train").addHandler(handler)
+    logging.getLogger("docrerank.train").setLevel(logging.INFO)
+    t = time.perf_counter()
+    engine = make_engine(scorer, cfg, total_steps=args.steps + 4, device=device)
+    init_s = time.perf_counter() - t
+    logging.getLogger("docrerank.train").removeHandler(handler)
+    choice = next((m for m in seen if m.startswith("optimizer:")), "optimizer: ?")
+    mb = prepare(scorer, collate_groups(groups_of(pages, args.groups)))
+    engine.train()
+    losses, times = [], []
+    for _ in range(args.steps + 1):
+        sync(device)
+        t = time.perf_counter()
+        losses.append(train_step(engine, [mb], cfg.loss, device)["loss"])
+        sync(device)
+        times.append(time.perf_counter() - t)
+    require(all(loss == loss for loss in losses), f"deepspeed: NaN loss {losses}")
+    require(losses[-1] < losses[0], f"deepspeed: the loss did not decrease over {len(losses)} ZeRO-2 steps: {losses}")
+    dtype = str(next(p for p in scorer.parameters() if p.requires_grad).dtype)
+    rec.write("deepspeed_zero2_step", "DeepSpeed ZeRO-2 step time, LoRA, optimizer auto", "s", None, min(times[1:]),
+              optimizer=choice, init_s=init_s, losses=losses, step_s=times, trainable_dtype=dtype,
+              precision="bf16" if device == "cuda" else "fp32", examples_per_step=mb.examples,
+              value_desc="fastest of the timed ZeRO-2 steps (the first, warm-up step excluded)")
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    del engine, scorer
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model and small pages (a CPU check of the script)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
-    ap.add_argument("--only", default="judge,generate,train", help="comma-separated checks to run")
+    ap.add_argument("--only", default="judge,generate,train,deepspeed", help="comma-separated checks to run")
+    ap.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET_S", 0)) or None,
+                    help="seconds the whole run may take: a check is skipped when less than its estimate is left")
     ap.add_argument("--pages", type=int, default=None, help="pages per check (default 4; tiny 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per judge path (best kept)")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
@@ -322,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tiny and device != "cuda":
         raise SystemExit("no CUDA GPU visible: run with --tiny for a CPU check of the script")
     big = not args.tiny
-    args.pages = args.pages or (4 if big else 2)
-    args.repeats = args.repeats or (2 if big else 1)
-    args.steps = args.steps or (4 if big else 2)
-    args.groups = args.groups or (8 if big else 2)
+    args.pages = args.pages or (3 if big else 2)
+    args.repeats = args.repeats or 1
+    args.steps = args.steps or (3 if big else 2)
+    args.groups = args.groups or (4 if big else 2)
     args.batch_size = 8
     args.gen_tokens = 64 if big else 8
     args.max_pixels = 802_816 if big else 28 * 28 * 64  # 1024 image tokens per page (tiny: 64)
@@ -339,14 +450,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model built in {build_s:.0f}s: {model}", flush=True)
         pages = [make_page(s, size) for s in range(args.pages)]
         only = set(args.only.split(","))
-        if "judge" in only:
-            check_judge(rec, model, args, pages)
-        if "generate" in only:
-            check_generate(rec, model, args, pages)
-        if "train" in only:
-            check_train_and_export(rec, model, args, pages, work)
-    print(f"gpu check done in {time.perf_counter() - t0:.0f}s; wrote {', '.join(rec.written)}", flush=True)
-    return 0
+        # (name, function, seconds it needs at least on an H100, estimated; tiny: a tenth)
+        checks = [("train", lambda: check_train_and_export(rec, model, args, pages, work), 120),
+                  ("judge", lambda: check_judge(rec, model, args, pages), 60),
+                  ("deepspeed", lambda: check_deepspeed(rec, model, args, pages, work), 150),
+                  ("generate", lambda: check_generate(rec, model, args, pages), 60)]
+        failed, skipped = [], []
+        for name, run, need in checks:
+            if name not in only:
+                continue
+            left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t0)
+            if left is not None and left < (need / 10 if args.tiny else need):
+                print(f"[{name}] SKIPPED: {left:.0f} s of --budget-s left, it needs about {need} s", flush=True)
+                skipped.append(name)
+                continue
+            t = time.perf_counter()
+            try:
+                run()
+                print(f"[{name}] passed in {time.perf_counter() - t:.0f}s", flush=True)
+            except CheckFailed as err:
+                print(f"[{name}] FAILED: {err}", flush=True)
+                failed.append(f"{name}: {err}")
+        summary = {"failed": failed, "skipped": skipped, "written": rec.written, "device": rec.device_name(),
+                   "seconds": round(time.perf_counter() - t0, 1), "command": "bash bench/gpu_check.sh "
+                   + " ".join(rec.argv), "date": dt.date.today().isoformat()}
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.out_dir) / f"gpu_check_summary_{rec.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"gpu check done in {time.perf_counter() - t0:.0f}s; wrote {', '.join(rec.written)}; "
+          f"failed: {failed or 'none'}; skipped: {skipped or 'none'}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

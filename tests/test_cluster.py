@@ -127,3 +127,37 @@ def test_ray_job_submit_runs_the_build(ray_head, tmp_path):
         if (out / split).exists():
             written |= set(pq.read_table(out / split, columns=["group_id"]).column("group_id").to_pylist())
     assert stats["groups"] == len(written) > 0 and stats["ingest"]["balanced"]
+
+
+def test_the_hub_token_reaches_workers_on_nodes_that_lack_it(tmp_path, monkeypatch):
+    """Gated models (Pixtral) need HF_TOKEN on every node that downloads them: a driver that has it passes it in the
+    job's runtime env (never when the job's own runtime env already carries one, which Ray would refuse to merge)."""
+    import json
+    import sys
+
+    from docrerank.core.runtime import hub_token_env
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    assert hub_token_env() == {}
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_old_name")
+    assert hub_token_env() == {"HF_TOKEN": "hf_old_name"}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"HF_TOKEN": "x"}}}))
+    assert hub_token_env() == {}
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN")
+
+    session = start_session(tmp_path, num_cpus=1)  # the head (its raylet and workers) has no token
+    try:
+        probe = ("import os, ray\n"
+                 "from docrerank.core.runtime import init_ray\n"
+                 "init_ray()\n"
+                 "print('TOKEN', ray.get(ray.remote(lambda: os.environ.get('HF_TOKEN')).remote()))\n")
+        env = {k: v for k, v in session.env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        out = subprocess.run([sys.executable, "-c", probe], env=dict(env, RAY_ADDRESS=session.address,
+                                                                     HF_TOKEN="hf_test_token"),
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "TOKEN hf_test_token" in out.stdout, out.stdout[-500:]
+    finally:
+        finish_session(session)

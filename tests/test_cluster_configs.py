@@ -36,10 +36,87 @@ def pod_templates():
 
 def test_the_image_runs_as_the_ray_user_with_a_cache_in_its_home():
     img = dockerfile()
-    assert img["base"].startswith("rayproject/ray:2.60.0") and img["base"].endswith("-gpu")
+    assert img["base"].startswith("rayproject/ray:2.60.0")
     assert img["user"] == "1000:100"  # the rayproject images' user ray (uid 1000, gid users=100)
     assert img["hf_home"] == "/home/ray/.cache/huggingface"
     assert "[${EXTRAS}]" in img["text"] and "ARG EXTRAS=gpu,cloud" in img["text"]  # the GPU extras baked in
+
+
+# torch 2.13 on PyPI (vLLM 0.32's pin) requires cuda-toolkit==13.0.3 (its wheel's metadata, read with
+# pip install --dry-run --no-deps --report torch==2.13.0): a CUDA 13.0 build, which needs an NVIDIA driver >= 580.
+TORCH_CUDA = {"2.13": "13.0"}
+DRIVER_FOR_CUDA_MAJOR = {12: 525, 13: 580}
+
+
+def test_the_images_cuda_compiler_is_torchs_and_the_compiled_ops_are_prebuilt():
+    """The -gpu Ray base has a CUDA 12 nvcc; DeepSpeed will not load an op compiled across CUDA majors. The image
+    adds the compiler of torch's CUDA, checks it against torch at build time, prebuilds FusedAdam, turns vLLM's
+    FlashInfer sampler JIT off, and the guide states the driver that CUDA needs."""
+    text = dockerfile()["text"]
+    arg = re.search(r"^ARG TORCH_CUDA=(\S+)", text, re.M)
+    assert arg, "the image must name the CUDA of its torch"
+    gpu = _spec(pyproject()["project"]["optional-dependencies"]["gpu"], "vllm")
+    torch_of = {v: pins["torch"] for v, pins in VLLM_PINS.items() if v in gpu}
+    assert {TORCH_CUDA[".".join(t.split(".")[:2])] for t in torch_of.values()} == {arg.group(1)}, torch_of
+    assert "cuda-minimal-build-$(echo ${TORCH_CUDA} | tr . -)" in text and "CUDA_HOME=/usr/local/cuda-${TORCH_CUDA}" in text
+    assert "torch.version.cuda" in text  # the build fails when torch's CUDA is not the compiler's
+    assert "DS_BUILD_FUSED_ADAM=1" in text and "installed_ops" in text  # FusedAdam prebuilt and checked
+    assert re.search(r"^ENV VLLM_USE_FLASHINFER_SAMPLER=0", text, re.M)
+    guide = (CLUSTER / "README.md").read_text()
+    major = int(arg.group(1).split(".")[0])
+    assert f"CUDA {arg.group(1)}" in guide and f">= {DRIVER_FOR_CUDA_MAJOR[major]}" in guide
+    assert "VLLM_USE_FLASHINFER_SAMPLER" in guide
+
+
+def docker_context(dest: Path) -> Path:
+    """The paths the Dockerfile COPYs into /home/ray/docrerank, copied from the repository to ``dest``."""
+    import shutil
+
+    text = dockerfile()["text"]
+    for line in re.findall(r"^COPY\s+(.+)$", text, re.M):
+        *srcs, target = [w for w in line.split() if not w.startswith("--")]
+        assert target.startswith("/home/ray/docrerank"), line
+        for src in srcs:
+            where = dest / target.removeprefix("/home/ray/docrerank").strip("/")
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, where, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                where.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, where / Path(src).name)
+    return dest
+
+
+def test_a_wheel_built_from_the_image_context_carries_the_entry_points(tmp_path):
+    """The image installs what the Dockerfile COPYs: a wheel built from exactly those paths holds jobs/ and its
+    `docrerank` console script runs from an install of that wheel (no checkout on the path)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    ctx = docker_context(tmp_path / "ctx")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(ctx)], check=True, env=env, cwd=tmp_path, timeout=300)
+    wheel = next((tmp_path / "dist").glob("docrerank-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "jobs/cli.py" in names and "jobs/build_dataset.py" in names and "docrerank/core/config.py" in names
+    entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "docrerank = jobs.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, env=env, cwd=tmp_path, timeout=300)
+    probe = ("import importlib.metadata as m, sys\n"
+             f"dist = next(m.distributions(name='docrerank', path=[{str(target)!r}]))\n"
+             "ep = next(e for e in dist.entry_points if e.name == 'docrerank' and e.group == 'console_scripts')\n"
+             "main = ep.load()\n"
+             "import jobs, docrerank\n"
+             f"assert jobs.__file__.startswith({str(target)!r}), jobs.__file__\n"
+             f"assert docrerank.__file__.startswith({str(target)!r}), docrerank.__file__\n"
+             "sys.exit(main(['--help']))\n")
+    out = subprocess.run([sys.executable, "-c", probe], env=dict(env, PYTHONPATH=str(target)), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "build_dataset" in out.stdout and "usage: docrerank" in out.stdout
 
 
 @pytest.mark.parametrize("name, template", list(pod_templates()), ids=[n for n, _ in pod_templates()])
@@ -155,3 +232,64 @@ def test_gpu_extras_resolve_together():
     allowed = [v for v in VLLM_PINS if v in gpu_vllm]
     assert allowed and all(VLLM_PINS[v]["torch"] in SpecifierSet(COLPALI_0_3_18["torch"]) for v in allowed), allowed
     assert any(v in peft and v in SpecifierSet(COLPALI_0_3_18["peft"]) for v in ("0.20.0", "0.19.1"))
+
+
+# EC2 instance types the KubeRay groups select (vCPUs, GiB, GPUs, the EKS AMI's max pods for the type).
+INSTANCES = {"m6i.2xlarge": (8, 32, 0, 58), "m6i.4xlarge": (16, 64, 0, 234), "g6e.2xlarge": (8, 64, 1, 58),
+             "g6e.12xlarge": (48, 384, 4, 234)}
+DAEMONSETS = (0.3, 1.0)  # CPUs, GiB the node's daemonsets take (CNI, kube-proxy, GPU device plugin, log agent)
+
+
+def allocatable(vcpus: int, gib: int, max_pods: int) -> tuple[float, float]:
+    """(CPUs, GiB) a pod can request on the instance: its capacity less the kubelet's reserve as the EKS AMI sets it
+    (CPU: 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% of the rest; memory: 255 MiB + 11 MiB
+    per pod + a 100 MiB eviction threshold), the kernel's share of memory (~3%, what the node reports as capacity
+    below the instance's nominal GiB) and the daemonsets."""
+    cores = [0.06, 0.01, 0.005, 0.005] + [0.0025] * max(0, vcpus - 4)
+    cpu = vcpus - sum(cores[:vcpus]) - DAEMONSETS[0]
+    mem = gib * 0.97 - (255 + 11 * max_pods + 100) / 1024 - DAEMONSETS[1]
+    return cpu, mem
+
+
+def _gib(q: str) -> float:
+    return float(q[:-2]) * (1 if q.endswith("Gi") else 1 / 1024) if q.endswith(("Gi", "Mi")) else float(q) / 2**30
+
+
+@pytest.mark.parametrize("name, template", list(pod_templates()), ids=[n for n, _ in pod_templates()])
+def test_every_kuberay_pod_fits_the_allocatable_of_its_instance_type(name, template):
+    """A pod requesting a whole instance (16 CPUs on a 16-vCPU node) stays Pending: allocatable is always less. Each
+    group names its instance type, and its requests (= limits, = Ray's num-cpus) leave the reserve room."""
+    spec = template["spec"]
+    kind = (spec.get("nodeSelector") or {}).get("node.kubernetes.io/instance-type")
+    assert kind in INSTANCES, f"{name}: nodeSelector names no known instance type ({kind!r})"
+    vcpus, gib, gpus, pods = INSTANCES[kind]
+    cpu_ok, mem_ok = allocatable(vcpus, gib, pods)
+    req = spec["containers"][0]["resources"]["requests"]
+    assert float(req["cpu"]) <= cpu_ok, f"{name}: requests {req['cpu']} CPUs, {kind} allocates about {cpu_ok:.2f}"
+    assert _gib(req["memory"]) <= mem_ok, f"{name}: requests {req['memory']}, {kind} allocates about {mem_ok:.1f} GiB"
+    assert int(req.get("nvidia.com/gpu", 0)) == gpus, f"{name}: {kind} has {gpus} GPU(s)"
+    if not name.endswith(":head"):  # the head runs no tasks (num-cpus 0); a worker should use its node
+        assert float(req["cpu"]) >= vcpus - 2, f"{name}: {req['cpu']} CPUs leaves most of a {vcpus}-vCPU {kind} idle"
+
+
+def test_every_kuberay_group_gets_the_hub_token_from_an_optional_secret():
+    for name, template in pod_templates():
+        for c in template["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            ref = env.get("HF_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            assert ref.get("name") == "hf-token" and ref.get("optional") is True, f"{name}: {env.get('HF_TOKEN')}"
+            assert "value" not in env["HF_TOKEN"], f"{name}: a token value in the manifest"
+
+
+def test_token_auth_is_on_where_the_guide_says_the_launchers_enable_it():
+    """The guide says the launcher and KubeRay start the cluster with token auth: aws.yaml's nodes run with
+    RAY_AUTH_MODE=token and get the token file, the KubeRay clusters ask the operator for a token."""
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    assert "-e RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+            assert spec.get("authOptions") == {"mode": "token"}, path.name
+    guide = (CLUSTER / "README.md").read_text()
+    assert "RAY_AUTH_MODE=token" in guide and "authOptions" in guide

@@ -425,3 +425,87 @@ def test_one_dataset_has_no_average_row():
     lines = format_table(one).splitlines()
     assert any(ln.startswith(first) for ln in lines) and not any(ln.startswith("average") for ln in lines)
     assert any(ln.startswith("average") for ln in format_table(_results()).splitlines())
+
+
+# ------------------------------------------------------------------------------------ the ColPali first stage
+def _standin_colpali(monkeypatch, loads: list, batches: list):
+    """colpali-engine is a GPU extra (not installed on CPU CI): a stand-in ``colpali_engine.models`` with its API
+    (``ColQwen2.from_pretrained``, the processor's ``process_images``/``process_queries``/``score_multi_vector``)
+    that records the loads and the batches."""
+    import types
+
+    import torch
+    from transformers import BatchFeature
+
+    class ColQwen2(torch.nn.Module):
+        @classmethod
+        def from_pretrained(cls, name, **kw):
+            loads.append(kw)
+            return cls()
+
+        @property
+        def device(self):
+            return torch.device("cpu")
+
+        def forward(self, pixel=None, ids=None):
+            x = pixel if pixel is not None else ids
+            return torch.stack([x, x * 2], dim=1)  # 2 "tokens" of dimension 1 per item
+
+    class ColQwen2Processor:
+        @classmethod
+        def from_pretrained(cls, name):
+            return cls()
+
+        def process_images(self, images):
+            batches.append([im.size for im in images])
+            return BatchFeature({"pixel": torch.tensor([[float(im.size[0])] for im in images])})
+
+        def process_queries(self, queries):
+            return BatchFeature({"ids": torch.tensor([[float(len(q))] for q in queries])})
+
+        def score_multi_vector(self, qs, ps, device="cpu"):
+            return torch.tensor([[float((q @ p.T).max(dim=1).values.sum()) for p in ps] for q in qs])
+
+    cm = types.ModuleType("colpali_engine.models")
+    cm.ColQwen2, cm.ColQwen2Processor = ColQwen2, ColQwen2Processor
+    monkeypatch.setitem(sys.modules, "colpali_engine", types.ModuleType("colpali_engine"))
+    monkeypatch.setitem(sys.modules, "colpali_engine.models", cm)
+
+
+def test_colpali_first_stage_decodes_pages_per_batch_and_loads_once_per_run(monkeypatch):
+    """The corpus was decoded all at once (every page image in memory) and the model reloaded per dataset; and
+    from_pretrained got torch_dtype (deprecated in transformers 5: dtype)."""
+    from PIL import Image
+
+    from docrerank.eval import retrievers
+
+    loads, batches = [], []
+    _standin_colpali(monkeypatch, loads, batches)
+    monkeypatch.setattr(retrievers, "_LOADED", {})
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *a, **kw):
+        opened.append(len(batches))  # how many batches were processed when this page was decoded
+        return real_open(fp, *a, **kw)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+
+    def png(w):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, 10), "white").save(buf, "PNG")
+        return buf.getvalue()
+
+    class Bench:
+        def __init__(self, n):
+            self.name, self.queries = f"b{n}", {"q1": "abc", "q2": "abcdef"}
+            self.corpus_ids, self.images = [f"p{i}" for i in range(n)], [png(10 + i) for i in range(n)]
+
+    for bench in (Bench(5), Bench(3)):  # two datasets of one run
+        run = retrievers.retrieve(bench, "colpali", k=2, model="org/colqwen2-tiny", device="cpu", batch_size=2)
+        assert set(run) == {"q1", "q2"} and all(len(v) == 2 for v in run.values())
+    assert len(loads) == 1 and "dtype" in loads[0] and "torch_dtype" not in loads[0]  # loaded once, dtype=
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 1]
+    assert opened == [0, 0, 1, 1, 2, 3, 3, 4]  # each page decoded just before its batch, never all at once
+    retrievers.retrieve(Bench(2), "colpali", k=1, model="org/other-colqwen2", device="cpu", batch_size=2)
+    assert len(loads) == 2 and list(retrievers._LOADED) == [("org/other-colqwen2", "cpu", 2)]  # one model kept

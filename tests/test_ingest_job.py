@@ -154,3 +154,32 @@ def test_the_pool_feeds_only_workers_that_started(ray_local, corpus, tmp_path):
         assert [got[k][0]["quarantine"]["error"] for k in (3, 4)] == ["empty", "not_a_document"]
     finally:
         pool.close()
+
+
+def test_ingest_asks_an_autoscaling_cluster_for_the_planned_workers(ray_local, corpus, tmp_path):
+    """An autoscale-from-zero cluster has no CPU now (the head has CPU: 0): the ingest asks for a worker per task up
+    to what the autoscaler can add, not for the CPUs present (which gave one worker)."""
+    from dataclasses import asdict
+
+    from docrerank.core.plan import Resources
+    from docrerank.render.pool import WorkerPool
+    from docrerank.render.document import Passwords, RenderSettings
+    from docrerank.render.run import UNKNOWN_GROWTH_WORKERS, planned_workers
+
+    from_zero = Resources(cpus=0, gpus=0, source="test", max_cpus=320, max_gpus=16)
+    assert planned_workers(from_zero, tasks=50) == 50 and planned_workers(from_zero, tasks=1000) == 320
+    assert planned_workers(Resources(0, 0, "test", grows=True), 1000) == UNKNOWN_GROWTH_WORKERS
+    assert planned_workers(Resources(2, 0, "test"), 50) == 2  # a fixed cluster: its CPUs
+    assert planned_workers(Resources(0, 0, "test"), 0) == 1
+
+    kwargs = {"output": str(tmp_path), "passwords": asdict(Passwords()), "settings": asdict(RenderSettings()),
+              "memory_mb": 2048, "timeout_s": 60.0}
+    pool = WorkerPool(1, kwargs)
+    try:
+        pool.grow(1)  # the planned workers join the pool as the cluster places them
+        assert len(pool.actors) == 2
+        files = ["memo.pdf", "slides.pdf", "empty.pdf"]
+        got = dict(pool.map("probe", [([str(corpus / f)],) for f in files]))
+        assert sorted(got) == [0, 1, 2] and len(pool._ready) + len(pool._starting) == 2  # the 2nd: up or pending
+    finally:
+        pool.close()

@@ -253,6 +253,67 @@ def test_model_sources_without_downloading(tmp_path, tiny_vlm, monkeypatch):
     assert sources.model_source("s3://b/model").problems  # models load from directories or the hub
 
 
+MISTRAL_FILES = {"params.json": "{}", "tekken.json": "{}", "consolidated.safetensors": ""}
+PIXTRAL = "mistralai/Pixtral-12B-2409"
+
+
+def test_mistral_layout_is_a_complete_checkpoint_when_the_engine_says_so(tmp_path, monkeypatch):
+    """Pixtral-12B-2409 ships params.json, tekken.json and consolidated.safetensors, no config.json: complete when
+    the engine loads it in Mistral's format, incomplete for a transformers load; on disk, in the cache, on the hub."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, constants
+
+    from docrerank.engines.config import EngineConfig
+
+    d = tmp_path / "pixtral"
+    d.mkdir()
+    for name, text in MISTRAL_FILES.items():
+        (d / name).write_text(text)
+    assert not sources.model_source(str(d), layout="mistral").problems
+    assert "config.json" in sources.model_source(str(d)).problems[0]  # a transformers load needs it
+    (d / "tekken.json").unlink()
+    assert "tokenizer" in sources.model_source(str(d), layout="mistral").problems[0]
+
+    mistral = EngineConfig.model_validate({"backend": "vllm", "model": PIXTRAL,
+                                           "vllm": {"tokenizer_mode": "mistral"}})
+    assert sources.engine_layout(mistral) == "mistral"
+    assert sources.engine_layout(EngineConfig.model_validate({"backend": "vllm", "model": "m"})) == "hf"
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    fake_cache(tmp_path / "hub", PIXTRAL, MISTRAL_FILES)
+    cached = sources.model_source(PIXTRAL, layout="mistral")
+    assert cached.kind == "cache" and not cached.problems, cached
+    assert cached.gated.startswith("gated: needs a token with the licence accepted")  # offline: the static list
+    assert sources.model_source(PIXTRAL).problems  # the transformers layout finds no config.json
+
+    listing = [SimpleNamespace(rfilename=n) for n in ("params.json", "tekken.json", "consolidated.safetensors",
+                                                     "README.md")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(HfApi, "model_info", lambda self, name, **kw: SimpleNamespace(gated="auto", siblings=listing))
+    online = sources.model_source("mistralai/Other-Model", layout="mistral")
+    assert online.kind == "hub" and not online.problems and "4 files on the hub" in online.files
+    assert online.gated.startswith("gated: needs a token")
+    assert "config.json" in sources.model_source("mistralai/Other-Model").problems[0]
+    listing.pop(2)
+    assert "consolidated" in sources.model_source("mistralai/Other-Model", layout="mistral").problems[0]
+
+
+def test_build_paper_plan_passes_pixtral_from_a_mistral_layout_cache(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    fake_cache(tmp_path / "hub", PIXTRAL, MISTRAL_FILES)
+    config = REPO / "jobs/configs/build_paper.yaml"
+    rc, out, _ = run_main("build_dataset", ["--config", str(config), "--plan", *local_overrides(config, tmp_path)],
+                          capsys)
+    pixtral = next(line for line in out.splitlines() if line.lstrip().startswith(PIXTRAL))
+    assert "cache" in pixtral and "gated: needs a token with the licence accepted" in pixtral, pixtral
+    problems = out[out.index("problem(s):"):] if "problem(s):" in out else ""
+    assert PIXTRAL not in problems, problems  # the two Qwen models are not cached here: they are the problems
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in problems
+
+
 def test_driver_fetches_config_files_never_weights(tmp_path, monkeypatch):
     import huggingface_hub
 

@@ -141,6 +141,7 @@ class RecordingEngine:
     def __init__(self, cfg):
         if cfg.options.get("fail_load"):
             raise RuntimeError("weights not found")
+        time.sleep(cfg.options.get("load_delay", 0.0))
         self.delay = cfg.options.get("delay", 0.0)
 
     def generate(self, requests):
@@ -168,7 +169,8 @@ def recording(ray_local):
 
 
 def _engine(**options) -> EngineConfig:
-    ray = {k: options.pop(k) for k in list(options) if k in ("concurrency", "min_actors", "batch_size")}
+    ray = {k: options.pop(k) for k in list(options)
+           if k in ("concurrency", "min_actors", "batch_size", "load_timeout_s", "call_timeout_s")}
     return EngineConfig(backend="recording", model="stand-in", options=options,
                         ray={"num_cpus": 0.1, "batches_in_flight": 4, **ray})
 
@@ -223,6 +225,26 @@ def test_a_dead_actor_s_calls_go_to_the_others(recording):
         recording.kill(handles.actors["rewrite"][1], no_restart=True)
         with pytest.raises(RuntimeError, match="every actor failed a call of stage rewrite"):
             client.generate(_gen(["x"]))
+
+
+def test_a_wedged_engine_or_a_hung_load_fails_in_bounded_time_naming_the_pool_and_actor(recording):
+    """ray.wait had no timeout: an engine that never answers (or never loads) hung the job, logging every 30 s. Calls
+    and loads are bounded (engine.ray.call_timeout_s, load_timeout_s); the error names the pool and the actor."""
+    from docrerank.engines.pool_ray import ModelPools, cluster_resources
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rewrite \(recording stand-in\): 1 of 1 engine\(s\) still loading .*"
+                                           r"load_timeout_s=1 \(actor\(s\) actor [0-9a-f]+\)"):
+        ModelPools.start(plan_pools({"rewrite": _engine(load_delay=30, load_timeout_s=1)}, cluster_resources()))
+    assert time.monotonic() - t0 < 25
+    plan = plan_pools({"rewrite": _engine(delay=30, call_timeout_s=1, batch_size=1)}, cluster_resources())
+    with ModelPools.start(plan) as pools:
+        client = pools.handles.client("rewrite")
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"model pool rewrite: every actor failed a call of stage rewrite .*"
+                                               r"actor [0-9a-f]+: no answer .*call_timeout_s=1 s"):
+            client.generate(_gen(["slow"]))
+        assert time.monotonic() - t0 < 10
 
 
 def test_an_engine_that_cannot_load_or_a_pool_that_cannot_be_placed_fails_at_start(recording):

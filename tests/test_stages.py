@@ -290,3 +290,39 @@ def test_given_positives_start_at_the_negatives_unless_reverification_is_asked()
             assert all(q.p_answerable_a is not None for q in pos)
         else:
             assert all(q.p_answerable_a is None for q in pos)  # no judge was asked
+
+
+def test_pool_checks_do_not_wait_for_the_slowest_ordered_batch():
+    """The build's output is an ordered stream (preserve_order), so one slow batch held back every later one and
+    with them the pools' checks: a stage failing all its requests went unnoticed until the slow batch finished.
+    iter_checked checks on a clock while the stream waits, and a check's error stops the job at once."""
+    import time
+
+    from docrerank.core.raydata import iter_checked
+
+    def stream():
+        yield 1
+        time.sleep(30)  # the slowest batch
+        yield 2
+
+    checks = []
+
+    def check():
+        checks.append(time.monotonic())
+        if len(checks) == 3:
+            raise RuntimeError("too many model requests failed")
+
+    t0 = time.monotonic()
+    got = []
+    with pytest.raises(RuntimeError, match="too many model requests failed"):
+        for item in iter_checked(stream(), check, every_s=0.2):
+            got.append(item)
+    assert got == [1] and time.monotonic() - t0 < 5  # not 30 s behind the slow batch
+    assert list(iter_checked(iter([1, 2, 3]), lambda: None, every_s=0.1)) == [1, 2, 3]  # order kept
+
+    def broken():
+        yield 1
+        raise ValueError("bad page")
+
+    with pytest.raises(ValueError, match="bad page"):
+        list(iter_checked(broken(), lambda: None))

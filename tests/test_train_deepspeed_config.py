@@ -190,3 +190,30 @@ def test_the_worker_probe_and_the_log_line(caplog):
         engine = make_engine(torch.nn.Linear(2, 1), cfg, total_steps=2, device="cpu")
     assert "optimizer: torch AdamW (CPU run)" in caplog.text
     assert type(engine.optimizer).__name__ != "FusedAdam"
+
+
+def test_auto_adam_never_jit_compiles_with_an_nvcc_of_another_cuda_major(monkeypatch):
+    """The -gpu Ray image had a CUDA 12 nvcc while PyPI's torch 2.13 is a CUDA 13 build: DeepSpeed refuses to load
+    an op compiled across majors, so the probe says "cannot compile" and auto picks torch AdamW."""
+    import shutil
+
+    import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.ops.op_builder import FusedAdamBuilder
+    from deepspeed.ops.op_builder import builder as op_builder
+
+    from docrerank.train.step import adam_ops
+
+    assert dsc.cuda_majors_match((13, 0), "13.0") and dsc.cuda_majors_match((13, 2), "13.0")
+    assert not dsc.cuda_majors_match((12, 8), "13.0") and not dsc.cuda_majors_match((13, 0), None)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/ninja" if name == "ninja" else real_which(name))
+    monkeypatch.setattr(FusedAdamBuilder, "is_compatible", lambda self, verbose=False: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(op_builder, "installed_cuda_version", lambda name="": (12, 8))
+    prebuilt, can = adam_ops(offload_optimizer=False)
+    assert (prebuilt, can) == (False, False)
+    assert dsc.choose_adam("auto", "cuda", False, prebuilt, can)[0] is True
+    monkeypatch.setattr(op_builder, "installed_cuda_version", lambda name="": (13, 0))
+    assert adam_ops(offload_optimizer=False) == (False, True)  # same major: it may be compiled

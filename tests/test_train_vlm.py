@@ -153,6 +153,21 @@ def test_other_qwen_vl_families_score_like_the_plain_model(data, groups, arch):
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
+def test_a_forward_that_would_swallow_the_page_images_fails_at_build(data, scorer, monkeypatch):
+    """transformers 5.17's Qwen2VLModel.forward took no mm_encoder_outputs (its **kwargs swallowed them, and every
+    page scored the same): building a scorer on such a forward fails, naming the version needed."""
+    inner = type(scorer.model.get_base_model().model)
+
+    def old_forward(self, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                    mm_token_type_ids=None, **kwargs):  # the 5.17 signature: no mm_encoder_outputs
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(inner, "forward", old_forward)
+    cfg = config(data)
+    with pytest.raises(RuntimeError, match=r"does not take mm_encoder_outputs.*transformers>=5\.18"):
+        build_scorer(cfg.model, cfg.lora)
+
+
 def test_lora_adapts_the_language_model_only(scorer):
     names = [n for n, p in scorer.named_parameters() if p.requires_grad]
     assert len(names) == 2 * 7 * 2  # 2 layers x q,k,v,o,gate,up,down x (A, B)

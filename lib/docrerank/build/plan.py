@@ -30,7 +30,7 @@ from docrerank.core.plan import (
 from docrerank.engines.config import EngineConfig
 from docrerank.engines.plan import STAGE_HEADER, StageCost, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import PoolPlan, plan_pools
-from docrerank.models.sources import model_source
+from docrerank.models.sources import engine_layout, model_source
 from docrerank.models.tokens import page_image_tokens
 from docrerank.prompts import load_prompt
 
@@ -142,12 +142,16 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
     models = report.section("models", ["model", "backend", "stages", "source", "where", "files", "gated"])
     hub_models = False
     for pool in pool_plan.pools:
-        src = model_source(pool.engine.model, key=f"{pool.stages[0]}.engine.model", backend=pool.engine.backend)
+        src = model_source(pool.engine.model, key=f"{pool.stages[0]}.engine.model", backend=pool.engine.backend,
+                           layout=engine_layout(pool.engine))
         models.rows.append([pool.engine.model, pool.engine.backend, ", ".join(pool.stages), src.kind, src.where,
                             src.files, src.gated])
         for p in src.problems:
             report.problem(p)
         hub_models |= src.kind in ("cache", "hub")
+        if src.gated.startswith("gated") and src.kind == "hub":
+            models.notes.append(f"{pool.engine.model} is gated: the nodes need HF_TOKEN, a token whose account "
+                                "accepted its licence (cluster/README.md, 'Gated models')")
         if pool.engine.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             models.notes.append("vllm is not installed here; the GPU workers need it (the image of cluster/README.md)")
 

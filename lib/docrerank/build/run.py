@@ -34,6 +34,7 @@ from docrerank.core.raydata import (
     StageSpec,
     batch_format_of,
     excluded_from_ray_data,
+    iter_checked,
     read_parquet_files,
     read_parquet_files_list,
     remove_orphans,
@@ -47,6 +48,7 @@ log = logging.getLogger("docrerank.build")
 # Model-free actors leave a sliver of their core to the light read tasks (``READ_CPUS``), so a pool as large as
 # the machine never starves the read (a deadlock Ray Data cannot resolve on one small node).
 MODEL_FREE_CPUS = 0.9
+POOL_CHECK_S = 5.0  # the model pools are checked this often while the build runs
 
 
 def stage_engines(cfg: BuildConfig) -> dict:
@@ -175,11 +177,12 @@ def run_build(cfg: BuildConfig) -> dict:
             stack.enter_context(excluded_from_ray_data(**pools.resources()))
         # stages, the write stage last; the write stage emits one status per page
         specs = stage_specs(cfg, vocab, src.given, done, limit_ids, src.write_pages, pools.handles if pools else None)
-        for batch in chain_stages(ds, cfg, specs).iter_batches(batch_size=256, batch_format="numpy"):
+        batches = chain_stages(ds, cfg, specs).iter_batches(batch_size=256, batch_format="numpy")
+        # preserve_order holds every later batch behind the slowest one: the pools are checked on a clock instead
+        # (growth, failed requests), not only when a batch comes back
+        for batch in iter_checked(batches, pools.check if pools else (lambda: None), every_s=POOL_CHECK_S):
             for s in batch["status"]:
                 statuses[s] = statuses.get(s, 0) + 1
-            if pools:
-                pools.check()  # grows the pools; raises when a stage's requests fail too often
         if pools:
             pools.check(final=True)
             pool_stats = pools.summary()

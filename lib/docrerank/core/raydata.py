@@ -132,6 +132,45 @@ def remove_orphans(out: storage.Location, tables: Sequence[str], marker: str) ->
 
 
 
+def iter_checked(batches, check, every_s: float = 5.0):
+    """Yield the items of ``batches`` (e.g. a Ray Data ``iter_batches`` with ``preserve_order``) in order while
+    calling ``check()`` at least every ``every_s`` seconds, also while the next item is not there yet: an ordered
+    stream waits for its slowest batch, and the model pools' checks (new actors, failed requests) must not wait with
+    it. An exception of ``check`` (or of the stream) is raised here at once; the reading thread is a daemon."""
+    import queue
+    import threading
+    import time
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    end = object()
+
+    def pull() -> None:
+        try:
+            for item in batches:
+                q.put((item, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put((None, err))
+            return
+        q.put((end, None))
+
+    threading.Thread(target=pull, name="iter_checked", daemon=True).start()
+    last = time.monotonic()
+    while True:
+        try:
+            item, err = q.get(timeout=max(0.05, every_s - (time.monotonic() - last)))
+        except queue.Empty:
+            item, err = None, None
+        if time.monotonic() - last >= every_s:
+            check()
+            last = time.monotonic()
+        if err is not None:
+            raise err
+        if item is end:
+            return
+        if item is not None:
+            yield item
+
+
 @contextlib.contextmanager
 def excluded_from_ray_data(cpus: float = 0, gpus: float = 0):
     """While inside: Ray Data counts ``cpus`` and ``gpus`` of the cluster as held by others (the model pools) and

@@ -27,6 +27,29 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=runlog.FORMAT, stream=sys.stderr)
 
 
+HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub reads the first, the second is its old name
+
+
+def hub_token_env() -> dict[str, str]:
+    """``{"HF_TOKEN": token}`` when this process has a Hugging Face token (gated models such as Pixtral need one with
+    their licence accepted) and the job's runtime env does not already carry one, else ``{}``: what ``init_ray`` adds
+    to the runtime env so every node's workers get it. The token's value is never logged or written."""
+    import json
+
+    token = next((os.environ[v] for v in HUB_TOKEN_VARS if os.environ.get(v)), None)
+    if not token:
+        return {}
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by `ray job submit` for its driver
+    if injected:
+        try:
+            env = ((json.loads(injected).get("runtime_env") or {}).get("env_vars") or {})
+        except (ValueError, AttributeError):
+            env = {}
+        if any(v in env for v in HUB_TOKEN_VARS):
+            return {}  # the job's runtime env has it (Ray refuses to merge the same key twice)
+    return {"HF_TOKEN": token}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     """Connect to ``address`` or ``$RAY_ADDRESS``; with neither, start a local Ray sized to this machine.
 
@@ -42,10 +65,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     address = address or os.environ.get("RAY_ADDRESS")
     lib_dir = str(Path(__file__).resolve().parent.parent)
     env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [lib_dir, os.environ.get("PYTHONPATH")]))}
+    token = hub_token_env()
+    env_vars.update(token)
     if address:
         runlog.release()  # a cluster: Ray's and the libraries' logs stay where they would be without us
-        # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override.
-        ray.init(address=address, log_to_driver=True)
+        # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override it,
+        # only add the hub token (Ray merges env_vars by key) so every node can download gated models.
+        ray.init(address=address, log_to_driver=True, **({"runtime_env": {"env_vars": token}} if token else {}))
         return address
     run_log = runlog.active()
     if run_log is not None:

@@ -114,6 +114,13 @@ class RayStageConfig(Config):
     placement_timeout_s: float = Field(default=900.0, gt=0)
     """How long the job waits for the cluster (or its autoscaler) to place every pool's minimum before failing.
     A cluster without an autoscaler that cannot hold it fails at once."""
+    load_timeout_s: float = Field(default=1800.0, gt=0)
+    """How long the job waits for the placed actors' engines to load (download, load, warm-up) before failing,
+    naming the pool and the actors still loading."""
+    call_timeout_s: float = Field(default=1800.0, gt=0)
+    """The longest a call to the pool (``batch_size`` requests; it may wait behind ``batches_in_flight`` others in
+    the actor) may go unanswered: then the actor is taken for wedged, the call goes to another actor of the pool,
+    and with none left the job fails naming the pool and the actor."""
     max_error_share: float = Field(default=0.5, ge=0, le=1)
     """The job fails when more than this share of a stage's model requests failed (once ``min_requests`` were
     made), naming the stage and its top error kinds; and at the end whenever every request of a stage failed.

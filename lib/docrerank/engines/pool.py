@@ -172,6 +172,10 @@ class PoolSpec:
     actors_now: int = 0
     """Actors the live nodes hold next to every pool's minimum (the pool starts with these; more join when an
     autoscaler adds nodes)."""
+    load_timeout_s: float = 1800.0
+    """How long the job waits for the placed actors' engines to load (``engine.ray.load_timeout_s``)."""
+    call_timeout_s: float = 1800.0
+    """How long a call to the pool may go unanswered (``engine.ray.call_timeout_s``)."""
 
     def label(self) -> str:
         """E.g. "verify_positives+verify_negatives (vllm Qwen/Qwen2.5-VL-7B-Instruct)"."""
@@ -219,7 +223,8 @@ def _merged_ray(cfgs: list) -> dict:
     return {"concurrency": max(r.concurrency for r in rays), "min_actors": max(r.min_actors for r in rays),
             "num_cpus": max(r.num_cpus for r in rays), "num_gpus": max(gpus) if gpus else None,
             "batches_in_flight": max(r.batches_in_flight for r in rays),
-            "placement_timeout_s": max(r.placement_timeout_s for r in rays)}
+            "placement_timeout_s": max(r.placement_timeout_s for r in rays),
+            "load_timeout_s": max(r.load_timeout_s for r in rays), "call_timeout_s": max(r.call_timeout_s for r in rays)}
 
 
 def plan_pools(engines: Mapping[str, Any], cluster: Optional[ClusterResources],
@@ -250,7 +255,8 @@ def plan_pools(engines: Mapping[str, Any], cluster: Optional[ClusterResources],
             "+".join(s for s, _ in members), key, engine, [s for s, _ in members], shape, merged["min_actors"],
             merged["concurrency"], {s: c.ray.batch_size for s, c in members},
             {s: (c.ray.max_error_share, c.ray.min_requests) for s, c in members}, merged["batches_in_flight"],
-            merged["placement_timeout_s"]))
+            merged["placement_timeout_s"], load_timeout_s=merged["load_timeout_s"],
+            call_timeout_s=merged["call_timeout_s"]))
     if cluster is None:
         for p in plan.pools:
             p.actors_now = p.min_actors

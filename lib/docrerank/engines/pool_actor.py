@@ -15,12 +15,13 @@ import os
 import random
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 10.0  # how often a client asks its pool for the current actors
+DEFAULT_CALL_TIMEOUT_S = 1800.0  # engine.ray.call_timeout_s's default
 
 
 # --------------------------------------------------------------------------------------------- the actor
@@ -142,6 +143,12 @@ class EngineActor:
             fut.set_result(part)
 
 
+def actor_name(handle) -> str:
+    """"actor <id>" of a Ray actor handle (the id the dashboard and ``ray list actors`` show)."""
+    aid = getattr(handle, "_actor_id", None)
+    return f"actor {aid.hex()}" if aid is not None else f"actor {handle!r}"
+
+
 def last_line(err: BaseException) -> str:
     """The last line of an error's text (for a Ray error wrapping a traceback: the original exception)."""
     import re
@@ -171,6 +178,8 @@ class PoolHandles:
     """pool name -> its live actor handles at the start of the run (clients refresh them)."""
     batch_size: dict
     """stage -> requests per call."""
+    call_timeout_s: dict = field(default_factory=dict)
+    """pool name -> how long a call may go unanswered before its actor is taken for wedged (default 1800 s)."""
 
     def client(self, stage: str) -> "PoolClient":
         """The engine ``stage`` calls."""
@@ -187,6 +196,7 @@ class PoolClient:
     def __init__(self, handles: PoolHandles, stage: str):
         self.stage, self.pool = stage, handles.pool_of[stage]
         self.batch_size = handles.batch_size[stage]
+        self.call_timeout_s = handles.call_timeout_s.get(self.pool, DEFAULT_CALL_TIMEOUT_S)
         self._set(handles.actors[self.pool])
         self.rng = random.Random(os.getpid() ^ id(self))
         self.refreshed = time.monotonic()
@@ -240,22 +250,37 @@ class PoolClient:
         def send(i: int, failed: set) -> None:
             a = self._pick(failed | self.dead)
             self.load[a] += 1
-            pending[self.actors[a].call.remote(kind, self.stage, chunks[i])] = (i, a, failed)
+            pending[self.actors[a].call.remote(kind, self.stage, chunks[i])] = (i, a, failed, time.monotonic())
+
+        def retry(i: int, a: int, failed: set, why: str, err: BaseException | None = None) -> None:
+            failed = failed | {a}
+            self.dead.add(a)
+            if len(failed | self.dead) >= len(self.actors):
+                raise RuntimeError(f"model pool {self.pool}: every actor failed a call of stage {self.stage} "
+                                   f"({len(self.actors)} tried); the last, {actor_name(self.actors[a])}: {why}") from err
+            log.warning("pool %s: %s: %s; retrying the call on another actor", self.pool, actor_name(self.actors[a]),
+                        why)
+            send(i, failed)
 
         for i in range(len(chunks)):
             send(i, set())
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            i, a, failed = pending.pop(ref)
+            oldest = min(sent for *_, sent in pending.values())
+            left = max(0.0, oldest + self.call_timeout_s - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:  # the oldest call is overdue: its actor is wedged (alive, never answering)
+                ref = min(pending, key=lambda r: pending[r][3])
+                i, a, failed, _ = pending.pop(ref)
+                self.load[a] -= 1
+                ray.cancel(ref, force=False)
+                retry(i, a, failed, f"no answer to a call of stage {self.stage} within "
+                                    f"engine.ray.call_timeout_s={self.call_timeout_s:g} s (a wedged engine?)")
+                continue
+            ref = done[0]
+            i, a, failed, _ = pending.pop(ref)
             self.load[a] -= 1
             try:
                 out[i] = ray.get(ref)
             except ray.exceptions.RayActorError as err:  # gone even after Ray's restarts: another actor takes it
-                failed = failed | {a}
-                self.dead.add(a)
-                if len(failed | self.dead) >= len(self.actors):
-                    raise RuntimeError(f"model pool {self.pool}: every actor failed a call of stage {self.stage} "
-                                       f"({len(self.actors)} tried): {err}") from err
-                log.warning("pool %s: actor %d failed (%s); retrying the call on another", self.pool, a, err)
-                send(i, failed)
+                retry(i, a, failed, str(err), err)
         return [r for part in out for r in part]

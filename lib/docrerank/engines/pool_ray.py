@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from docrerank.engines.pool import ClusterResources, NodeType, PoolPlan, PoolSpec, stage_error_problems
-from docrerank.engines.pool_actor import EngineActor, PoolHandles, last_line
+from docrerank.engines.pool_actor import EngineActor, PoolHandles, actor_name, last_line
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class ModelPools:
         """What the stages get (``handles.client(stage)``)."""
         return PoolHandles({s: p.name for p in self.plan.pools for s in p.stages},
                            {p.name: [a.handle for a in self.actors[p.name] if a.info] for p in self.plan.pools},
-                           {s: bs for p in self.plan.pools for s, bs in p.batch_size.items()})
+                           {s: bs for p in self.plan.pools for s, bs in p.batch_size.items()},
+                           {p.name: p.call_timeout_s for p in self.plan.pools})
 
     def resources(self) -> dict:
         """CPUs and GPUs the pools' placement groups hold now (``cpus``, ``gpus``)."""
@@ -213,13 +214,29 @@ class ModelPools:
                     short.append(f"{p.name} {loaded}/{len(self.actors[p.name])}")
             if not short:
                 break
+            waited = time.monotonic() - t0
+            late = [p for p in self.plan.pools if waited > p.load_timeout_s
+                    and any(a.info is None for a in self.actors[p.name])]
+            if late:
+                self._fail_load(late, waited)
             if time.monotonic() - last_log > LOG_EVERY_S:
                 last_log = time.monotonic()
-                log.info("model pools: loading engines (%.0f s): %s", time.monotonic() - t0, "; ".join(short))
+                log.info("model pools: loading engines (%.0f s): %s", waited, "; ".join(short))
         for p in self.plan.pools:
             infos = [a.info for a in self.actors[p.name] if a.info]
             log.info("model pool %s: %d actor(s) loaded (%s)", p.label(), len(infos),
                      ", ".join(f"{i['engine']} on node {i['node_id'][:8]} in {i['load_s']} s" for i in infos))
+
+    def _fail_load(self, late: list, waited: float) -> None:
+        """RuntimeError naming each pool whose engines did not load in its ``load_timeout_s`` and those actors."""
+        parts = []
+        for p in late:
+            loading = [a for a in self.actors[p.name] if a.info is None]
+            names = ", ".join(actor_name(a.handle) for a in loading)
+            parts.append(f"{p.label()}: {len(loading)} of {len(self.actors[p.name])} engine(s) still loading after "
+                         f"{waited:.0f} s > engine.ray.load_timeout_s={p.load_timeout_s:g} (actor(s) {names})")
+        raise RuntimeError("model pools: engines did not load in time: " + "; ".join(parts) + ". A download or load "
+                           "that hangs (the actors' logs say where), or a slow one: raise engine.ray.load_timeout_s")
 
     def check(self, final: bool = False) -> None:
         """Let new actors join (their placement came through), and raise RuntimeError when a stage's requests failed

@@ -24,7 +24,7 @@ from docrerank.engines.config import EngineConfig
 from docrerank.engines.plan import STAGE_HEADER, reuses_prefix, stage_cost, text_tokens
 from docrerank.engines.pool import plan_pools
 from docrerank.mine.config import MineConfig
-from docrerank.models.sources import model_source
+from docrerank.models.sources import engine_layout, model_source
 from docrerank.models.tokens import page_image_tokens
 from docrerank.prompts import load_prompt
 
@@ -59,7 +59,8 @@ def plan_mine(cfg: MineConfig, res: Resources, opts: Optional[PlanOptions] = Non
     if engine is not None:
         roles.append(("filter", engine.model, engine.backend, "filter.engine.model"))
     for role, name, backend, key in roles:
-        src = model_source(name, key=key, backend="http" if backend == "http" else "hf")
+        src = model_source(name, key=key, backend="http" if backend == "http" else "hf",
+                           layout=engine_layout(engine) if role == "filter" else "hf")
         models.rows.append([role, name, backend, src.kind, src.where, src.files, src.gated])
         for p in src.problems:
             report.problem(p)

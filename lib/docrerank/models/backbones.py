@@ -73,6 +73,7 @@ class VLMScoring:
         self.model = model
         self.tokenizer, self.image_processor, self.cfg, self.path = tokenizer, image_processor, cfg, path
         base = base_of(model)
+        qwen_vl.require_encoder_outputs(base.model)  # else images are silently ignored (transformers < 5.18)
         self.image_token_id = base.config.image_token_id
         self.merge_size = getattr(image_processor, "merge_size", 2)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -149,3 +149,23 @@ def sequence_positions(model: Any, ids: Sequence[int], image_token_id: int, grid
     import torch
 
     return rope_positions(model, torch.tensor([list(ids)]), image_token_id, grid_thw)[:, 0, :]
+
+
+ENCODER_OUTPUTS_SINCE = "5.18"  # transformers: the Qwen-VL models' forward takes mm_encoder_outputs
+
+
+def require_encoder_outputs(model: Any) -> None:
+    """RuntimeError unless ``model``'s forward (a Qwen-VL ``...VLModel``) takes ``mm_encoder_outputs`` by name: the
+    pre-encoded page images the scorers pass. Older transformers swallow the argument in ``**kwargs``, so every page
+    image would be ignored and every page would score the same."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    if "mm_encoder_outputs" in params:
+        return
+    import transformers
+
+    raise RuntimeError(
+        f"{type(model).__name__}.forward of transformers {transformers.__version__} does not take "
+        f"mm_encoder_outputs: the page images would be ignored (every page scoring the same); install "
+        f"transformers>={ENCODER_OUTPUTS_SINCE} (pip install 'transformers>={ENCODER_OUTPUTS_SINCE},<5.25')")

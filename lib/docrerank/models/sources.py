@@ -1,8 +1,11 @@
 """Where a model will be loaded from, checked without downloading it, and fetching only a checkpoint's small files.
 
 - ``model_source``: a local directory, a ``pkg:`` package's bundled model, the local Hugging Face cache, or the
-  hub (gated or not, and its file list, asked of the hub only when downloads are allowed; offline: "not checked
-  offline"), with the files a load needs that are missing. Used by every job's ``--plan``.
+  hub (gated or not, and its file list, asked of the hub only when downloads are allowed; offline: the static
+  ``KNOWN_GATED`` list, else "not checked offline"), with the files a load needs that are missing. Used by every
+  job's ``--plan``. ``layout="mistral"`` (vLLM's ``tokenizer_mode``/``config_format: mistral``) checks Mistral's own
+  format instead of transformers': ``params.json``, a tokenizer (``tekken.json`` or ``tokenizer.model*``) and
+  ``consolidated*.safetensors``, no ``config.json``.
 - ``fetch_config_files``: a local directory with a checkpoint's config, tokenizer, chat template and image
   processor files only (``snapshot_download(allow_patterns=...)``), never its weights: what a driver needs to
   check inputs before its workers load the model.
@@ -24,6 +27,19 @@ log = logging.getLogger("docrerank.models")
 # Everything but the weights: configs, tokenizers, chat templates, image/video processor configs.
 CONFIG_PATTERNS = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+MISTRAL_TOKENIZERS = ("tekken.json", "tokenizer.model*")
+
+# Hub models whose licence must be accepted (gated) that the shipped configs use: what ``--plan`` says offline, where
+# the hub cannot be asked. Online the hub's own ``gated`` flag is used for every model. Extend when configs add one.
+KNOWN_GATED = frozenset({
+    "mistralai/Pixtral-12B-2409",
+    "mistralai/Pixtral-12B-Base-2409",
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "meta-llama/Llama-3.2-11B-Vision-Instruct",
+    "google/gemma-3-12b-it",
+    "google/gemma-3-27b-it",
+})
+GATED_NOTE = "gated: needs a token with the licence accepted (HF_TOKEN)"
 
 
 @dataclass
@@ -42,27 +58,55 @@ def _has_weights(d: Path) -> bool:
     return any(p.name.endswith(WEIGHT_SUFFIXES) for p in d.iterdir() if p.is_file())
 
 
-def _check_dir(src: ModelSource, d: Path, key: str) -> ModelSource:
-    missing = [n for n in ("config.json",) if not (d / n).is_file()]
-    if not _has_weights(d):
+def engine_layout(engine) -> str:
+    """"mistral" when an engine config loads a checkpoint in Mistral's format (vLLM ``tokenizer_mode`` or
+    ``config_format`` "mistral"), else "hf"."""
+    v = getattr(engine, "vllm", None)
+    if getattr(engine, "backend", None) == "vllm" and v is not None and "mistral" in (v.tokenizer_mode,
+                                                                                     v.config_format):
+        return "mistral"
+    return "hf"
+
+
+def _missing_files(names: list[str], layout: str) -> list[str]:
+    """What a load in ``layout`` needs that ``names`` (a directory's or a hub repo's file names) lacks."""
+    import fnmatch
+
+    if layout == "mistral":
+        missing = [] if "params.json" in names else ["params.json"]
+        if not any(fnmatch.fnmatch(n, p) for n in names for p in MISTRAL_TOKENIZERS):
+            missing.append("tokenizer (tekken.json / tokenizer.model*)")
+        if not any(fnmatch.fnmatch(n, "consolidated*.safetensors") for n in names):
+            missing.append("weights (consolidated*.safetensors)")
+        return missing
+    missing = [] if "config.json" in names else ["config.json"]
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
         missing.append("weights (*.safetensors / *.bin)")
-    src.files = "config + weights" if not missing else f"missing {', '.join(missing)}"
+    return missing
+
+
+def _check_dir(src: ModelSource, d: Path, key: str, layout: str = "hf") -> ModelSource:
+    missing = _missing_files([p.name for p in d.iterdir() if p.is_file()], layout)
+    what = "Mistral params + tokenizer + consolidated weights" if layout == "mistral" else "config + weights"
+    src.files = what if not missing else f"missing {', '.join(missing)}"
     if missing:
         src.problems.append(f"{key}: {src.name!r} at {d} lacks {', '.join(missing)}")
     return src
 
 
-def _cached_snapshot(repo: str) -> Optional[Path]:
-    """The local snapshot directory of ``repo`` in the Hugging Face cache that holds its config, or None."""
+def _cached_snapshot(repo: str, layout: str = "hf") -> Optional[Path]:
+    """The local snapshot directory of ``repo`` in the Hugging Face cache that holds its config (``params.json`` for
+    the Mistral layout), or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo, "config.json")
+    found = try_to_load_from_cache(repo, "params.json" if layout == "mistral" else "config.json")
     return Path(found).parent if isinstance(found, str) else None
 
 
-def model_source(name: str, key: str = "model", backend: str = "hf") -> ModelSource:
+def model_source(name: str, key: str = "model", backend: str = "hf", layout: str = "hf") -> ModelSource:
     """Where ``name`` (a path, ``pkg:MODULE`` or hub id) will be loaded from; ``problems`` says what would fail.
-    ``backend`` "http": the model is served by an endpoint, nothing is loaded here."""
+    ``backend`` "http": the model is served by an endpoint, nothing is loaded here. ``layout`` "mistral": the
+    checkpoint is in Mistral's format (``engine_layout``)."""
     if backend == "http":
         return ModelSource(name, "served", "the endpoint's model (nothing loaded here)")
     if name.startswith("pkg:"):
@@ -72,26 +116,27 @@ def model_source(name: str, key: str = "model", backend: str = "hf") -> ModelSou
         return _check_dir(ModelSource(name, "pkg", str(Path(spec.origin).parent / "model")),
                           Path(spec.origin).parent / "model", key)
     if Path(name).is_dir():
-        return _check_dir(ModelSource(name, "local", str(Path(name).resolve())), Path(name), key)
+        return _check_dir(ModelSource(name, "local", str(Path(name).resolve())), Path(name), key, layout)
     if "://" in name or name.startswith(("/", ".", "~")) or name.count("/") > 1:
         return ModelSource(name, "missing", "", problems=[f"{key}: {name!r} is not a local directory (nor a hub id)"])
-    snap = _cached_snapshot(name)
+    snap = _cached_snapshot(name, layout)
     src = ModelSource(name, "cache" if snap is not None else "hub", str(snap) if snap else "huggingface.co")
-    if snap is not None and _has_weights(snap):
-        src.files = "config + weights in the cache"
+    if snap is not None and not _missing_files([p.name for p in snap.iterdir()], layout):
+        src.files = ("Mistral params + tokenizer + weights" if layout == "mistral" else "config + weights") + \
+            " in the cache"
     elif snap is not None:
         src.kind, src.files = "hub", "config cached, weights to download"
     if hub_offline():
-        src.gated = "not checked offline"
+        src.gated = GATED_NOTE if name in KNOWN_GATED else "not checked offline"
         if src.kind == "hub":
             src.problems.append(f"{key}: {name!r} is not (fully) in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
                                 "forbids downloading it")
         return src
-    _ask_hub(src, key)
+    _ask_hub(src, key, layout)
     return src
 
 
-def _ask_hub(src: ModelSource, key: str) -> None:
+def _ask_hub(src: ModelSource, key: str, layout: str = "hf") -> None:
     """Fill ``gated`` and ``files`` from the hub (short timeout); unreachable hubs are noted, not problems."""
     try:
         from huggingface_hub import HfApi
@@ -106,16 +151,18 @@ def _ask_hub(src: ModelSource, key: str) -> None:
         src.problems.append(f"{key}: {src.name!r} is not on the hub ({type(err).__name__})")
         return
     except Exception as err:  # noqa: BLE001 - no network, proxies: only a note
-        src.gated = f"not checked ({type(err).__name__})"
+        src.gated = (GATED_NOTE if src.name in KNOWN_GATED else "not checked") + f" ({type(err).__name__})"
         return
-    src.gated = "gated" if info.gated else "not gated"
+    src.gated = GATED_NOTE if info.gated else "not gated"
     names = [s.rfilename for s in (info.siblings or [])]
     if names and src.kind == "hub":
         weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
-        src.files = f"{len(names)} files on the hub, {len(weights)} weight files" + ("" if "config.json" in names
-                                                                                     else ", NO config.json")
-        if "config.json" not in names or not weights:
-            src.problems.append(f"{key}: {src.name!r} on the hub has no config.json or no weights")
+        missing = _missing_files(names, layout)
+        src.files = f"{len(names)} files on the hub, {len(weights)} weight files" + (
+            f", NO {', '.join(missing)}" if missing else "")
+        if missing:
+            src.problems.append(f"{key}: {src.name!r} on the hub lacks {', '.join(missing)}"
+                                + (" (Mistral layout)" if layout == "mistral" else ""))
 
 
 def fetch_config_files(name: str, key: str = "model.path") -> str:

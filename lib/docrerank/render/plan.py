@@ -84,7 +84,7 @@ def plan_ingest(cfg: IngestConfig, res: Resources, opts: Optional[PlanOptions] =
     count = count_input_pages(cfg.input, cfg.suffixes, opts)
     if count.problem:
         report.problem(count.problem)
-    workers = cfg.num_workers or max(1, int(res.cpus))
+    workers = cfg.num_workers or max(1, int(res.cpu_capacity))  # an autoscaler adds the CPU nodes (ingest/run.py)
     sec = report.section("input", ["input", "files", "pages", "counted"])
     sec.rows.append([cfg.input, fmt_count(count.files), fmt_count(count.pages), count.how])
     render_s = (count.pages or 0) / (RENDER_PAGES_PER_S_PER_CPU * workers)

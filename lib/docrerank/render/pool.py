@@ -37,10 +37,19 @@ class WorkerPool:
         if size < 1:
             raise ValueError(f"size: expected >= 1 workers, got {size}")
         remote = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RESTARTS)(IngestWorker)
-        spread = remote.options(scheduling_strategy="SPREAD")
-        self.actors = [spread.remote(**worker_kwargs, warm=True) for _ in range(size)]
-        self._starting = {actor.ready.remote(): actor for actor in self.actors}  # done once the actor is up
+        self._spread = remote.options(scheduling_strategy="SPREAD")
+        self._kwargs = worker_kwargs
+        self.actors: list[Any] = []
+        self._starting: dict[Any, Any] = {}  # ready() ref -> actor: done once the actor is up
         self._ready: list[Any] = []
+        self.grow(size)
+
+    def grow(self, n: int) -> None:
+        """Ask for ``n`` more workers (pending ones are what an autoscaler adds nodes for); they get calls once up."""
+        for _ in range(max(0, n)):
+            actor = self._spread.remote(**self._kwargs, warm=True)
+            self.actors.append(actor)
+            self._starting[actor.ready.remote()] = actor
 
     def map(self, method: str, calls: Iterable[tuple]) -> Iterator[tuple[int, Any]]:
         """Run ``method(*args)`` for each ``args`` in ``calls`` on the actors; yield ``(index of the call, result)``

@@ -176,6 +176,19 @@ def _render(tasks: list[dict], pool: WorkerPool, n_pages: int) -> dict:
             "steady_pages_per_second": steady}
 
 
+UNKNOWN_GROWTH_WORKERS = 256  # workers asked of an autoscaler that does not publish its limits (at most)
+
+
+def planned_workers(res, tasks: int) -> int:
+    """Render workers (1 CPU each) for ``tasks`` tasks on a cluster of ``res`` (``core.plan.Resources``): one per
+    task, at most the CPUs the cluster can have (its autoscaler's maximum; an autoscaler of unknown limits is asked
+    for at most ``UNKNOWN_GROWTH_WORKERS``, the workers it cannot place wait and hold nothing up), at least 1."""
+    cap = res.cpu_capacity
+    if res.grows and not res.max_cpus:
+        cap = max(cap, UNKNOWN_GROWTH_WORKERS)
+    return max(1, min(tasks, int(cap)))
+
+
 def run_ingest(cfg: IngestConfig) -> dict:
     """Ingest ``cfg.input`` into ``cfg.output`` on the current Ray cluster; return the stats written
     (``ingest_stats.json``: the books, see :meth:`~docrerank.render.books.Books.to_dict`, and ``this_run``).
@@ -196,7 +209,10 @@ def run_ingest(cfg: IngestConfig) -> dict:
     if orphans:
         log.info("removed %d quarantine shards of unfinished tasks", orphans)
     state = load_state(out)
-    workers = cfg.num_workers or runtime.cluster_cpus()
+    from docrerank.core.plan import detect_resources
+
+    res = detect_resources()  # the CPUs present now and what the autoscaler can add
+    workers = cfg.num_workers or max(1, int(res.cpus))  # first the workers that fit now (the probe uses them)
     new = [u for u in inputs if u not in state.known_uris]
     input_set = set(inputs)
     unfinished = any(d["source_uri"] in input_set and len(_done(state, d)) < d["num_pages"]
@@ -211,7 +227,12 @@ def run_ingest(cfg: IngestConfig) -> dict:
         wanted = [d for d in state.documents.values() if d["source_uri"] in input_set]
         tasks = plan_tasks(wanted, {d["doc_id"]: _done(state, d) for d in wanted}, cfg.pages_per_task)
         n_pages = sum(len(it["pages"]) for t in tasks for it in t["items"])
-        log.info("render: %d pages in %d tasks on %d workers", n_pages, len(tasks), workers)
+        if pool is not None and not cfg.num_workers:
+            want = planned_workers(res, len(tasks))
+            if want > workers:  # an autoscaling cluster: pending workers make it add CPU nodes
+                log.info("render: asking for %d workers (%d CPUs now; the autoscaler adds nodes)", want, int(res.cpus))
+                pool.grow(want - workers)
+                workers = want
         timing = _render(tasks, pool, n_pages) if tasks else {"rendered": 0, "image_bytes": 0, "seconds": 0.0}
     finally:
         if pool is not None:

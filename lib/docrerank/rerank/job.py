@@ -2,7 +2,8 @@
 each, or CPU), resumable.
 
 A task is one row group of one input file. Each actor loads the reranker once, reads its task's rows (and, when
-the pages are not inline, those pages from ``pages``), scores them and writes ``scores/<file>-rg<k>.parquet``
+the pages are not inline, those pages from ``pages``: only the row groups that hold them, found in the page index
+the driver builds once from the pages' ``page_id`` column, since hashed ids defeat row-group statistics), scores them and writes ``scores/<file>-rg<k>.parquet``
 atomically: the input columns asked for plus ``query_id``, ``score`` (float32), ``rank`` (1 = best within the
 query's candidates in that row group) and ``error`` (why a pair could not be scored; its score is null). A rerun
 skips the tasks whose output exists. Every input row is in the output: the summary checks the counts.
@@ -49,6 +50,29 @@ def plan_tasks(cfg: RerankConfig) -> list[dict]:
     return tasks
 
 
+def page_index(pages: str) -> dict:
+    """Where each page of the ``pages`` table is: ``{"files": [...], "index": Table(page_id, file, row_group)}``,
+    read from the ``page_id`` column only (each task then reads only the row groups holding its pages)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    loc = storage.resolve(pages)
+    files = [loc.path] if loc.path.endswith(".parquet") else storage.list_files(loc, suffixes=(".parquet",))
+    parts = []
+    for i, f in enumerate(files):
+        pf = pq.ParquetFile(f, filesystem=loc.fs)
+        if "page_id" not in pf.schema_arrow.names:
+            raise ValueError(f"pages: {f} has no page_id column")
+        for rg in range(pf.num_row_groups):
+            ids = pf.read_row_group(rg, columns=["page_id"]).column(0).cast(pa.string())
+            n = len(ids)
+            parts.append(pa.table({"page_id": ids, "file": pa.array([i] * n, pa.int32()),
+                                   "row_group": pa.array([rg] * n, pa.int32())}))
+    schema = pa.schema([("page_id", pa.string()), ("file", pa.int32()), ("row_group", pa.int32())])
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    return {"files": files, "index": table}
+
+
 def query_ids(rows: list[dict], cfg: RerankConfig) -> list[str]:
     """Each row's query id: the configured/``query_id`` column, else a hash of the query text."""
     col = cfg.query_id_column or ("query_id" if rows and "query_id" in rows[0] else None)
@@ -73,24 +97,41 @@ def ranks(qids: list[str], scores: list[Optional[float]], page_ids: list[str]) -
 class ScoreActor:
     """Loads the reranker once; scores one task (a row group) per call and writes its output file."""
 
-    def __init__(self, cfg_json: str, device: str):
+    def __init__(self, cfg_json: str, device: str, pages_index: Optional[dict] = None):
         from docrerank.models.reranker import Reranker
 
         self.cfg = RerankConfig.model_validate_json(cfg_json)
+        self.pages_index = pages_index
         r = self.cfg.reranker
         self.reranker = Reranker.load(r.path, device=device, dtype=self.cfg.dtype, batch_size=r.batch_size,
                                       max_pixels=r.max_pixels, max_seq_len=r.max_seq_len)
         self.out = storage.resolve(self.cfg.output).join("scores")
 
-    def _pages(self, ids: list[str]) -> dict[str, dict]:
-        """Pages looked up by id in ``cfg.pages`` (only those asked for)."""
-        import pyarrow.dataset as pads
+    def _pages(self, ids: list[str]) -> tuple[dict[str, dict], int]:
+        """(pages looked up by id in ``cfg.pages``, only those asked for; rows of the pages table read): only the row
+        groups the page index names for ``ids`` are read."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
         loc = storage.resolve(self.cfg.pages)
-        ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
-        cols = ["page_id"] + [c for c in PAGE_COLUMNS if c in ds.schema.names]
-        table = ds.to_table(columns=cols, filter=pads.field("page_id").isin(sorted(set(ids))))
-        return {r["page_id"]: r for r in table.to_pylist()}
+        if self.pages_index is None:
+            self.pages_index = page_index(self.cfg.pages)
+        files, index = self.pages_index["files"], self.pages_index["index"]
+        wanted = pa.array(sorted(set(ids)), pa.string())
+        hits = index.filter(pc.is_in(index["page_id"], value_set=wanted))
+        groups = sorted(set(zip(hits["file"].to_pylist(), hits["row_group"].to_pylist())))
+        found: dict[str, dict] = {}
+        read = 0
+        opened: dict[int, Any] = {}
+        for fi, rg in groups:
+            pf = opened.get(fi) or opened.setdefault(fi, pq.ParquetFile(files[fi], filesystem=loc.fs))
+            cols = ["page_id"] + [c for c in PAGE_COLUMNS if c in pf.schema_arrow.names]
+            t = pf.read_row_group(rg, columns=cols)
+            read += t.num_rows
+            t = t.filter(pc.is_in(t["page_id"].cast(pa.string()), value_set=wanted))
+            found.update({str(r["page_id"]): r for r in t.to_pylist()})
+        return found, read
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -112,7 +153,7 @@ class ScoreActor:
         pids = [str(r[cfg.page_id_column]) for r in rows]
         qids = query_ids(rows, cfg)
         inline = rows and any(r.get("image") is not None or r.get("text") for r in rows)
-        found = {} if inline else self._pages(pids)
+        found, page_rows_read = ({}, 0) if inline else self._pages(pids)
         errors: list[Optional[str]] = [None] * len(rows)
         pages, keep = [], []
         for i, (r, pid) in enumerate(zip(rows, pids)):
@@ -142,7 +183,8 @@ class ScoreActor:
             out[c] = [r.get(c) for r in rows]
         storage.write_table_atomic(self.out.join(task["out"]), pa.table(out))
         return {"out": task["out"], "rows": len(rows), "scored": sum(s is not None for s in scores),
-                "errors": sum(e is not None for e in errors), "seconds": round(time.perf_counter() - t0, 3)}
+                "errors": sum(e is not None for e in errors), "page_rows_read": page_rows_read,
+                "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def check_actors_fit(actors: int, bundle: dict) -> None:
@@ -169,8 +211,16 @@ def run_rerank(cfg: RerankConfig) -> dict:
     storage.makedirs(out)
     done_files = {f.rsplit("/", 1)[-1] for f in storage.list_files(out, suffixes=(".parquet",))}
     todo = tasks if not cfg.resume else [t for t in tasks if t["out"] not in done_files]
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
+    from docrerank.core.plan import detect_resources
+
+    res = detect_resources()
+    from docrerank.rerank.plan import choose_device, reranker_backbone
+
+    device, why = choose_device(cfg.device, res, reranker_backbone(cfg.reranker.path) if cfg.device == "auto"
+                                else None)
+    if why:
+        log.warning("rerank: %s", why)
+    gpus = int(res.gpus or res.max_gpus or 0)
     actors = cfg.num_actors or (max(1, gpus) if device == "cuda" else 1)
     actors = max(1, min(actors, len(todo) or 1))
     check_actors_fit(actors, {"CPU": cfg.cpus_per_actor, **({"GPU": 1} if device == "cuda" else {})})
@@ -179,10 +229,12 @@ def run_rerank(cfg: RerankConfig) -> dict:
     t0 = time.perf_counter()
     results = []
     if todo:
+        index = page_index(cfg.pages) if cfg.pages else None  # once, for every task's row-group lookup
         ds = ray.data.from_items([{"task": json.dumps(t)} for t in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(ScoreActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
                             num_gpus=1 if device == "cuda" else 0, num_cpus=cfg.cpus_per_actor,
-                            fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "device": device})
+                            fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "device": device,
+                                                   "pages_index": index})
         results = [json.loads(r["summary"]) for r in ds.take_all()]
     rows_in = sum(t["rows"] for t in tasks)
     rows_out, scored, errors = 0, 0, 0
@@ -196,6 +248,8 @@ def run_rerank(cfg: RerankConfig) -> dict:
     summary: dict[str, Any] = {
         "tasks": len(tasks), "tasks_run": len(results), "tasks_reused": len(tasks) - len(todo), "rows_in": rows_in,
         "rows_out": rows_out, "scored": scored, "errors": errors, "device": device, "actors": actors,
+        "page_rows_read": sum(r.get("page_rows_read", 0) for r in results),
+        **({"device_note": why} if why else {}),
         "seconds": round(seconds, 2),
         "pairs_per_s": round(sum(r["scored"] for r in results) / seconds, 2) if results and seconds else None}
     if rows_out != rows_in:

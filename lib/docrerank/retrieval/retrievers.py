@@ -171,17 +171,23 @@ class ColPaliRetriever:
             raise ValueError(f"cannot tell the colpali-engine model class of {model!r} (got {name!r}); pass "
                              f"model_class, one of {[c for _, c in self.FAMILIES]}")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = getattr(cm, name).from_pretrained(model, torch_dtype=dtype, device_map=device).eval()
+        self.model = getattr(cm, name).from_pretrained(model, dtype=dtype, device_map=device).eval()
         self.processor = processor.from_pretrained(model)
         self.batch_size = batch_size
         self.device = device
 
     def _embed(self, items: list, kind: str) -> list:
+        """One multi-vector embedding per item (on the CPU), ``batch_size`` at a time; ``kind`` "images": items are
+        encoded page images, decoded one batch at a time (a corpus is never held decoded at once)."""
         import torch
 
         out = []
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
+            if kind == "images":
+                from PIL import Image
+
+                chunk = [Image.open(io.BytesIO(im)).convert("RGB") for im in chunk]
             batch = (self.processor.process_images(chunk) if kind == "images"
                      else self.processor.process_queries(chunk)).to(self.model.device)
             with torch.inference_mode():
@@ -195,18 +201,28 @@ class ColPaliRetriever:
     def search(self, queries: Mapping[str, str], corpus_ids: list[str], images: list[bytes | None],
                k: int = 20) -> dict[str, dict[str, float]]:
         """Top ``k`` pages per query by MaxSim score; every page needs its image bytes."""
-        from PIL import Image
-
         missing = [c for c, im in zip(corpus_ids, images) if not im]
         if missing:
             raise ValueError(f"{len(missing)} pages have no image (load the benchmark with load_images=True): "
                              f"{missing[:5]}")
-        pages = [Image.open(io.BytesIO(im)).convert("RGB") for im in images]
-        page_emb = self._embed(pages, "images")
+        page_emb = self._embed(list(images), "images")
         qids = list(queries)
         query_emb = self._embed([queries[q] for q in qids], "queries")
         scores = self.processor.score_multi_vector(query_emb, page_emb, device=self.device)
         return {q: top_k(dict(zip(corpus_ids, scores[i].float().tolist())), k) for i, q in enumerate(qids)}
+
+
+_LOADED: dict = {}  # (model, device, batch_size) -> ColPaliRetriever: the last one loaded, reused across datasets
+
+
+def colpali_retriever(model: str, device: str, batch_size: int) -> "ColPaliRetriever":
+    """The ``ColPaliRetriever`` of ``model``, loaded once and reused by every dataset of a run (one kept: a
+    different model replaces it)."""
+    key = (model, device, batch_size)
+    if key not in _LOADED:
+        _LOADED.clear()  # release the previous model before loading the next
+        _LOADED[key] = ColPaliRetriever(model, device=device, batch_size=batch_size)
+    return _LOADED[key]
 
 
 def retrieve(benchmark: Any, kind: str, k: int, run_file: str | None = None, model: str | None = None,
@@ -240,6 +256,6 @@ def retrieve(benchmark: Any, kind: str, k: int, run_file: str | None = None, mod
     if kind == "colpali":
         if not model:
             raise ValueError("kind='colpali' needs model (a colpali-engine checkpoint path or hub id)")
-        retriever = ColPaliRetriever(model, device=device, batch_size=batch_size)
+        retriever = colpali_retriever(model, device, batch_size)
         return retriever.search(benchmark.queries, benchmark.corpus_ids, benchmark.images, k)
     raise ValueError(f"unknown first-stage kind {kind!r}; expected 'bm25', 'run' or 'colpali'")

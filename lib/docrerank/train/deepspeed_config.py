@@ -127,6 +127,14 @@ def choose_adam(requested: str, device: str, offload_optimizer: bool, prebuilt: 
     return True, f"torch AdamW (DeepSpeed's {op} op is not prebuilt and cannot be compiled here)"
 
 
+def cuda_majors_match(nvcc: tuple[int, int] | None, torch_cuda: str | None) -> bool:
+    """Whether a CUDA op compiled with ``nvcc`` (``(major, minor)`` of the toolkit) can load into a torch built with
+    CUDA ``torch_cuda`` ("13.0"; None for a CPU build): DeepSpeed refuses a different major (12 vs 13)."""
+    if nvcc is None or not torch_cuda:
+        return False
+    return int(nvcc[0]) == int(str(torch_cuda).split(".")[0])
+
+
 def from_train_config(cfg, *, world_size: int, total_steps: int, device: str,
                       torch_adam: bool | None = None) -> dict[str, Any]:
     """``build_deepspeed_config`` from a ``TrainConfig`` (nominal group size: 1 positive + 3 negatives)."""

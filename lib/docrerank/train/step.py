@@ -133,6 +133,7 @@ def adam_ops(offload_optimizer: bool) -> tuple[bool, bool]:
     builder is compatible and the toolchain is there (nvcc and ninja for CUDA ops, ninja for CPU ops)."""
     import shutil
 
+    import torch
     from deepspeed.accelerator import get_accelerator
     from deepspeed.git_version_info import accelerator_name, installed_ops
     from deepspeed.ops.op_builder import CPUAdamBuilder, FusedAdamBuilder
@@ -143,9 +144,15 @@ def adam_ops(offload_optimizer: bool) -> tuple[bool, bool]:
     try:
         can = can and builder.is_compatible(verbose=False)
         if can and not offload_optimizer:
-            from deepspeed.ops.op_builder.builder import installed_cuda_version
+            from deepspeed.ops.op_builder import builder as op_builder
 
-            installed_cuda_version()  # raises without a runnable nvcc
+            nvcc = op_builder.installed_cuda_version()  # raises without a runnable nvcc
+            if not dsc.cuda_majors_match(nvcc, torch.version.cuda):
+                # DeepSpeed refuses to JIT-load an op whose nvcc major differs from torch's CUDA: the job would fail
+                log.warning("optimizer: nvcc is CUDA %s.%s but torch was built with CUDA %s: DeepSpeed's %s cannot be "
+                            "compiled here (use an image whose CUDA toolkit matches torch: cluster/Dockerfile)",
+                            nvcc[0], nvcc[1], torch.version.cuda, builder.name)
+                can = False
     except Exception:  # noqa: BLE001 - any failure means "cannot compile here"
         can = False
     return prebuilt, can
