@@ -82,6 +82,15 @@ class ModelConfig(Config):
     attn_implementation: Optional[str] = None
     """transformers attention kernel (sdpa, flash_attention_2, eager); default: transformers' choice."""
 
+    shared_prefix: bool = True
+    """vlm, training and validation loss: run the language model once per page of a micro-batch on the prefix its
+    examples share (system prompt, the page's image tokens, the prompt before the query), each query's own tokens
+    attending to that prefix and to themselves through a block attention mask, with positions continuing after
+    the prefix. Exact: the scores and gradients of scoring every pair in full, for ~k+1 times less language-model
+    work on a page of k+1 queries. false: every (page, query) pair runs in full. A format whose query precedes the
+    page (qwen3_reranker) shares no image prefix and always runs per pair. Needs an attention kernel that takes a
+    mask: sdpa or eager, not flash_attention_2."""
+
     @property
     def seq_len(self) -> int:
         """``max_seq_len`` with the backbone's default filled in."""
@@ -424,6 +433,11 @@ class TrainConfig(Config):
         if self.model.backbone == "vlm" and self.model.max_windows > 1:
             raise ValueError(f"model.max_windows: windows split the page text of the text backbone, got "
                              f"{self.model.max_windows} with backbone vlm")
+        if (self.model.backbone == "vlm" and self.model.shared_prefix
+                and (self.model.attn_implementation or "").startswith("flash_attention")):
+            raise ValueError(f"model.shared_prefix needs an attention kernel that takes a mask (sdpa, eager), got "
+                             f"model.attn_implementation={self.model.attn_implementation}; set "
+                             f"model.shared_prefix=false or another kernel")
         if "{query}" not in self.model.prompt:
             raise ValueError("model.prompt: expected a template containing '{query}'")
         return self
