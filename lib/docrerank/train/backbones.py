@@ -297,7 +297,7 @@ def block_attention_mask(segment_ids: Any, dtype: Any) -> Any:
     pos = torch.arange(length, device=segment_ids.device)
     causal = pos[None, :] <= pos[:, None]
     q, k = segment_ids[:, :, None], segment_ids[:, None, :]
-    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))
     allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
