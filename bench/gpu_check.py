@@ -6,7 +6,9 @@ without Ray, vLLM or DeepSpeed (torch, transformers and peft only, plus docreran
 3. LoRA training steps of the reranker (``scaling.use_ray=false`` path: the scorer, collate, loss, plain AdamW):
    samples/s, tokens/s, peak memory, MFU estimate, vs a plain transformers step (full forward per example);
 4. export (LoRA merged in float32, cast to bf16) and reload through the ``Reranker``: score parity with the
-   trained adapter.
+   trained adapter;
+5. the two training paths (``model.shared_prefix`` false/true): samples/s, model FLOPs, MFU (``train_paths``;
+   DeepSpeed ZeRO-2 when installed).
 
 Each writes ``<out-dir>/<name>_<tag>.json`` (metric, unit, baseline, value, ratio, device, command, date), tag
 ``cuda_2b`` on a GPU, ``cpu_tiny`` with ``--tiny`` (a tiny model and small pages: checks the script end to end on
@@ -219,7 +221,8 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     device = rec.device
     cfg = TrainConfig.model_validate({
         "output": str(work / "train"), "data": {"sources": [{"path": "unused"}], "groups_per_device": args.groups},
-        "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048, "gradient_checkpointing": True},
+        "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048, "gradient_checkpointing": True,
+                  "shared_prefix": False},  # hf_step below reads the per-pair layout
         "deepspeed": {"enabled": False}, "scaling": {"use_ray": False, "device": device},
         "optim": {"warmup_steps": 0, "lr": 1e-4}})
     groups = groups_of(pages, args.groups)
@@ -306,11 +309,77 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
               value_desc="max |Reranker on the exported merged model - the trained scorer| on the same pairs")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 22: the two training paths of the vlm scorer (model.shared_prefix false / true), a section of its own.
+def check_train_paths(rec: Recorder, model: str, args, pages: list[bytes], work: Path) -> None:
+    """Training samples/s, model FLOPs and MFU of the per-pair path (every (page, query) pair through the language
+    model in full) and the shared-prefix path (each page's prefix once per micro-batch, its queries against it),
+    same batch (``--groups`` groups of 1 positive + 3 negatives, 1024-token pages), LoRA r=32, gradient
+    checkpointing, bf16; DeepSpeed ZeRO-2 (one process) when DeepSpeed is installed, else the plain AdamW engine.
+    Writes ``train_paths_<tag>.json`` (baseline: per-pair samples/s; value: shared-prefix samples/s)."""
+    import gc
+
+    import torch
+
+    from docrerank.train.backbones import build_scorer
+    from docrerank.train.collate import collate_groups
+    from docrerank.train.config import TrainConfig
+    from docrerank.train.flops import peak_bf16_tflops
+    from docrerank.train.step import PlainEngine, make_engine, prepare, train_step
+
+    device = rec.device
+    try:
+        import deepspeed  # noqa: F401
+
+        zero2 = True
+    except ImportError:
+        zero2 = False
+    groups = groups_of(pages, args.groups)
+    res: dict = {}
+    for name, shared in (("per_pair", False), ("shared_prefix", True)):
+        cfg = TrainConfig.model_validate({
+            "output": str(work / f"train_{name}"),
+            "data": {"sources": [{"path": "unused"}], "groups_per_device": args.groups},
+            "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048,
+                      "gradient_checkpointing": True, "shared_prefix": shared},
+            "deepspeed": {"enabled": zero2, "stage": 2}, "scaling": {"use_ray": False, "device": device},
+            "optim": {"warmup_steps": 0, "lr": 1e-4}})
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=0)
+        total = args.steps + 2
+        engine = (make_engine(scorer, cfg, total_steps=total, device=device) if zero2
+                  else PlainEngine(scorer, cfg, total_steps=total, device=device))
+        mb = prepare(scorer, collate_groups(groups))
+        steps = [train_step(engine, [mb], cfg.loss, device) for _ in range(args.steps + 1)][1:]  # 1 warm-up
+        best = min(steps, key=lambda st: st["step_s"])
+        flops = scorer.model_flops(mb.inputs)
+        res[name] = {"samples_per_s": best["samples_per_s"], "step_s": best["step_s"],
+                     "step_s_all": [round(st["step_s"], 4) for st in steps], "lm_tokens": mb.tokens,
+                     "model_flops_per_step": flops["total"], "lm_flops_per_step": flops["lm"],
+                     "vision_flops_per_step": flops["vision"], "model_tflops_per_s": best.get("model_tflops_per_s"),
+                     "mfu": best.get("mfu"), "losses": [round(st["loss"], 5) for st in steps],
+                     "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+        engine = scorer = mb = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    base, ours = res["per_pair"], res["shared_prefix"]
+    rec.write("train_paths", "reranker training samples/s: shared page prefix vs per-pair (same batch)", "samples/s",
+              base["samples_per_s"], ours["samples_per_s"], variants=res,
+              engine="deepspeed zero-2" if zero2 else "plain",
+              flop_ratio=base["model_flops_per_step"] / ours["model_flops_per_step"],
+              groups=args.groups, examples_per_step=4 * args.groups,
+              peak_bf16_tflops=peak_bf16_tflops(rec.device_name()) if device == "cuda" else None,
+              note="model FLOPs by docrerank.train.flops (vision forward once per page, language model forward + "
+                   "backward as laid out, recomputation not counted); MFU against the device's dense bf16 peak")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model and small pages (a CPU check of the script)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
-    ap.add_argument("--only", default="judge,generate,train", help="comma-separated checks to run")
+    ap.add_argument("--only", default="judge,generate,train,train_paths", help="comma-separated checks to run")
     ap.add_argument("--pages", type=int, default=None, help="pages per check (default 4; tiny 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per judge path (best kept)")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
@@ -345,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             check_generate(rec, model, args, pages)
         if "train" in only:
             check_train_and_export(rec, model, args, pages, work)
+        if "train_paths" in only:
+            check_train_paths(rec, model, args, pages, work)
     print(f"gpu check done in {time.perf_counter() - t0:.0f}s; wrote {', '.join(rec.written)}", flush=True)
     return 0
 

@@ -203,7 +203,6 @@ def test_counted_flops_match_torch_flop_counter(data, shared):
     the padding, which the count leaves out, so the counter bounds it from above, close)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from docrerank.train import flops
 
     cfg = config(data, "qwen2_vl", shared, attn_implementation="eager")
     scorer = build_scorer(cfg.model, cfg.lora).eval()
