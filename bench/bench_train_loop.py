@@ -117,7 +117,10 @@ def run_job(examples: str, work: Path, steps: int, threads: int, variant: str, p
     recs = [r for r in recs if "step_s" in r]
     res = {"launch": t0, "end": end, "stamps": [r["time"] for r in recs], "examples": [r["examples"] for r in recs],
            "tokens": [r["tokens"] for r in recs], "step_s": [r["step_s"] for r in recs],
-           "threads": recs[-1].get("threads")}
+           "threads": recs[-1].get("threads"), "steps_logged": [r["step"] for r in recs]}
+    if variant == "ray_zero2":  # the steps after which a checkpoint was written (job_overrides' cadence)
+        every = max(1, steps // 3)
+        res["checkpoint_steps"] = [s for s in res["steps_logged"] if s % every == 0 and s != steps]
     if profile:
         res["profile"] = top_functions(prof)
     return res
@@ -144,6 +147,16 @@ def summarise(res: dict, warmup: int) -> dict:
     if "step_s" in res:
         out["compute_samples_per_s"] = n / sum(res["step_s"][warmup:])
         out["overhead_s_per_step"] = (wall - sum(res["step_s"][warmup:])) / (len(st) - warmup)
+        # wall time outside train_step of each step interval: the interval after a checkpoint step holds the
+        # checkpoint (DeepSpeed state written, then handed to Ray), the others data feeding and logging only
+        gaps = [(st[i] - st[i - 1]) - res["step_s"][i] for i in range(warmup, len(st))]
+        ckpt = set(res.get("checkpoint_steps", []))
+        after = [g for i, g in zip(range(warmup, len(st)), gaps) if res["steps_logged"][i - 1] in ckpt]
+        plain = [g for i, g in zip(range(warmup, len(st)), gaps) if res["steps_logged"][i - 1] not in ckpt]
+        out["checkpoint_s"] = sum(after)
+        out["checkpoints_in_window"] = len(after)
+        out["overhead_s_per_step_without_checkpoints"] = sum(plain) / max(len(plain), 1)
+        out["samples_per_s_without_checkpoints"] = n / (wall - sum(after))
         out["startup_s"] = st[0] - res["launch"]
         out["tail_s"] = res["end"] - st[-1]
     if "profile" in res:
@@ -201,7 +214,8 @@ def main() -> None:
     table = {}
     for key, rs in runs.items():
         med = dict(rs[0])
-        for k in ("samples_per_s", "compute_samples_per_s", "overhead_s_per_step", "startup_s", "tail_s"):
+        for k in ("samples_per_s", "compute_samples_per_s", "overhead_s_per_step", "startup_s", "tail_s",
+                  "checkpoint_s", "overhead_s_per_step_without_checkpoints", "samples_per_s_without_checkpoints"):
             if k in rs[0]:
                 med[k] = round(statistics.median(x[k] for x in rs), 4)
         med["runs_samples_per_s"] = [x["samples_per_s"] for x in rs]
@@ -222,8 +236,10 @@ def main() -> None:
         load_average=list(os.getloadavg()),
         note=("Median of the rounds. Each variant in its own process on the same plan of the sample corpus's 72 "
               "groups (4 per step). compute_samples_per_s counts only train_step; overhead_s_per_step is the wall "
-              "time per step outside it (data feeding, metrics log, checkpoints); startup_s is launch to the end "
-              "of step 1 (Ray start, model load, DeepSpeed init)."),
+              "time per step outside it (data feeding, metrics log, checkpoints); checkpoint_s the part of it in "
+              "the intervals after a checkpoint step (only the Ray job checkpoints: the plain loop and the local "
+              "variants write none), overhead_s_per_step_without_checkpoints the rest per step (feeding, logging); "
+              "startup_s is launch to the end of step 1 (Ray start, model load, DeepSpeed init)."),
     )
 
 

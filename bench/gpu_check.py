@@ -8,7 +8,9 @@ without Ray, vLLM or DeepSpeed (torch, transformers and peft only, plus docreran
 4. export (LoRA merged in float32, cast to bf16) and reload through the ``Reranker``: score parity with the
    trained adapter;
 5. one DeepSpeed ZeRO-2 bf16 run of a few steps through the training's own engine (``train.step.make_engine``) with
-   ``deepspeed.optimizer: auto`` (skipped, saying so, where DeepSpeed is not installed).
+   ``deepspeed.optimizer: auto`` (skipped, saying so, where DeepSpeed is not installed);
+6. the two training paths (``model.shared_prefix`` false/true): samples/s, model FLOPs, MFU (``train_paths``;
+   DeepSpeed ZeRO-2 when installed).
 
 It asserts, not only measures (the run exits non-zero, naming the check): the page image changes the score (a
 model that ignored the images, as transformers < 5.18 silently did, scores every page the same), the training loss
@@ -19,7 +21,7 @@ Each writes ``<out-dir>/<name>_<tag>.json`` (metric, unit, baseline, value, rati
 ``cuda_2b`` on a GPU, ``cpu_tiny`` with ``--tiny`` (a tiny model and small pages: checks the script end to end on
 a CPU in a few minutes). The model is built from its config: nothing is downloaded.
 
-    python bench/gpu_check.py [--tiny] [--out-dir bench/results] [--only judge,generate,train,deepspeed]
+    python bench/gpu_check.py [--tiny] [--out-dir bench/results] [--only judge,generate,train,deepspeed,train_paths]
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ def check_train_and_export(rec: Recorder, model: str, args, pages: list[bytes], 
     device = rec.device
     cfg = TrainConfig.model_validate({
         "output": str(work / "train"), "data": {"sources": [{"path": "unused"}], "groups_per_device": args.groups},
-        "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048, "gradient_checkpointing": True},
+        "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048, "gradient_checkpointing": True,
+                  "shared_prefix": False},  # hf_step below reads the per-pair layout
         "deepspeed": {"enabled": False}, "scaling": {"use_ray": False, "device": device},
         "optim": {"warmup_steps": 0, "lr": 1e-4}})
     groups = groups_of(pages, args.groups)
@@ -413,13 +416,77 @@ def check_deepspeed(rec: Recorder, model: str, args, pages: list[bytes], work: P
     del engine, scorer
     if device == "cuda":
         torch.cuda.empty_cache()
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 22: the two training paths of the vlm scorer (model.shared_prefix false / true), a section of its own.
+def check_train_paths(rec: Recorder, model: str, args, pages: list[bytes], work: Path) -> None:
+    """Training samples/s, model FLOPs and MFU of the per-pair path (every (page, query) pair through the language
+    model in full) and the shared-prefix path (each page's prefix once per micro-batch, its queries against it),
+    same batch (``--groups`` groups of 1 positive + 3 negatives, 1024-token pages), LoRA r=32, gradient
+    checkpointing, bf16; DeepSpeed ZeRO-2 (one process) when DeepSpeed is installed, else the plain AdamW engine.
+    Writes ``train_paths_<tag>.json`` (baseline: per-pair samples/s; value: shared-prefix samples/s)."""
+    import gc
+
+    import torch
+
+    from docrerank.models.backbones import build_scorer
+    from docrerank.data.collate import collate_groups
+    from docrerank.train.config import TrainConfig
+    from docrerank.models.flops import peak_bf16_tflops
+    from docrerank.train.step import PlainEngine, make_engine, prepare, train_step
+
+    device = rec.device
+    try:
+        import deepspeed  # noqa: F401
+
+        zero2 = True
+    except ImportError:
+        zero2 = False
+    groups = groups_of(pages, args.groups)
+    res: dict = {}
+    for name, shared in (("per_pair", False), ("shared_prefix", True)):
+        cfg = TrainConfig.model_validate({
+            "output": str(work / f"train_{name}"),
+            "data": {"sources": [{"path": "unused"}], "groups_per_device": args.groups},
+            "model": {"path": model, "max_pixels": args.max_pixels, "max_seq_len": 2048,
+                      "gradient_checkpointing": True, "shared_prefix": shared},
+            "deepspeed": {"enabled": zero2, "stage": 2}, "scaling": {"use_ray": False, "device": device},
+            "optim": {"warmup_steps": 0, "lr": 1e-4}})
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        scorer = build_scorer(cfg.model, cfg.lora, device=device, seed=0)
+        total = args.steps + 2
+        engine = (make_engine(scorer, cfg, total_steps=total, device=device) if zero2
+                  else PlainEngine(scorer, cfg, total_steps=total, device=device))
+        mb = prepare(scorer, collate_groups(groups))
+        steps = [train_step(engine, [mb], cfg.loss, device) for _ in range(args.steps + 1)][1:]  # 1 warm-up
+        best = min(steps, key=lambda st: st["step_s"])
+        flops = scorer.model_flops(mb.inputs)
+        res[name] = {"samples_per_s": best["samples_per_s"], "step_s": best["step_s"],
+                     "step_s_all": [round(st["step_s"], 4) for st in steps], "lm_tokens": mb.tokens,
+                     "model_flops_per_step": flops["total"], "lm_flops_per_step": flops["lm"],
+                     "vision_flops_per_step": flops["vision"], "model_tflops_per_s": best.get("model_tflops_per_s"),
+                     "mfu": best.get("mfu"), "losses": [round(st["loss"], 5) for st in steps],
+                     "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+        engine = scorer = mb = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    base, ours = res["per_pair"], res["shared_prefix"]
+    rec.write("train_paths", "reranker training samples/s: shared page prefix vs per-pair (same batch)", "samples/s",
+              base["samples_per_s"], ours["samples_per_s"], variants=res,
+              engine="deepspeed zero-2" if zero2 else "plain",
+              flop_ratio=base["model_flops_per_step"] / ours["model_flops_per_step"],
+              groups=args.groups, examples_per_step=4 * args.groups,
+              peak_bf16_tflops=peak_bf16_tflops(rec.device_name()) if device == "cuda" else None,
+              note="model FLOPs by docrerank.models.flops (vision forward once per page, language model forward + "
+                   "backward as laid out, recomputation not counted); MFU against the device's dense bf16 peak")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model and small pages (a CPU check of the script)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
-    ap.add_argument("--only", default="judge,generate,train,deepspeed", help="comma-separated checks to run")
+    ap.add_argument("--only", default="judge,generate,train,deepspeed,train_paths", help="comma-separated checks to run")
     ap.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET_S", 0)) or None,
                     help="seconds the whole run may take: a check is skipped when less than its estimate is left")
     ap.add_argument("--pages", type=int, default=None, help="pages per check (default 4; tiny 2)")
@@ -454,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         checks = [("train", lambda: check_train_and_export(rec, model, args, pages, work), 120),
                   ("judge", lambda: check_judge(rec, model, args, pages), 60),
                   ("deepspeed", lambda: check_deepspeed(rec, model, args, pages, work), 150),
-                  ("generate", lambda: check_generate(rec, model, args, pages), 60)]
+                  ("generate", lambda: check_generate(rec, model, args, pages), 60),
+                  ("train_paths", lambda: check_train_paths(rec, model, args, pages, work), 150)]
         failed, skipped = [], []
         for name, run, need in checks:
             if name not in only:

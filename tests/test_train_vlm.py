@@ -60,6 +60,13 @@ def groups(data):
     return read_groups(data["examples"])
 
 
+def pair_inputs(scorer, batch):
+    """The scorer's per-pair inputs (one left-padded row per example, ``model.shared_prefix`` aside), the layout a
+    plain transformers forward takes."""
+    pages = [scorer.page_pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
+    return scorer.encode_pairs(batch.queries, batch.page_of, pages, batch.page_ids)
+
+
 def plain_scores(model, inputs, answer_ids):
     """logit(True) - logit(False) at the last position of a plain transformers forward (pages repeated per example)."""
     per_page = torch.split(inputs["pixel_values"], [int(g.prod()) for g in inputs["page_grid"]])
@@ -74,7 +81,7 @@ def plain_scores(model, inputs, answer_ids):
 
 def test_encode_builds_the_monoqwen_prompt_with_expanded_image_tokens(scorer, groups):
     batch = collate_groups(groups[:2])
-    inputs = scorer.encode(batch)
+    inputs = pair_inputs(scorer, batch)
     assert len(batch) == 8 and len(batch.page_ids) == 2  # two groups of 4 queries, one page each
     tok = scorer.tokenizer
     for row in range(len(batch)):
@@ -127,7 +134,7 @@ def test_sequence_length_is_checked_before_training(data, scorer, groups):
 
 
 def test_scores_are_the_true_minus_false_logits_in_float32(scorer, groups):
-    inputs = scorer.encode(collate_groups(groups[:2]))
+    inputs = pair_inputs(scorer, collate_groups(groups[:2]))
     scorer.eval()
     with torch.no_grad():
         got = scorer(**inputs)
@@ -146,7 +153,7 @@ def test_other_qwen_vl_families_score_like_the_plain_model(data, groups, arch):
     scorer = build_scorer(cfg.model, cfg.lora).eval()
     names = [n for n, p in scorer.named_parameters() if p.requires_grad]
     assert names and all("language_model" in n for n in names)
-    inputs = scorer.encode(collate_groups(groups[:2]))
+    inputs = pair_inputs(scorer, collate_groups(groups[:2]))
     with torch.no_grad():
         got = scorer(**inputs)
     want = plain_scores(scorer.model.get_base_model(), inputs, scorer.answer_ids)
@@ -195,6 +202,7 @@ def test_zero3_run_exports_a_model_plain_transformers_scores_the_same(data, grou
     lines = [json.loads(x) for x in (data["root"] / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
     assert all(r["loss"] > 0 and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["memory_mb"] > 0 for r in lines)
+    assert all(r["model_flops"] > 0 and r["model_tflops_per_s"] > 0 and "mfu" not in r for r in lines)  # cpu: no MFU
     assert (data["root"] / "out" / "tensorboard").is_dir()
 
     model_dir = data["root"] / "out" / "model"
@@ -205,7 +213,7 @@ def test_zero3_run_exports_a_model_plain_transformers_scores_the_same(data, grou
     assert json.loads((model_dir / "train_config.json").read_text())["deepspeed"]["stage"] == 3
 
     trained = res.scorer.eval()
-    inputs = trained.encode(collate_groups(groups[:2]))
+    inputs = pair_inputs(trained, collate_groups(groups[:2]))
     with torch.no_grad():
         want = trained(**inputs)
     merged = AutoModelForImageTextToText.from_pretrained(model_dir / "merged", local_files_only=True).eval()
@@ -281,7 +289,7 @@ def test_export_merges_lora_in_float32_then_casts(tmp_path, groups):
     assert differ > 0
     print(f"weights where a bf16 merge differs: {old_differ} (fp32 adapters), {differ} (bf16 factors)")
 
-    inputs = ref.encode(collate_groups(groups[:2]))
+    inputs = pair_inputs(ref, collate_groups(groups[:2]))
     with torch.no_grad():
         want = ref(**inputs)  # the adapter on the bf16 base's exact values, in float32
     got = plain_scores(merged.float().eval(), inputs, ref.answer_ids)

@@ -111,11 +111,75 @@ class VLMScoring:
         return qwen_vl.page_pixels(self.image_processor, image, f"page {page_id}")
 
     def encode(self, batch: Batch, pixels: Optional[list] = None) -> dict[str, Any]:
-        """Left-padded input ids (image tokens expanded), each distinct page's pixels once; ValueError when an
-        example exceeds ``max_seq_len``. ``pixels``: the pages' ``(pixel_values, grid_thw)`` when already
-        computed."""
+        """Model inputs of a batch, each distinct page's pixels once; ValueError when an example exceeds
+        ``max_seq_len``. With ``model.shared_prefix`` (and an image-first format) one packed row per page
+        (``encode_shared``), else one left-padded row per example (``encode_pairs``). ``pixels``: the pages'
+        ``(pixel_values, grid_thw)`` when already computed."""
         pages = pixels or [self.page_pixels(img, pid) for img, pid in zip(batch.images, batch.page_ids)]
+        if getattr(self.cfg, "shared_prefix", False) and self.fmt.image_first:
+            return self.encode_shared(batch.queries, batch.page_of, pages, batch.page_ids)
         return self.encode_pairs(batch.queries, batch.page_of, pages, batch.page_ids)
+
+    def encode_shared(self, queries: Sequence[str], page_of: Sequence[int], pages: Sequence[tuple[Any, Any]],
+                      page_ids: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """CPU inputs of ``forward`` with each page's shared prefix once: row r is page r's examples packed as
+        ``[prefix][suffix 1][suffix 2]...`` (right-padded), the prefix being the longest token prefix they share
+        (system prompt, image tokens, prompt text; at least one token of each example left as its suffix).
+        ``segment_ids`` tells the block mask who sees whom (0: prefix, j: the j-th suffix, -1: padding);
+        ``position_ids`` are the model's own M-RoPE positions of the prefix, each suffix continuing after it as
+        in its full sequence; ``score_row``/``score_col`` locate each example's last token. ValueError when a
+        page's image tokens are not all in its shared prefix (the query precedes the page) or a page has no
+        example."""
+        import torch
+
+        from docrerank.models.prefix import common_prefix_len
+
+        names = list(page_ids) if page_ids is not None else [str(p) for p in range(len(pages))]
+        seqs = [self.example_ids(q, self.image_tokens(pages[p][1]), f"example {i} (page {names[p]}): ")
+                for i, (q, p) in enumerate(zip(queries, page_of))]
+        members: list[list[int]] = [[] for _ in pages]
+        for i, p in enumerate(page_of):
+            members[p].append(i)
+        model = base_of(self.model)
+        rows_ids, rows_seg, rows_pos = [], [], []
+        score_row, score_col = [0] * len(seqs), [0] * len(seqs)
+        for r, idx in enumerate(members):
+            if not idx:
+                raise ValueError(f"page {names[r]}: no example in the batch")
+            ms = [seqs[i] for i in idx]
+            plen = min(common_prefix_len(ms), min(len(s) for s in ms) - 1)
+            first = ms[0]
+            if self.image_token_id in first[plen:]:
+                raise ValueError(f"page {names[r]}: image tokens after the shared prefix ({plen} tokens): the "
+                                 f"prompt format must put the page before the query")
+            prefix = first[:plen]
+            pos = [qwen_vl.sequence_positions(model, prefix, self.image_token_id, pages[r][1])]
+            start = int(pos[0].max()) + 1 if plen else 0
+            ids, seg = list(prefix), [0] * plen
+            for j, i in enumerate(idx):
+                suffix = seqs[i][plen:]
+                ids.extend(suffix)
+                seg.extend([j + 1] * len(suffix))
+                pos.append(torch.arange(start, start + len(suffix)).expand(3, -1))
+                score_row[i], score_col[i] = r, len(ids) - 1
+            rows_ids.append(ids)
+            rows_seg.append(seg)
+            rows_pos.append(torch.cat(pos, dim=1))
+        width = max(len(x) for x in rows_ids)
+        n = len(rows_ids)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        segment_ids = torch.full((n, width), -1, dtype=torch.long)
+        position_ids = torch.zeros((3, n, width), dtype=torch.long)
+        for r, (ids, seg, pos) in enumerate(zip(rows_ids, rows_seg, rows_pos)):
+            input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            segment_ids[r, :len(seg)] = torch.tensor(seg, dtype=torch.long)
+            position_ids[:, r, :pos.shape[1]] = pos
+        return {"input_ids": input_ids, "attention_mask": (segment_ids >= 0).long(),
+                "pixel_values": torch.cat([pv for pv, _ in pages]), "page_grid": torch.cat([g for _, g in pages]),
+                "page_of": torch.arange(n), "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+                "segment_ids": segment_ids, "position_ids": position_ids,
+                "score_row": torch.tensor(score_row, dtype=torch.long),
+                "score_col": torch.tensor(score_col, dtype=torch.long)}
 
     def encode_pairs(self, queries: Sequence[str], page_of: Sequence[int], pages: Sequence[tuple[Any, Any]],
                      page_ids: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -132,8 +196,10 @@ class VLMScoring:
                 "mm_token_type_ids": (input_ids == self.image_token_id).int()}
 
     # -------------------------------------------------------------------------------------- score
-    def forward(self, input_ids, attention_mask, pixel_values, page_grid, page_of, mm_token_type_ids):
-        """float32 scores of ``encode``'s inputs, one per example."""
+    def forward(self, input_ids, attention_mask, pixel_values, page_grid, page_of, mm_token_type_ids,
+                segment_ids=None, position_ids=None, score_row=None, score_col=None):
+        """float32 scores of ``encode``'s inputs, one per example (``encode_pairs``'s rows or ``encode_shared``'s
+        packed pages)."""
         import torch
 
         inner = base_of(self.model).model
@@ -143,9 +209,16 @@ class VLMScoring:
         feats.pooler_output = [feats.pooler_output[i] for i in index]
         if getattr(feats, "deepstack_features", None) is not None:  # Qwen3-VL
             feats.deepstack_features = [[layer[i] for i in index] for layer in feats.deepstack_features]
-        out = inner(input_ids=input_ids, attention_mask=attention_mask, image_grid_thw=page_grid[page_of],
-                    mm_token_type_ids=mm_token_type_ids, mm_encoder_outputs={"image": feats}, use_cache=False)
-        h = out.last_hidden_state[:, -1].float()
+        if segment_ids is not None:
+            mask = block_attention_mask(segment_ids, inner.get_input_embeddings().weight.dtype)
+            out = inner(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                        image_grid_thw=page_grid[page_of], mm_token_type_ids=mm_token_type_ids,
+                        mm_encoder_outputs={"image": feats}, use_cache=False)
+            h = out.last_hidden_state[score_row, score_col].float()
+        else:
+            out = inner(input_ids=input_ids, attention_mask=attention_mask, image_grid_thw=page_grid[page_of],
+                        mm_token_type_ids=mm_token_type_ids, mm_encoder_outputs={"image": feats}, use_cache=False)
+            h = out.last_hidden_state[:, -1].float()
         if self._w_diff.device != h.device:
             self._w_diff = self._w_diff.to(h.device)
         return h @ self._w_diff
@@ -171,6 +244,18 @@ class VLMScoring:
         logits = prefix.shared_prefix_logits(model, seqs, plen, positions, self.answer_ids, self.pad_id, batch_size,
                                              device, self.image_token_id, [pixels], model.dtype)
         return (logits[:, 0] - logits[:, 1]).float()
+
+
+    # -------------------------------------------------------------------------------------- FLOPs
+    def model_flops(self, inputs: dict) -> dict[str, float]:
+        """Model FLOPs of one training micro-batch of ``encode``'s inputs (``train/flops.py``): the frozen vision
+        tower's forward once per page, the language model's forward and backward over the tokens as laid out
+        (each shared prefix once, or every pair in full); gradient-checkpointing recomputation not counted."""
+        from docrerank.models import flops
+
+        if getattr(self, "_flop_shapes", None) is None:
+            self._flop_shapes = flops.vlm_shapes(base_of(self.model))
+        return flops.vlm_step_flops(self._flop_shapes, inputs, self.merge_size)
 
 
 class TextScoring:
@@ -201,6 +286,22 @@ class TextScoring:
         from docrerank.models.windows import pool_windows
 
         return pool_windows(scores, window_of, self.cfg.window_pool)
+
+
+def block_attention_mask(segment_ids: Any, dtype: Any) -> Any:
+    """Additive attention mask ``(rows, 1, L, L)`` of packed rows (``VLMScoring.encode_shared``): a token sees the
+    tokens before it that are prefix (segment 0) or in its own segment; padding (-1) sees only itself (no empty
+    softmax row); 0 where allowed, the dtype's minimum elsewhere (what sdpa and eager attention add)."""
+    import torch
+
+    length = segment_ids.shape[1]
+    pos = torch.arange(length, device=segment_ids.device)
+    causal = pos[None, :] <= pos[:, None]
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 @functools.cache

@@ -83,6 +83,15 @@ class ModelConfig(Config):
     attn_implementation: Optional[str] = None
     """transformers attention kernel (sdpa, flash_attention_2, eager); default: transformers' choice."""
 
+    shared_prefix: bool = True
+    """vlm, training and validation loss: run the language model once per page of a micro-batch on the prefix its
+    examples share (system prompt, the page's image tokens, the prompt before the query), each query's own tokens
+    attending to that prefix and to themselves through a block attention mask, with positions continuing after
+    the prefix. Exact: the scores and gradients of scoring every pair in full, for ~k+1 times less language-model
+    work on a page of k+1 queries. false: every (page, query) pair runs in full. A format whose query precedes the
+    page (qwen3_reranker) shares no image prefix and always runs per pair. Needs an attention kernel that takes a
+    mask: sdpa or eager, not flash_attention_2."""
+
     @property
     def seq_len(self) -> int:
         """``max_seq_len`` with the backbone's default filled in."""

@@ -327,6 +327,11 @@ class TrainConfig(Config):
         if self.model.backbone == "vlm" and self.model.max_windows > 1:
             raise ValueError(f"model.max_windows: windows split the page text of the text backbone, got "
                              f"{self.model.max_windows} with backbone vlm")
+        if (self.model.backbone == "vlm" and self.model.shared_prefix
+                and (self.model.attn_implementation or "").startswith("flash_attention")):
+            raise ValueError(f"model.shared_prefix needs an attention kernel that takes a mask (sdpa, eager), got "
+                             f"model.attn_implementation={self.model.attn_implementation}; set "
+                             f"model.shared_prefix=false or another kernel")
         if "{query}" not in self.model.prompt:
             raise ValueError("model.prompt: expected a template containing '{query}'")
         return self

@@ -151,6 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
+    from ray.train import CheckpointUploadMode
+
     from docrerank.models.backbones import build_scorer
 
     set_worker_threads(cfg, device)
@@ -184,17 +186,20 @@ def train_loop_per_worker(config: dict) -> None:
         dist.all_gather_object(gathered, pending)
         position.add(s for part in gathered for s in part)
         pending.clear()
-        with tempfile.TemporaryDirectory(prefix="docrerank-ckpt-") as tmp:
-            engine.save_checkpoint(tmp, tag=CKPT_TAG, exclude_frozen_parameters=True)
-            if rank == 0:
-                (Path(tmp) / "train_state.json").write_text(json.dumps(
-                    {"step": step, "total_steps": total_steps, "position": position.to_json(),
-                     "groups_trained": position.size}))
-            if upload and rank == 0:
-                upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
-            ray.train.report({**metrics, "step": step, "groups_trained": position.size},
-                             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{step:08d}")
+        # The state is written here (the training thread must not move on before it is), the copy to storage in
+        # Ray's background upload thread, which deletes the local directory after it; training goes on meanwhile.
+        tmp = tempfile.mkdtemp(prefix="docrerank-ckpt-")
+        engine.save_checkpoint(tmp, tag=CKPT_TAG, exclude_frozen_parameters=True)
+        if rank == 0:
+            (Path(tmp) / "train_state.json").write_text(json.dumps(
+                {"step": step, "total_steps": total_steps, "position": position.to_json(),
+                 "groups_trained": position.size}))
+        if upload and rank == 0:
+            upload_dir(Path(metrics_dir), storage.resolve(cfg.output))
+        ray.train.report({**metrics, "step": step, "groups_trained": position.size},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{step:08d}",
+                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
         saved["step"] = step
 
     def after_step(step: int, metrics: dict, micro: list) -> None:

@@ -43,6 +43,7 @@ class Prepared:
     group_index: torch.Tensor
     tokens: int
     seqs: list
+    flops: float = 0.0  # model FLOPs of its training step (forward + backward), 0 when the scorer does not count
 
     @property
     def examples(self) -> int:
@@ -53,8 +54,10 @@ class Prepared:
 def prepare(scorer, batch: Batch) -> Prepared:
     """Encode a batch with the scorer's ``encode`` (tokenize, preprocess images) on the CPU."""
     inputs = scorer.encode(batch)
+    counter = getattr(scorer, "model_flops", None)
     return Prepared(inputs=inputs, labels=batch.labels, group_index=batch.group_index,
-                    tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs))
+                    tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs),
+                    flops=counter(inputs)["total"] if counter is not None else 0.0)
 
 
 class PlainEngine:
@@ -223,30 +226,45 @@ def peak_memory_mb(device: str) -> float:
 
 def train_step(engine, micro_batches: list[Prepared], loss_cfg: LossConfig, device: str = "cpu") -> dict[str, float]:
     """One optimizer step over ``micro_batches`` (the gradient accumulation of one worker); metrics summed over
-    workers: loss (mean), lr (the one applied), grad_norm, examples, tokens, samples/s, tokens/s, memory, and
-    rank 0's torch threads."""
+    workers: loss (mean), lr (the one applied), grad_norm, examples, tokens, samples/s, tokens/s, model FLOPs
+    (``train/flops.py``) and TFLOP/s, on a GPU of known peak the MFU, memory, and rank 0's torch threads.
+
+    The loss is read back once per step, after the last micro-batch (a GPU does not wait on the host between
+    micro-batches)."""
     import torch
 
     engine.train()
     t0 = time.perf_counter()
     lr = float(engine.get_lr()[0])
-    loss_sum, n, tokens = 0.0, 0, 0
+    losses, n, tokens, model_flops = [], 0, 0, 0.0
     for mb in micro_batches:
         loss, _ = micro_loss(engine, mb, loss_cfg, device)
         engine.backward(loss)
         engine.step()
-        loss_sum += float(loss.detach()) * mb.examples
+        losses.append(loss.detach() * mb.examples)
         n += mb.examples
         tokens += mb.tokens
+        model_flops += mb.flops
+    loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    loss_sum, n, tokens = all_reduce([loss_sum, n, tokens])  # type: ignore[assignment]  # sums come back as floats
+    loss_sum, n, tokens, model_flops = all_reduce([loss_sum, n, tokens, model_flops])  # type: ignore[assignment]  # sums come back as floats
     dt_max = -all_reduce([-dt], "min")[0]  # the slowest worker sets the pace
     norm = engine.get_global_grad_norm()
-    return {"loss": loss_sum / max(n, 1), "lr": lr, "grad_norm": float(norm) if norm is not None else math.nan,
-            "examples": int(n), "tokens": int(tokens), "step_s": dt_max, "samples_per_s": n / dt_max,
-            "tokens_per_s": tokens / dt_max, "memory_mb": peak_memory_mb(device), "threads": torch.get_num_threads()}
+    out = {"loss": loss_sum / max(n, 1), "lr": lr, "grad_norm": float(norm) if norm is not None else math.nan,
+           "examples": int(n), "tokens": int(tokens), "step_s": dt_max, "samples_per_s": n / dt_max,
+           "tokens_per_s": tokens / dt_max, "memory_mb": peak_memory_mb(device), "threads": torch.get_num_threads()}
+    if model_flops:
+        out["model_flops"] = model_flops
+        out["model_tflops_per_s"] = model_flops / dt_max / 1e12
+        if device == "cuda":
+            from docrerank.models.flops import mfu
+
+            achieved = mfu(model_flops, dt_max, torch.cuda.get_device_name(), devices=world()[1])
+            if achieved is not None:
+                out["mfu"] = achieved
+    return out
 
 
 def evaluate(engine, scorer, groups: list[Group], groups_per_batch: int, loss_cfg: LossConfig,
