@@ -160,6 +160,44 @@ def test_seeds_reproduce_and_the_page_is_decoded_once(vlm):
     assert vlm.images.decoded == decoded + 1  # ten requests of one page, one decode
 
 
+class Recorder:
+    """The real ``LLM``, with the conversations of each ``chat`` call recorded."""
+
+    def __init__(self, llm):
+        self.llm, self.calls = llm, []
+
+    def chat(self, convs, params, **kw):
+        self.calls.append(convs)
+        return self.llm.chat(convs, params, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+
+@pytest.fixture
+def recorded(vlm):
+    real = vlm.llm
+    vlm.llm = rec = Recorder(real)
+    yield rec
+    vlm.llm = real
+
+
+def test_requests_of_a_page_go_together_and_a_failed_call_is_split_in_halves(vlm, recorded):
+    pages = [png(), png("black")]
+    reqs = [JudgeRequest([user(pages[k % 2], f"Question {k}? Answer Yes or No.")], id=str(k)) for k in range(6)]
+    res = vlm.judge(reqs)
+    assert [r.id for r in res] == [str(k) for k in range(6)] and all(r.ok for r in res)  # request order
+    sent = [c[-1]["content"][1]["text"].split("Question ")[1][0] for c in recorded.calls[-1]]
+    assert sent == ["0", "2", "4", "1", "3", "5"]  # one page's requests next to each other (prefix caching)
+    recorded.calls.clear()
+    reqs = [JudgeRequest([user(f"Fine {k}? Answer Yes or No.")]) for k in range(8)]
+    reqs[5] = JudgeRequest([user(" ".join(["revenue"] * 3000))])
+    res = vlm.judge(reqs)
+    assert [error_kind(r.error) for r in res] == [None] * 5 + ["prompt_too_long"] + [None] * 2
+    # vLLM fails the whole call: halves, not one by one (8 fails; 4 ok, 4 fails; 2 fails: 1 ok, 1 fails; 2 ok)
+    assert [len(c) for c in recorded.calls] == [8, 4, 4, 2, 1, 1, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_newer_qwen_vl_architectures(arch, tmp_path):

@@ -332,3 +332,41 @@ def test_a_build_whose_judge_requests_all_fail_fails_and_writes_no_stats(ray_loc
                                            r"request_failed x12; e\.g\. 'request_failed: ConnectError"):
         run_build(cfg)
     assert not (out / "stats.json").exists() and not (out / "card.md").exists()
+
+
+def test_pages_whose_requests_hit_a_dead_engine_are_not_recorded_and_a_rerun_completes_them(recording, tmp_path):
+    """A judge call answered with engine_error (an engine that died under it): those pages get no page_status row
+    and no output rows, the job fails saying a rerun completes them, and the rerun does exactly those pages; the
+    output then equals an uninterrupted run's (before: they were written as finished, no_positive, and skipped)."""
+    import json
+
+    import pyarrow.dataset as pads
+    from test_multinode import write_pages
+
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.run import run_build
+
+    pages, questions = write_pages(tmp_path / "in")
+
+    def build(out, **options):
+        judge = {"backend": "recording", "model": "judge", "options": options,
+                 "ray": {"num_cpus": 0.2, "batch_size": 4, "max_error_share": 1.0}}
+        return load_config(BuildConfig, None, [f"output={out}", f"pages={pages}", f"positives_file={questions}",
+                                               f"verify.engine={json.dumps(judge)}", "verify.reverify_given=true",
+                                               "verify.prefilter=none", "pages_per_batch=2"])
+
+    def rows(out):
+        t = pads.dataset(str(out / "queries"), format="parquet").to_table(columns=["query_id", "verdict", "reason"])
+        return sorted(tuple(r.values()) for r in t.to_pylist())
+
+    run_build(build(tmp_path / "ref"))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"page\(s\) not finished: their model requests hit engine failures.*"
+                                           "Run the same command again"):
+        run_build(build(out, engine_error_once=str(tmp_path / "failed")))
+    done = pads.dataset(str(out / "page_status"), format="parquet").to_table().column("page_id").to_pylist()
+    assert 0 < len(done) < 6  # the pages of the failed call are not recorded as finished
+    assert not [r for r in rows(out) if r[2] and "engine_error" in r[2]]  # nor any row of theirs
+    stats = run_build(build(out, engine_error_once=str(tmp_path / "failed")))
+    assert stats["this_run"]["pages"] == 6 - len(done) and stats["this_run"]["resumed_pages"] == len(done)
+    assert rows(out) == rows(tmp_path / "ref")
