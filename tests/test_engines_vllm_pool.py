@@ -23,6 +23,7 @@ def engine_cores(pid: int) -> list:
     return [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
 
 
+@pytest.mark.timeout(1800)  # two engine loads: minutes on 2 idle CPUs, far more on a loaded machine
 def test_killed_engine_core_restarts_the_actor_and_its_call_is_answered(ray_local, tmp_path):
     import ray
 
