@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
-import os
-import time
 
 import pytest
 
