@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from docrerank.engines import EngineConfig, GenerateRequest, JudgeRequest, SamplingParams, build_engine, \
-    count_errors, error_kind, user
+    error_kind, user
 from docrerank.engines import vllm as vb
 
 SCHEMA = {"type": "object", "required": ["queries"]}
