@@ -197,6 +197,7 @@ def test_requests_of_a_page_go_together_and_a_failed_call_is_split_in_halves(vlm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # an engine load each: about a minute on 2 idle CPUs, 10 on a loaded machine
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_newer_qwen_vl_architectures(arch, tmp_path):
     """Qwen2.5-VL and Qwen3-VL load in vLLM's CPU build and judge a page (one engine each: slow)."""
