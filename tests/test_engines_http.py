@@ -193,3 +193,19 @@ def test_json_mode_steps_down_to_prompt_only():
         assert '"required":["queries"]' in srv.requests[-1]["messages"][-1]["content"]
         [text] = eng.generate([GenerateRequest([user("A query.")])])  # requests without a schema are unchanged
         assert text.ok and "JSON" not in str(srv.requests[-1]["messages"])
+
+
+def test_judge_keeps_the_answer_to_the_two_words_where_it_can(srv):
+    # Token ids given: vLLM's fields restrict the answer token and ask for exactly the two words' logprobs.
+    res = make_engine(srv, answer_token_ids={"Yes": 11, "No": 12}).judge([JudgeRequest([user("q p=0.8")])])
+    assert res[0].p_yes == pytest.approx(0.8)
+    assert srv.requests[-1]["allowed_token_ids"] == [11, 12] and srv.requests[-1]["logprob_token_ids"] == [11, 12]
+    res = make_engine(srv, answer_token_ids={"Yes": 11, "No": 12}, answer_tokens="logit_bias").judge(
+        [JudgeRequest([user("q p=0.3")])])
+    assert res[0].p_yes == pytest.approx(0.3) and srv.requests[-1]["logit_bias"] == {"11": 100, "12": 100}
+    # auto, and the server has no /tokenize (404): top_logprobs only, as before.
+    res = make_engine(srv).judge([JudgeRequest([user("q p=0.6")])])
+    assert res[0].p_yes == pytest.approx(0.6) and "allowed_token_ids" not in srv.requests[-1]
+    # an explicit restriction without ids fails the request, saying how to give them
+    res = make_engine(srv, answer_tokens="allowed_token_ids").judge([JudgeRequest([user("q")])])
+    assert error_kind(res[0].error) == "bad_input" and "answer_token_ids" in res[0].error

@@ -4,6 +4,7 @@ Ray (calls merged while the engine runs, balanced over actors, retried when an a
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,10 @@ def test_gpus_per_actor_follow_tensor_and_pipeline_parallelism():
 def test_configs_that_cannot_run_are_named():
     with pytest.raises(ValueError, match=r"ray.num_gpus: got 0 for backend 'vllm' \(m\); vLLM runs on GPUs"):
         actor_shape(vllm("m", num_gpus=0))
+    cpu = actor_shape(EngineConfig(backend="vllm", model="m", vllm={"cpu": True}, ray={"num_cpus": 1}))
+    assert (cpu.bundles, cpu.gpus, cpu.num_gpus) == (({"CPU": 1.0},), 0, 0)  # vLLM's CPU build (CI)
+    with pytest.raises(ValueError, match="vLLM's CPU build takes no GPU"):
+        actor_shape(EngineConfig(backend="vllm", model="m", vllm={"cpu": True}, ray={"num_gpus": 1}))
     with pytest.raises(ValueError, match="tensor_parallel_size x pipeline_parallel_size = 2 x 1 = 2"):
         actor_shape(EngineConfig(backend="vllm", model="m", vllm={"tensor_parallel_size": 2}, ray={"num_gpus": 1}))
     with pytest.raises(ValueError, match="hf.device 'cuda'"):
@@ -136,13 +141,17 @@ def test_a_stage_with_too_many_failed_requests_fails_the_job():
 # ------------------------------------------------------------------------------------------------ pools on Ray
 class RecordingEngine:
     """A stand-in model: ``generate`` echoes each request id after ``options.delay`` seconds per run; ``judge``
-    raises when a request's id is "boom"."""
+    raises when a request's id is "boom". ``options.die_once`` (a path): the first judge call raises
+    ``EngineDeadError`` (the engine's process died); ``options.engine_error_once`` (a path): the first judge call
+    answers ``engine_error`` for each request (a fault a real engine cannot be made to give on demand: the real
+    engine dying is tests/test_engines_vllm_real.py's kill test)."""
 
     def __init__(self, cfg):
         if cfg.options.get("fail_load"):
             raise RuntimeError("weights not found")
         time.sleep(cfg.options.get("load_delay", 0.0))
         self.delay = cfg.options.get("delay", 0.0)
+        self.options = cfg.options
 
     def generate(self, requests):
         time.sleep(self.delay)
@@ -150,9 +159,18 @@ class RecordingEngine:
                 for r in requests]
 
     def judge(self, requests):
+        from docrerank.engines import EngineDeadError
+
         if any(r.id == "boom" for r in requests):
             raise RuntimeError("CUDA error: device-side assert")
-        return [JudgeResult(p_yes=0.5, id=r.id) for r in requests]
+        for key in ("die_once", "engine_error_once"):
+            marker = self.options.get(key)
+            if marker and not Path(marker).exists():
+                Path(marker).write_text(str(os.getpid()))
+                if key == "die_once":
+                    raise EngineDeadError("EngineCore encountered an issue")
+                return [JudgeResult(error="engine_error: EngineCore died", id=r.id) for r in requests]
+        return [JudgeResult(p_yes=0.9, id=r.id) for r in requests]
 
     def close(self):
         pass
@@ -247,6 +265,24 @@ def test_a_wedged_engine_or_a_hung_load_fails_in_bounded_time_naming_the_pool_an
         assert time.monotonic() - t0 < 10
 
 
+def test_an_actor_whose_engine_died_is_replaced_and_its_calls_answered(recording, tmp_path):
+    """An engine that dies (EngineDeadError) takes its actor down: Ray restarts it with a new engine and sends the
+    call again; no request of the call gets an engine_error (before: every one did, from an actor left running)."""
+    from docrerank.engines.pool_ray import ModelPools, cluster_resources
+
+    marker = tmp_path / "died"
+    plan = plan_pools({"check": _engine(die_once=str(marker), batch_size=4)}, cluster_resources())
+    with ModelPools.start(plan) as pools:
+        [first] = [a.info["pid"] for a in pools.actors["check"]]
+        res = pools.handles.client("check").judge([JudgeRequest([user("q")], id=str(i)) for i in range(6)])
+        assert marker.read_text() == str(first)  # the engine of the first actor died
+        assert [r.error for r in res] == [None] * 6 and [r.p_yes for r in res] == [0.9] * 6
+        [h] = pools.handles.actors["check"]
+        import ray
+
+        assert ray.get(h.info.remote())["pid"] != first  # a new process answered
+
+
 def test_an_engine_that_cannot_load_or_a_pool_that_cannot_be_placed_fails_at_start(recording):
     from dataclasses import replace
 
@@ -318,3 +354,41 @@ def test_a_build_whose_judge_requests_all_fail_fails_and_writes_no_stats(ray_loc
                                            r"request_failed x12; e\.g\. 'request_failed: ConnectError"):
         run_build(cfg)
     assert not (out / "stats.json").exists() and not (out / "card.md").exists()
+
+
+def test_pages_whose_requests_hit_a_dead_engine_are_not_recorded_and_a_rerun_completes_them(recording, tmp_path):
+    """A judge call answered with engine_error (an engine that died under it): those pages get no page_status row
+    and no output rows, the job fails saying a rerun completes them, and the rerun does exactly those pages; the
+    output then equals an uninterrupted run's (before: they were written as finished, no_positive, and skipped)."""
+    import json
+
+    import pyarrow.dataset as pads
+    from test_multinode import write_pages
+
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.run import run_build
+
+    pages, questions = write_pages(tmp_path / "in")
+
+    def build(out, **options):
+        judge = {"backend": "recording", "model": "judge", "options": options,
+                 "ray": {"num_cpus": 0.2, "batch_size": 4, "max_error_share": 1.0}}
+        return load_config(BuildConfig, None, [f"output={out}", f"pages={pages}", f"positives_file={questions}",
+                                               f"verify.engine={json.dumps(judge)}", "verify.reverify_given=true",
+                                               "verify.prefilter=none", "pages_per_batch=2"])
+
+    def rows(out):
+        t = pads.dataset(str(out / "queries"), format="parquet").to_table(columns=["query_id", "verdict", "reason"])
+        return sorted(tuple(r.values()) for r in t.to_pylist())
+
+    run_build(build(tmp_path / "ref"))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"page\(s\) not finished: their model requests hit engine failures.*"
+                                           "Run the same command again"):
+        run_build(build(out, engine_error_once=str(tmp_path / "failed")))
+    done = pads.dataset(str(out / "page_status"), format="parquet").to_table().column("page_id").to_pylist()
+    assert 0 < len(done) < 6  # the pages of the failed call are not recorded as finished
+    assert not [r for r in rows(out) if r[2] and "engine_error" in r[2]]  # nor any row of theirs
+    stats = run_build(build(out, engine_error_once=str(tmp_path / "failed")))
+    assert stats["this_run"]["pages"] == 6 - len(done) and stats["this_run"]["resumed_pages"] == len(done)
+    assert rows(out) == rows(tmp_path / "ref")

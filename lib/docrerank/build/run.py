@@ -26,7 +26,7 @@ from docrerank.build.stages import (
     VerifyStage,
     model_stage_engines,
 )
-from docrerank.build.write import MARKER, OUTPUT_TABLES, WriteStage, done_pages
+from docrerank.build.write import MARKER, OUTPUT_TABLES, UNFINISHED, WriteStage, done_pages
 from docrerank.core import storage
 from docrerank.core.raydata import (
     READ_CPUS,
@@ -41,6 +41,7 @@ from docrerank.core.raydata import (
 )
 from docrerank.engines.pool import ClusterResources, PoolPlan
 from docrerank.engines.pool_ray import ModelPools
+from docrerank.engines.requests import UNFINISHED_KINDS
 from docrerank.render.config import IngestConfig
 
 log = logging.getLogger("docrerank.build")
@@ -186,6 +187,11 @@ def run_build(cfg: BuildConfig) -> dict:
         if pools:
             pools.check(final=True)
             pool_stats = pools.summary()
+    if statuses.get(UNFINISHED):
+        raise RuntimeError(f"{statuses[UNFINISHED]} page(s) not finished: their model requests hit engine failures "
+                           f"({', '.join(UNFINISHED_KINDS)}; the pools' log above says which); nothing of them was "
+                           f"written, and {sum(statuses.values()) - statuses[UNFINISHED]} page(s) were. Run the same "
+                           "command again to complete them")
     # outputs: the funnel is read back from the output
     stats = {"this_run": {"pages": sum(statuses.values()), "status": statuses,
                           "seconds": round(time.perf_counter() - t0, 2), "resumed_pages": len(done)},

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
+from docrerank.engines.requests import UNFINISHED_KINDS
 from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, judge_threshold, verify
 from docrerank.lexical.dedup import dedup
 from docrerank.lexical.rules import ATTRIBUTES, UserAttribute, Vocabulary, rewrite
@@ -349,6 +350,8 @@ class RephraseStage(BuildStage):
                                         json_schema=self.prompt.get("schema"), id=q.query_id))
         for (p, q), res in zip(jobs, self.engine.generate(reqs)):
             _count_result(m, res)
+            if res.error and res.error.split(":", 1)[0] in UNFINISHED_KINDS:
+                p.state.errors.append(f"rephrase: {res.error}")  # not a page done without its rephrasing
             text = str(((res.parsed or [None])[0] or {}).get("question", "")).strip() if res.ok else ""
             if not text or dedup([text], q.text)[0][1]:
                 continue  # keep the original when rephrasing failed or changed nothing

@@ -28,6 +28,20 @@ def done_pages(out: storage.Location) -> set[str]:
     return set(t.column("page_id").to_pylist())
 
 
+def engine_failures(page: Page) -> list[str]:
+    """The page's model requests that failed for the engine's sake (``engines.UNFINISHED_KINDS``: a dead or wedged
+    engine, not the page): such a page is not finished, whatever its other requests gave."""
+    from docrerank.engines.requests import UNFINISHED_KINDS, error_kind
+
+    texts = list(page.state.errors) + [q.reason for q in page.state.queries
+                                       if q.reason and q.reason.startswith("judge_error: ")]
+    return [t for t in texts if ": " in t and error_kind(t.split(": ", 1)[1]) in UNFINISHED_KINDS]
+
+
+UNFINISHED = "engine_failed"
+"""The status the write stage reports (and never writes) for a page left unfinished by an engine failure."""
+
+
 def page_tables(page: Page, k: int) -> dict:
     """Rows of every output table for one finished page."""
     st = page.state
@@ -77,7 +91,8 @@ class WriteStage:
 
         from docrerank.core import schema
 
-        pages = pages_of(batch)
+        all_pages = pages_of(batch)
+        pages = [p for p in all_pages if not engine_failures(p)]  # the others stay unfinished: a rerun redoes them
         tables = defaultdict(list)
         for p in pages:
             for key, vals in page_tables(p, self.k).items():
@@ -95,9 +110,12 @@ class WriteStage:
                           "page_number": 1, "num_pages": 1, "width": None, "height": None, "dpi": None,
                           "image": p.image, "image_format": p.image_format, "text": p.text} for p in pages]
             out = {"pages": pa.Table.from_pylist(page_rows, schema=schema.pages_schema()), **out}
-        name = "part-" + hashlib.sha1("\n".join(sorted(p.page_id for p in pages)).encode()).hexdigest()[:20] + ".parquet"
-        write_shards(self.out, name, out, marker=MARKER)
-        return {"page_id": [p.page_id for p in pages], "status": [s["status"] for s in tables["page_status"]]}
+        if pages:
+            name = "part-" + hashlib.sha1("\n".join(sorted(p.page_id for p in pages)).encode()).hexdigest()[:20] + ".parquet"
+            write_shards(self.out, name, out, marker=MARKER)
+        status = {p.page_id: s["status"] for p, s in zip(pages, tables["page_status"])}
+        return {"page_id": [p.page_id for p in all_pages],
+                "status": [status.get(p.page_id, UNFINISHED) for p in all_pages]}
 
 
 def funnel_stats(out: storage.Location) -> dict:

@@ -11,7 +11,7 @@ Modules: ``requests`` (request/result types, error kinds), ``parsing`` (JSON rep
 torch, transformers, vllm, ray and httpx load inside the backend that needs them.
 """
 
-from docrerank.engines.base import Engine, TextEngine
+from docrerank.engines.base import Engine, EngineDeadError, TextEngine
 from docrerank.engines.config import EngineConfig, HFOptions, HTTPOptions, RayStageConfig, VLLMOptions
 from docrerank.engines.factory import build_engine
 from docrerank.engines.messages import ImagePart, Message, TextPart, assistant, system, user
@@ -19,6 +19,7 @@ from docrerank.engines.parsing import parse_json
 from docrerank.engines.registry import available_backends, register_backend
 from docrerank.engines.requests import (
     ERROR_KINDS,
+    UNFINISHED_KINDS,
     GenerateRequest,
     GenerateResult,
     JudgeRequest,
@@ -32,6 +33,7 @@ __all__ = [
     "ERROR_KINDS",
     "Engine",
     "EngineConfig",
+    "EngineDeadError",
     "GenerateRequest",
     "GenerateResult",
     "HFOptions",
@@ -44,6 +46,7 @@ __all__ = [
     "SamplingParams",
     "TextEngine",
     "TextPart",
+    "UNFINISHED_KINDS",
     "VLLMOptions",
     "assistant",
     "available_backends",

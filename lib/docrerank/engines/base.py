@@ -22,6 +22,12 @@ from docrerank.engines.requests import (
 )
 
 
+class EngineDeadError(RuntimeError):
+    """The engine cannot answer any request any more (its process died): raised, never turned into per-request
+    errors, so that whoever hosts the engine replaces it (a pool's actor exits and Ray restarts it) or the job
+    fails; the requests it was given are not answered, so no page is recorded as finished on their account."""
+
+
 class Engine(Protocol):
     """What every backend provides; pipelines depend only on this."""
 

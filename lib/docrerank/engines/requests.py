@@ -30,6 +30,11 @@ ERROR_KINDS = (
 )
 
 
+UNFINISHED_KINDS = ("engine_error", "timeout")
+"""Errors of the engine, not of the request: the work that got one is not done (a rerun asks again), never recorded
+as a finished answer."""
+
+
 def make_error(kind: str, detail: str = "") -> str:
     """``"kind: detail"``; ``kind`` must be one of ``ERROR_KINDS``."""
     assert kind in ERROR_KINDS, kind

@@ -9,7 +9,7 @@ differently worded prompts from the ``verify`` prompt YAML, image first and quer
 share a prefix) or ``"text"``, the model-free text-layer judge (``lexical.textjudge``), whose two estimates play
 the two prompts. Either way each item gets p(answerable) from both prompts, or an error. The decision rules are
 ``answerable`` (either / both prompts at or above the threshold) and its two uses by the build; the threshold
-of each use is ``default_threshold`` unless a config sets one: 0.5 for a model judge (its p(yes)), the text
+of each use is ``judge_threshold`` unless a config sets one: 0.5 for a model judge (its p(yes)), the text
 judge's measured operating points (``lexical.textjudge.THRESHOLDS``) for ``text``.
 """
 

@@ -12,7 +12,9 @@ decode it once (bounded cache) and vLLM's processor cache recognises it; Mistral
 (``models.hub.resolve_chat_template``). ``max_pixels``/``min_pixels`` go only to models whose processor takes
 them (Qwen-VL). Sampling parameters are validated per request by ``vllm.SamplingParams``: a value vLLM rejects
 fails that request (``bad_input``), not the batch. A call that fails is split in halves until the bad request
-is alone; vLLM >= 0.11.1 aborts the requests of a failed call, and the output count is checked besides.
+is alone; vLLM >= 0.11.1 aborts the requests of a failed call, and the output count is checked besides. An engine
+whose core process died (vLLM's ``EngineDeadError``) raises ``engines.base.EngineDeadError`` for that call and every
+later one: a dead engine is never a per-request error (a pool's actor then exits and Ray restarts it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
-from docrerank.engines.base import TextEngine
+from docrerank.engines.base import EngineDeadError, TextEngine
 from docrerank.engines.config import EngineConfig
 from docrerank.engines.messages import ImagePart, image_keys, to_openai_dicts
 from docrerank.engines.parsing import p_yes_from_logprobs
@@ -180,9 +182,21 @@ def sampling_kwargs(req: GenerateRequest, default_seed: int) -> dict:
     return kw
 
 
-def judge_sampling_kwargs(token_pair: Sequence[int], top_logprobs: int) -> dict:
-    """One greedy token restricted to the two answer tokens, with top logprobs (raw, before the restriction)."""
-    return dict(temperature=0.0, max_tokens=1, logprobs=top_logprobs, allowed_token_ids=list(token_pair))
+def judge_sampling_kwargs(token_pair: Sequence[int], top_logprobs: int, by_id: bool = False) -> dict:
+    """One greedy token restricted to the two answer tokens. ``by_id`` (vLLM >= 0.32's ``logprob_token_ids``): the
+    raw logprobs of exactly the two answer tokens; else the top ``top_logprobs`` (raw, before the restriction), in
+    which one of the two may be missing (then bounded, see ``parse_judgement``)."""
+    kw: dict[str, Any] = dict(temperature=0.0, max_tokens=1, allowed_token_ids=list(token_pair))
+    if by_id:
+        kw["logprob_token_ids"] = list(token_pair)
+    else:
+        kw["logprobs"] = top_logprobs
+    return kw
+
+
+def logprobs_by_id(vllm: Any) -> bool:
+    """Whether this vLLM's ``SamplingParams`` takes ``logprob_token_ids`` (the logprobs of chosen tokens)."""
+    return vllm is not None and "logprob_token_ids" in getattr(vllm.SamplingParams, "__struct_fields__", ())
 
 
 def make_sampling_params(vllm: Any, kw: dict):
@@ -253,11 +267,17 @@ def parse_judgement(out: Any, token_pair: Sequence[int]) -> JudgeResult:
                        prompt_tokens=prompt_tokens)
 
 
+def is_engine_dead(err: BaseException) -> bool:
+    """Whether ``err`` is vLLM's ``EngineDeadError`` (its engine core process is gone; nothing can be answered)."""
+    return any(c.__name__ == "EngineDeadError" for c in type(err).__mro__)
+
+
 def classify_error(err: Exception) -> str:
     """An engine error string for a request vLLM failed: prompt_too_long, bad_input (vLLM's client errors:
     the request itself is wrong), or engine_error."""
     msg = f"{type(err).__name__}: {err}"[:300]
-    if "longer than the maximum model length" in str(err) or "max_model_len" in str(err):
+    text = str(err)
+    if any(s in text for s in ("longer than the maximum model length", "max_model_len", "maximum context length")):
         return make_error("prompt_too_long", msg)
     if any(c.__name__ in ("VLLMClientError", "VLLMValidationError") for c in type(err).__mro__):
         return make_error("bad_input", msg)
@@ -284,6 +304,8 @@ class VLLMEngine(TextEngine):
         self.mistral = is_mistral_tokenizer(self.tok)
         self.chat_template = None if self.mistral else self._chat_template()
         self.images = ImageCache(cfg.vllm.image_cache_size)
+        self.dead: Optional[str] = None
+        self.by_id = logprobs_by_id(self._vllm)
 
     def _chat_template(self) -> Optional[str]:
         # Passed to LLM.chat only when the tokenizer lacks one (vLLM would otherwise look elsewhere first).
@@ -321,9 +343,15 @@ class VLLMEngine(TextEngine):
     def _run_split(self, convs: list, params: list) -> list:
         # vLLM renders and validates a whole call before running it, and one bad request fails all: split the
         # call in halves until the bad one is alone, so the rest still run in large batches.
+        if self.dead:
+            raise EngineDeadError(self.dead)
         try:
             return self._chat(convs, params)
         except Exception as err:  # noqa: BLE001
+            if is_engine_dead(err):
+                self.dead = f"the vLLM engine of {self.cfg.model} died ({type(err).__name__}: {err})"[:300]
+                log.error("%s; this engine answers nothing more", self.dead)
+                raise EngineDeadError(self.dead) from err
             if len(convs) == 1:
                 return [err]
         mid = len(convs) // 2
@@ -364,7 +392,8 @@ class VLLMEngine(TextEngine):
         for i, req in enumerate(requests):
             try:
                 pair = answer_token_ids(self.tok, req.yes, req.no)
-                conv, p = self._prepare(req.messages, judge_sampling_kwargs(pair, self.cfg.vllm.judge_top_logprobs))
+                conv, p = self._prepare(req.messages, judge_sampling_kwargs(pair, self.cfg.vllm.judge_top_logprobs,
+                                                                            self.by_id))
             except ValueError as err:
                 results[i] = JudgeResult(error=make_error("bad_input", str(err)))
                 continue
@@ -382,6 +411,12 @@ class VLLMEngine(TextEngine):
         return results
 
     def close(self) -> None:
-        """Drop the engine (frees GPU memory once collected)."""
+        """Stop the engine's core process (where it has one) and drop the engine (frees GPU memory)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            try:
+                core.shutdown()
+            except Exception as err:  # noqa: BLE001 - already gone
+                log.debug("vLLM engine core shutdown: %s", err)
         self.llm = None
         self.images = ImageCache(0)

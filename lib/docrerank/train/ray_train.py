@@ -150,7 +150,6 @@ def train_loop_per_worker(config: dict) -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
     import ray.train
     import torch.distributed as dist
-
     from ray.train import CheckpointUploadMode
 
     from docrerank.models.backbones import build_scorer
