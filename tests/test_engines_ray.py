@@ -58,6 +58,7 @@ def test_batch_rows_converts_numpy():
     assert rows == [{"a": 1, "b": [1.5]}, {"a": 2, "b": [2.5]}]
 
 
+@pytest.mark.slow
 def test_hf_engine_judges_and_generates_in_a_ray_actor(ray_local, tmp_path):
     from docrerank.testing.tiny_models import make_tiny_qwen2_vl
 

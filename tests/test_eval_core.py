@@ -102,6 +102,7 @@ def test_metric_names_are_validated():
 
 
 @pytest.mark.filterwarnings("ignore:unsafe cast")  # numba, inside ranx
+@pytest.mark.slow
 def test_own_metrics_agree_with_ranx_given_rank_derived_scores():
     ranx = pytest.importorskip("ranx")
     import random

@@ -56,6 +56,7 @@ def beir_pair(tmp_path_factory):
     return str(val), str(test)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_fused_systems_with_the_weight_chosen_on_validation(beir_pair, tmp_path):
     from docrerank.eval.config import EvalConfig
     from docrerank.report.evaluation import format_table

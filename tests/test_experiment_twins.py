@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -25,6 +27,7 @@ def test_half_split_is_by_file_name_and_seeded():
     assert [twins.half_of(n, 1) for n in names] != halves
 
 
+@pytest.mark.slow
 def test_experiment_runs_end_to_end_on_a_tiny_set(ray_local, tmp_path):
     from docrerank.render.sample_corpus import make_corpus
 

@@ -173,6 +173,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_local_job_prints_only_ours_and_routes_ray(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
     env.pop("RAY_ADDRESS", None)

@@ -152,6 +152,7 @@ def latest_state(out: Path, name: str) -> dict:
     return json.loads((ckpts[-1] / "train_state.json").read_text())
 
 
+@pytest.mark.slow
 def test_zero2_worker_killed_then_stopped_run_resumed_by_rerunning(data, ray_local, monkeypatch):
     import ray.train
     import yaml
@@ -191,6 +192,7 @@ def test_zero2_worker_killed_then_stopped_run_resumed_by_rerunning(data, ray_loc
     assert meta["summary"]["steps"] == 4 and meta["config"]["name"] == "z2"
 
 
+@pytest.mark.slow
 def test_zero3_on_two_workers(data, ray_local):
     from docrerank.train.ray_train import run_training
 

@@ -42,6 +42,7 @@ def test_examples_helper_makes_a_learnable_task(split):
             assert changed and any(w not in text for w in changed), (pos, neg)
 
 
+@pytest.mark.slow
 def test_minilm_cross_encoder_learns_the_sample_task(split):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
