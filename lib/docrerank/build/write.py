@@ -78,6 +78,8 @@ class WriteStage:
         from docrerank.core import schema
 
         pages = pages_of(batch)
+        if not pages:  # a resumed run's batch of finished pages: nothing to write (no 0-row shards)
+            return {"page_id": [], "status": []}
         tables = defaultdict(list)
         for p in pages:
             for key, vals in page_tables(p, self.k).items():
