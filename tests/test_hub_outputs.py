@@ -161,17 +161,21 @@ def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_mo
 
     out, scorer = text_model
     merged = out / "model" / "merged"
-    enc = scorer.tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], truncation="only_second", max_length=64,
+    # a page far over the trained limit (64 tokens here): truncated at the limit, as in training and the Reranker
+    long_page = " ".join(f"In {2000 + i} the segment {i} reported revenue of {i * 3.7:.1f} million dollars."
+                         for i in range(40))
+    pairs = PAIRS + [("What was the revenue in 2031?", long_page)]
+    enc = scorer.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=64,
                            padding=True, return_tensors="pt")
     with torch.no_grad():
         trained = scorer(**enc).numpy()
-    ce = CrossEncoder(str(merged), max_length=64)
-    assert ce.num_labels == 1
-    got = ce.predict(PAIRS)
+    ce = CrossEncoder(str(merged))  # no max_length: the exported model carries its limit
+    assert ce.num_labels == 1 and ce.max_seq_length == 64
+    got = ce.predict(pairs)
     rr = Reranker.load(str(out), device="cpu")
     assert got == pytest.approx(trained, abs=1e-5)
-    assert rr.score([q for q, _ in PAIRS], [d for _, d in PAIRS]) == pytest.approx(trained, abs=1e-5)
-    assert len({round(float(s), 4) for s in got}) == 3
+    assert rr.score([q for q, _ in pairs], [d for _, d in pairs]) == pytest.approx(trained, abs=1e-5)
+    assert len({round(float(s), 4) for s in got}) == 4
 
 
 def test_an_exported_text_model_is_a_base_for_more_training_with_the_same_scores(text_model):
