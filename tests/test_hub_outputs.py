@@ -169,6 +169,10 @@ def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_mo
                            padding=True, return_tensors="pt")
     with torch.no_grad():
         trained = scorer(**enc).numpy()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in merged.iterdir() if f.is_file()} == \
+        {f.name: oct(0o666 & ~mask) for f in merged.iterdir() if f.is_file()}  # safetensors was written 0600
     ce = CrossEncoder(str(merged))  # no max_length: the exported model carries its limit
     assert ce.num_labels == 1 and ce.max_seq_length == 64
     got = ce.predict(pairs)

@@ -160,6 +160,7 @@ def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Opti
     (merged / "reranker.json").write_text(json.dumps(card, indent=2) + "\n")
     (merged / "README.md").write_text(model_card(cfg, card, metrics, mix, where=where or str(merged)))
     (out / "train_config.json").write_text(json.dumps(redact(cfg.model_dump(mode="json")), indent=2) + "\n")
+    storage.honour_umask(str(out))  # save_pretrained writes model.safetensors 0600
 
 
 def set_model_max_length(merged: Path, max_len: int) -> None:
