@@ -45,23 +45,43 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     if address:
         runlog.release()  # a cluster: Ray's and the libraries' logs stay where they would be without us
         # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override.
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as err:  # noqa: BLE001 - Ray raises plain Exception, TimeoutError, ConnectionError...
+            raise RayStartError(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
         return address
     run_log = runlog.active()
     if run_log is not None:
         import ray.data  # noqa: F401  (its loggers must exist to be routed; every job that starts Ray uses it)
 
         runlog.route_ray_process(run_log)
-    ray.init(
-        address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env={"env_vars": env_vars},
-    )
+    for attempt in (1, 2):  # a start that timed out on a loaded machine (or lost a port race) is tried once more
+        try:
+            ray.init(
+                address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": env_vars},
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - "The current node timed out during startup", TimeoutError, ...
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == 2:
+                raise RayStartError(
+                    f"could not start a local Ray (tried twice): {_first_line(err)}; the machine may be overloaded: "
+                    "run again, or start Ray yourself (`ray start --head`) and pass its address with --address"
+                ) from None
+            log.warning("starting a local Ray failed (%s); trying once more", _first_line(err))
     if run_log is not None:
         runlog.route_ray_workers(run_log)
     return "local"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def shutdown_ray() -> None:
@@ -159,16 +179,20 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     libraries' output went (``runlog.capture``). With a ``config.output`` the run metadata goes to ``<output>/_meta/``
     before ``work()`` and again after it with ``finished`` and the summary (``summarise(result)``, default the
     result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
-    ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
+    ``<job> failed: <why>`` to stderr (so does a Ray that could not start, :class:`RayStartError`); Ctrl-C prints one
+    line saying the same command resumes and exits 130 (:func:`interrupted`); anything else propagates with its
+    traceback. ``work()`` must return
     something other than None (the job's stats, a summary), so that None always means "failed".
     """
+    from docrerank.core.config import command_for
+
     if checks is not None:
         try:
             problems = checks()
         except errors as e:
             problems = [f"the start-of-job checks failed: {e}"]
         if problems:
-            print(f"{job} cannot start: {len(problems)} problem(s) (python -m jobs.{job} --plan shows the whole plan)\n"
+            print(f"{job} cannot start: {len(problems)} problem(s) ({command_for(job)} --plan shows the whole plan)\n"
                   + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
             return None
     output = getattr(config, "output", None)
@@ -179,9 +203,11 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     try:
         with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
             result = work()
-    except errors as e:
+    except (*errors, RayStartError) as e:
         print(f"{job} failed: {e}", file=sys.stderr)
         return None
+    except KeyboardInterrupt:
+        interrupted(job)
     if result is None:
         raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
     if out is not None:
@@ -189,6 +215,23 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
                     summary=summarise(result) if summarise else result)
         write_run_metadata(out, meta)
     return result
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+def interrupted(job: str) -> None:
+    """Ctrl-C: one line instead of a ``KeyboardInterrupt`` traceback, and exit status 130. Every job writes its
+    shards atomically and skips finished work on a rerun, so the same command resumes."""
+    from docrerank.core.config import command_for
+
+    print(f"\n{job} interrupted: what finished is kept; resume with the same command ({command_for(job)} ...)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined; the message is one line saying what to do."""
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
