@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,9 +25,17 @@ class ConfigError(ValueError):
 
 
 class Config(BaseModel):
-    """Base of every config: unknown keys are errors, docstrings document fields."""
+    """Base of every config: unknown keys are errors, docstrings document fields.
+
+    A job that resumes into its output (skips what an earlier run finished) declares it for ``core.rerun``:
+    ``resume_marker``, the output table whose shards are the finished work a rerun keeps; ``run_only_keys``, the
+    settings that do not change the data (dotted keys, ``fnmatch`` patterns); ``resume_key``, the boolean setting
+    that turns resuming off (the job then redoes everything, so any setting may change)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    resume_marker: ClassVar[Optional[str]] = None
+    run_only_keys: ClassVar[tuple[str, ...]] = ()
+    resume_key: ClassVar[Optional[str]] = None
 
 
 def _format_error(err: ValidationError) -> str:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docrerank.core import runlog, storage
+from docrerank.core import lock, runlog, storage
 
 log = logging.getLogger("docrerank")
 
@@ -181,8 +181,13 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
     ``<job> failed: <why>`` to stderr (so does a Ray that could not start, :class:`RayStartError`); Ctrl-C prints one
     line saying the same command resumes and exits 130 (:func:`interrupted`); anything else propagates with its
-    traceback. ``work()`` must return
-    something other than None (the job's stats, a summary), so that None always means "failed".
+    traceback. ``work()`` must return something other than None (the job's stats, a summary), so that None always
+    means "failed".
+
+    With an output, the job holds its lock while it runs (``core.lock``: a second run into the same output stops
+    with ``<job> cannot start: <output> is being written by another run: <job>, pid ... on <host> ...``), and a job
+    that resumes stops the same way, before writing anything, when the output holds its finished work made with
+    other data-changing settings (``core.rerun``).
     """
     from docrerank.core.config import command_for
 
@@ -197,24 +202,52 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
             return None
     output = getattr(config, "output", None)
     out = storage.resolve(output) if output else None
-    meta = run_metadata(job, config)
     if out is not None:
-        write_run_metadata(out, meta)
+        problem = claim_output(out, job, config)
+        if problem:
+            print(f"{job} cannot start: {problem}", file=sys.stderr)
+            return None
     try:
-        with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
-            result = work()
-    except (*errors, RayStartError) as e:
-        print(f"{job} failed: {e}", file=sys.stderr)
-        return None
-    except KeyboardInterrupt:
-        interrupted(job)
-    if result is None:
-        raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
-    if out is not None:
-        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    summary=summarise(result) if summarise else result)
-        write_run_metadata(out, meta)
-    return result
+        meta = run_metadata(job, config)
+        if out is not None:
+            write_run_metadata(out, meta)
+        try:
+            with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
+                result = work()
+        except (*errors, RayStartError) as e:
+            print(f"{job} failed: {e}", file=sys.stderr)
+            return None
+        except KeyboardInterrupt:
+            interrupted(job)
+        if result is None:
+            raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
+        if out is not None:
+            meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        summary=summarise(result) if summarise else result)
+            write_run_metadata(out, meta)
+        return result
+    finally:
+        if out is not None:
+            lock.release(output)
+
+
+def claim_output(out: storage.Location, job: str, config) -> str | None:
+    """Take ``out``'s lock (``core.lock``: one writer per output) and check that a rerun would not mix settings
+    (``core.rerun``); None when the job may write, else the one-line reason (the lock is not kept then)."""
+    from docrerank.core.rerun import RerunRefused, check_rerun
+
+    try:
+        lock.acquire(out.uri, job)
+    except lock.OutputLocked as e:
+        return str(e)
+    try:
+        meta_loc = out.join("_meta", f"{job}.json")
+        recorded = json.loads(storage.read_bytes(meta_loc)) if storage.exists(meta_loc) else None
+        check_rerun(out, job, config, recorded)
+    except (RerunRefused, ValueError, OSError) as e:
+        lock.release(out.uri)
+        return str(e)
+    return None
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
