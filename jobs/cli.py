@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after the job's run_job (which handles its own)
         interrupted(name)
         return 130  # not reached: interrupted() exits
+    finally:
+        set_invoked_as(None)
 
 
 if __name__ == "__main__":
