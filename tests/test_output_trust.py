@@ -155,3 +155,69 @@ def test_settings_changed_before_anything_finished_or_without_resuming_are_fine(
     rerun.check_rerun(loc, "rerank", cfg.model_copy(update={"keep_columns": ["x"]}), older)
     assert rerun.changed_settings({"a": {"b": 1, "ray": {"n": 1}}}, {"a": {"b": 2, "ray": {"n": 5}}}, ("*.ray.*",)) \
         == [("a.b", 1, 2)]
+
+
+# ------------------------------------------------------------------------------------------- positives files
+def test_a_malformed_positives_file_is_named_with_its_line_before_ray_starts(tmp_path):
+    bad = tmp_path / "questions.jsonl"
+    bad.write_text('{"question": "What was revenue in 2021?", "doc": "a.pdf", "page_number": 1}\n\n'
+                   '{"question": "What was revenue in 2022?", "doc": "a.pdf", "page_number": 2},\n')
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'lib'}{os.pathsep}{REPO}")
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-m", "jobs.build_dataset", "--config", "jobs/configs/build_local.yaml",
+                        f"output={out}", f"positives_file={bad}"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert f"positives_file {bad}, line 3: not valid JSON (Extra data at column" in p.stderr
+    assert "Started a local Ray" not in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()  # stopped before the ingest and before Ray
+
+    from docrerank.build.sources import read_positives
+
+    bad.write_text('{"question": "q", "doc": "a.pdf", "page_number": 1}\n["not", "an", "object"]\n')
+    with pytest.raises(ValueError, match=rf"positives_file {bad}, line 2: expected a JSON object, got list"):
+        read_positives(str(bad))
+    bad.write_text('{"question": "q", "doc": "a.pdf", "page_number": 1}\n{"doc": "a.pdf", "page_number": 2}\n')
+    with pytest.raises(ValueError, match=rf"positives_file {bad}, line 2: needs a non-empty 'question'"):
+        read_positives(str(bad))
+
+
+def test_a_question_about_a_duplicate_file_goes_to_the_copy_kept_and_the_rest_are_reported(tmp_path, caplog):
+    """The ingest keeps one copy of identical files (the other is quarantined as ``duplicate`` with the same document
+    id): a question naming the other file's name gets the kept copy's page. Questions about pages the build does not
+    have are left out with the reason of each, not only counted."""
+    import logging
+
+    import pyarrow as pa
+
+    from docrerank.build.sources import load_given
+    from docrerank.core import storage
+    from docrerank.core.schema import page_id_of, pages_schema, quarantine_schema
+
+    out = storage.resolve(str(tmp_path / "ingest"))
+    pages = [{"page_id": page_id_of("d1", n), "doc_id": "d1", "source_uri": "/in/report.pdf", "page_number": n,
+              "num_pages": 2, "width": 10, "height": 10, "dpi": 72.0, "image": b"x", "image_format": "png",
+              "text": ""} for n in (1, 2)]
+    storage.write_table_atomic(out.join("pages", "part-0.parquet"), pa.Table.from_pylist(pages, pages_schema()))
+    quarantine = [
+        {"source_uri": "/in/report_copy.pdf", "doc_id": "d1", "page_number": None, "stage": "probe",
+         "error": "duplicate", "message": "same bytes as /in/report.pdf"},
+        {"source_uri": "/in/board.pdf", "doc_id": "d2", "page_number": None, "stage": "probe", "error": "encrypted",
+         "message": "needs a password"}]
+    storage.write_table_atomic(out.join("quarantine", "probe-0.parquet"),
+                               pa.Table.from_pylist(quarantine, quarantine_schema()))
+    qfile = tmp_path / "q.jsonl"
+    qs = [("report.pdf", 1), ("report_copy.pdf", 2), ("board.pdf", 1), ("report.pdf", 9), ("other.pdf", 1)]
+    qfile.write_text("".join(json.dumps({"question": f"q{i}", "doc": d, "page_number": n}) + "\n"
+                             for i, (d, n) in enumerate(qs)))
+    with caplog.at_level(logging.INFO, logger="docrerank.build"):
+        given = load_given(str(qfile), out.join("pages"))
+    assert {pid: [g.question for g in gs] for pid, gs in given.items()} == {
+        page_id_of("d1", 1): ["q0"], page_id_of("d1", 2): ["q1"]}
+    text = caplog.text
+    assert "1 questions about files quarantined as duplicates go to the same pages of the copy kept" in text
+    assert f"positives_file {qfile}: 3 of 5 questions are about pages the build does not have, left out: " in text
+    assert "line 3: board.pdf page 1 was quarantined (encrypted)" in text
+    assert "line 4: report.pdf has no page 9 in the pages table" in text
+    assert "line 5: other.pdf is not in the pages table" in text
