@@ -165,7 +165,7 @@ def test_a_build_from_a_pages_table_gets_its_viewer(sample_build, tmp_path, caps
     from docrerank.core.config import load_config
     from jobs.cli import main
 
-    src, src_stats = sample_build
+    src, _ = sample_build
     out = tmp_path / "from_pages"
     stats = run_build(load_config(BuildConfig, REPO / "jobs/configs/build_local.yaml", [
         f"output={out}", "input=null", f"pages={src / 'pages'}", "holdout_fraction=0", "limit_pages=6",

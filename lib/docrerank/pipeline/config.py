@@ -12,7 +12,6 @@ Command-line overrides reach into the steps: ``build.select.k=4``, ``train.optim
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
