@@ -143,16 +143,21 @@ def test_settings_changed_before_anything_finished_or_without_resuming_are_fine(
     recorded = runtime.run_metadata("rerank", cfg)
     other = cfg.model_copy(update={"reranker": cfg.reranker.model_copy(update={"path": "m2"})})
     loc = storage.resolve(str(out))
-    rerun.check_rerun(loc, "rerank", other, recorded)  # no scores/ yet: nothing to mix with
+    def now(c):
+        return runtime.run_metadata("rerank", c)["config"]
+
+    rerun.check_rerun(loc, "rerank", other, recorded, now(other))  # no scores/ yet: nothing to mix with
     (out / "scores").mkdir(parents=True)
     (out / "scores" / "part-0.parquet").write_bytes(b"")
     with pytest.raises(rerun.RerunRefused, match=r"reranker.path: \"m1\" then, \"m2\" now"):
-        rerun.check_rerun(loc, "rerank", other, recorded)
-    rerun.check_rerun(loc, "rerank", other.model_copy(update={"resume": False}), recorded)  # redoes everything
+        rerun.check_rerun(loc, "rerank", other, recorded, now(other))
+    no_resume = other.model_copy(update={"resume": False})
+    rerun.check_rerun(loc, "rerank", no_resume, recorded, now(no_resume))
     # a key only one of the two runs knows (a field added in a newer version) is not a change
     older = json.loads(json.dumps(recorded))
     del older["config"]["keep_columns"]
-    rerun.check_rerun(loc, "rerank", cfg.model_copy(update={"keep_columns": ["x"]}), older)
+    newer = cfg.model_copy(update={"keep_columns": ["x"]})
+    rerun.check_rerun(loc, "rerank", newer, older, now(newer))
     assert rerun.changed_settings({"a": {"b": 1, "ray": {"n": 1}}}, {"a": {"b": 2, "ray": {"n": 5}}}, ("*.ray.*",)) \
         == [("a.b", 1, 2)]
 

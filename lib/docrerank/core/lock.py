@@ -55,13 +55,12 @@ _held: dict[str, _Held] = {}
 _guard = threading.Lock()
 
 
-def holder_info(job: str) -> dict:
-    """Who is taking the lock: job, pid, host, start time, command line (secrets redacted)."""
-    from docrerank.core.runtime import redact_argv
-
+def holder_info(job: str, command: str = "") -> dict:
+    """Who is taking the lock: job, pid, host, start time, command line (``command``: secrets already redacted;
+    default the interpreter's name only)."""
     return {"job": job, "pid": os.getpid(), "host": socket.gethostname(),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(redact_argv(sys.argv)), "token": uuid.uuid4().hex}
+            "command": command or os.path.basename(sys.executable), "token": uuid.uuid4().hex}
 
 
 def describe(uri: str, info: dict) -> str:
@@ -77,15 +76,16 @@ def _key(loc: storage.Location) -> str:
     return loc.uri if "://" in loc.uri else os.path.realpath(loc.path)
 
 
-def acquire(output: str, job: str) -> None:
-    """Take the lock of ``output`` (created if missing) for this process; raise OutputLocked naming the holder."""
+def acquire(output: str, job: str, command: str = "") -> None:
+    """Take the lock of ``output`` (created if missing) for this process; raise OutputLocked naming the holder.
+    ``command``: the command line to show another run (secrets redacted)."""
     loc = storage.resolve(output)
     key = _key(loc)
     with _guard:
         if key in _held:
             _held[key].count += 1
             return
-        info = holder_info(job)
+        info = holder_info(job, command)
         release = _acquire_local(loc, info) if "://" not in loc.uri else _acquire_object(loc, info)
         _held[key] = _Held(1, release, info)
 

@@ -48,11 +48,10 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_rerun(out: storage.Location, job: str, config: Any, recorded: dict | None) -> None:
+def check_rerun(out: storage.Location, job: str, config: Any, recorded: dict | None, current: dict) -> None:
     """Raise RerunRefused when ``out`` holds ``job``'s finished work made with data-changing settings other than
-    ``config``'s; ``recorded``: the ``_meta/<job>.json`` found there (None: none)."""
-    from docrerank.core.runtime import redact
-
+    ``config``'s; ``recorded``: the ``_meta/<job>.json`` found there (None: none); ``current``: ``config`` as that
+    file records it (``runtime.run_metadata``'s ``config``: a JSON dump with secrets redacted)."""
     marker = getattr(type(config), "resume_marker", None)
     if marker is None or not recorded or "config" not in recorded:
         return
@@ -62,7 +61,6 @@ def check_rerun(out: storage.Location, job: str, config: Any, recorded: dict | N
     done = storage.list_files(out.join(marker), suffixes=(".parquet",))
     if not done:
         return  # nothing finished: the earlier run's settings made no data
-    current = redact(config.model_dump(mode="json"))
     diffs = changed_settings(recorded["config"], current, getattr(type(config), "run_only_keys", ()))
     if not diffs:
         return

@@ -237,13 +237,13 @@ def claim_output(out: storage.Location, job: str, config) -> str | None:
     from docrerank.core.rerun import RerunRefused, check_rerun
 
     try:
-        lock.acquire(out.uri, job)
+        lock.acquire(out.uri, job, " ".join(redact_argv(sys.argv)))
     except lock.OutputLocked as e:
         return str(e)
     try:
         meta_loc = out.join("_meta", f"{job}.json")
         recorded = json.loads(storage.read_bytes(meta_loc)) if storage.exists(meta_loc) else None
-        check_rerun(out, job, config, recorded)
+        check_rerun(out, job, config, recorded, redact(config.model_dump(mode="json")))
     except (RerunRefused, ValueError, OSError) as e:
         lock.release(out.uri)
         return str(e)
