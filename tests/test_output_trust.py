@@ -53,6 +53,23 @@ def test_a_second_run_into_a_held_output_stops_naming_the_first(tmp_path, capsys
     p.wait()
 
 
+def test_a_pipeline_holds_every_step_output_from_the_start(tmp_path, capsys):
+    from jobs.pipeline import main
+
+    first, out = tmp_path / "local", tmp_path / "mined"
+    p = _holder(out)
+    try:
+        args = ["--config", str(REPO / "jobs/configs/pipeline_local.yaml"), "steps=[build, mine]",
+                f"build.output={first}", f"mine.input={first}", f"mine.output={out}"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"pipeline failed: {out} is being written by another run: build_dataset, pid {p.pid}" in err
+        assert not (first / "pages").exists()  # stopped before the first step ran
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_the_lock_is_reentrant_within_a_process_and_released_after_a_failure(tmp_path):
     """The pipeline holds outputs its steps write again (build, mine and analyse share out/local)."""
     from docrerank.core import lock, runtime
