@@ -46,7 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"docrerank: unknown job {argv[0]!r}; expected one of {', '.join(JOBS)} "
               f"(or {', '.join(sorted(ALIASES))})", file=sys.stderr)
         return 2
-    return importlib.import_module(f"jobs.{name}").main(argv[1:])
+    from docrerank.core.config import set_invoked_as
+    from docrerank.core.runtime import interrupted
+
+    set_invoked_as(f"docrerank {argv[0]}")  # messages name the command typed, not `python -m jobs.<name>`
+    try:
+        return importlib.import_module(f"jobs.{name}").main(argv[1:])
+    except KeyboardInterrupt:  # before or after the job's run_job (which handles its own)
+        interrupted(name)
+        return 130  # not reached: interrupted() exits
+    finally:
+        set_invoked_as(None)
 
 
 if __name__ == "__main__":

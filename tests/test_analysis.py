@@ -132,6 +132,21 @@ def test_generated_near_copies_are_harder_than_unrelated_mined(embedder, tmp_pat
     assert a["groups"] == 2 and a == analyse_examples([str(tmp_path / "gen")], embedder, max_groups=2, seed=1)
 
 
+def test_the_sample_depends_on_the_data_not_its_path(tmp_path):
+    """The same examples at two paths give the same sampled groups (and so the same tables); other data, another."""
+    from docrerank.analysis.negatives import sample_groups
+
+    gen, mined = synthetic_groups()
+    groups = gen + mined
+    a = write_examples(tmp_path / "a" / "examples", groups)
+    b = write_examples(tmp_path / "elsewhere" / "copy", groups)
+    pick = [g[0]["group_id"] for g in sample_groups(a, 4, seed=0)[0]]
+    assert [g[0]["group_id"] for g in sample_groups(b, 4, seed=0)[0]] == pick
+    assert len(pick) == 4
+    seeds = {tuple(g[0]["group_id"] for g in sample_groups(a, 4, seed=s)[0]) for s in range(6)}
+    assert len(seeds) > 1  # the seed still picks
+
+
 def test_spread_is_zero_for_identical_negatives():
     emb = FakeEmbedder({"q": [1, 0, 0], "n": [1, 1, 0], "page": [0, 0, 1]})
     group = [row("g", "q", "p", "page", 1, "positive")] + [row("g", "n", "p", "page", 0, "generated")] * 3

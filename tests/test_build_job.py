@@ -145,6 +145,36 @@ def test_killed_driver_then_rerun_equals_uninterrupted(built, tmp_path):
     assert _rows(out, "examples", ["group_id", "query", "label"]) == _rows(ref, "examples", ["group_id", "query", "label"])
 
 
+def test_ctrl_c_then_rerun_equals_uninterrupted(built, tmp_path):
+    """Ctrl-C (SIGINT to the driver) mid-run: exit status 130 and one line saying the same command resumes, no
+    KeyboardInterrupt traceback; the same command then finishes the build to the uninterrupted output."""
+    ref, _ = built
+    out = tmp_path / "out"
+    status = out / "page_status"
+    env = dict(os.environ, DOCRERANK_FAULT_INJECT="sleep:select:0.5")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.build_dataset", "--config", "jobs/configs/build_local.yaml",
+           f"output={out}", "input=sample:2", "pages_per_batch=2", "num_workers=1"]
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (status.is_dir() and len(list(status.glob("*.parquet"))) >= 2):
+            time.sleep(0.5)
+        p.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl-C reaches the foreground job
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err = err.decode()
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "build_dataset interrupted: what finished is kept; resume with the same command" in err
+    assert 0 < len(_table(out, "page_status")) < 24
+    _run_job(out, {})
+    assert _rows(out, "examples", ["group_id", "query", "label"]) == _rows(ref, "examples", ["group_id", "query", "label"])
+
+
 def test_killed_worker_is_absorbed_by_retries(built, tmp_path):
     ref, _ = built
     out = tmp_path / "out"

@@ -150,3 +150,82 @@ def test_the_judge_threshold_resolves_one_way_for_the_build_the_mining_and_the_c
                                       "filter": {"engine": "text", "threshold": 0.7}}).filter.threshold == 0.7
     with pytest.raises(ValueError, match="threshold use"):
         judge_threshold(None, "text", "verify")
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: x\noutput: y\nrender:\n  dpi: [72\n  image_format: png\n")
+    with pytest.raises(SystemExit) as e:
+        parse_job_args(IngestConfig, ["--config", str(bad)], prog="python -m jobs.ingest", description="")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{bad}:5:" in err and "YAML syntax error" in err and "<unicode string>" not in err
+    # a job config named by a pipeline config: the same line, inside the pipeline's config error
+    from docrerank.pipeline.config import PipelineConfig
+
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(f"steps: [ingest]\ningest: {{config: {bad}}}\n")
+    with pytest.raises(SystemExit):
+        parse_job_args(PipelineConfig, ["--config", str(pipe)], prog="python -m jobs.pipeline", description="")
+    err = capsys.readouterr().err
+    assert f"{bad}:5:" in err and "YAML syntax error" in err and "Traceback" not in err
+
+
+def test_messages_name_the_command_typed(capsys):
+    from docrerank.core import config as core_config
+    from jobs.cli import main
+
+    try:
+        assert main(["ingest", "input=a", "output=b", "render.dpi=-1"]) == 2
+    except SystemExit as e:
+        assert e.code == 2
+    finally:
+        core_config.set_invoked_as(None)
+    err = capsys.readouterr().err
+    assert err.startswith("docrerank ingest: ") and "python -m jobs" not in err
+    with pytest.raises(SystemExit):
+        parse_job_args(IngestConfig, ["input=a", "output=b", "render.dpi=-1"], prog="python -m jobs.ingest",
+                       description="")
+    assert capsys.readouterr().err.startswith("python -m jobs.ingest: ")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
+    from docrerank.core import runtime
+
+    cfg = IngestConfig(input="a", output=str(tmp_path / "o"))
+
+    def work():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        runtime.run_job("ingest", cfg, work)
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "ingest interrupted: what finished is kept; resume with the same command (python -m jobs.ingest ...)"
+
+
+def test_a_ray_that_does_not_start_is_tried_twice_then_one_line(monkeypatch, tmp_path, capsys):
+    """Ray's own start-up timeout (the exception ray._private.node raises under load) is retried once, then fails
+    the job with one line saying what to do. ray.init is replaced: a real start-up timeout cannot be provoked."""
+    ray = pytest.importorskip("ray")
+    from docrerank.core import runtime
+
+    if ray.is_initialized():
+        pytest.skip("a Ray is already up in this process")
+    calls = []
+
+    def init(**kw):
+        calls.append(kw)
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = IngestConfig(input="a", output=str(tmp_path / "o"))
+    assert runtime.run_job("ingest", cfg, lambda: runtime.init_ray()) is None
+    assert len(calls) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ingest failed: could not start a local Ray (tried twice): Exception: The current node "
+                              "timed out during startup.") and "--address" in err[-1]
+    assert not any("Traceback" in line for line in err)

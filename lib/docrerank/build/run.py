@@ -37,6 +37,7 @@ from docrerank.core.raydata import (
     iter_checked,
     read_parquet_files,
     read_parquet_files_list,
+    remove_empty_shards,
     remove_orphans,
 )
 from docrerank.engines.pool import ClusterResources, PoolPlan
@@ -167,6 +168,9 @@ def run_build(cfg: BuildConfig) -> dict:
     orphans = remove_orphans(out, OUTPUT_TABLES, MARKER)
     if orphans:
         log.info("removed %d shards of unfinished batches", orphans)
+    empty = remove_empty_shards(out, OUTPUT_TABLES + (("pages",) if src.write_pages else ()))
+    if empty:
+        log.info("removed %d empty shards an earlier version wrote", empty)
     done = done_pages(out)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic shards
     ds, limit_ids = read_pages(cfg, src)

@@ -22,32 +22,99 @@ def _given(question, answer) -> GivenPositive:
     return GivenPositive(str(question), None if answer is None else str(answer))
 
 
-def load_given(path: str, pages_loc: storage.Location) -> dict[str, list[GivenPositive]]:
-    """Given positives by page id, from JSONL/Parquet rows with ``page_id`` or ``doc`` + ``page_number``."""
+def read_positives(path: str) -> list[tuple[str, dict]]:
+    """The rows of a positives file with where each is (``line N`` of JSONL, ``row N`` of Parquet); ValueError naming
+    the file and the line of the first malformed row (not JSON, not an object, no ``question``, no page)."""
     import pyarrow.parquet as pq
 
     loc = storage.resolve(path)
     if loc.path.endswith(".parquet") or storage.is_dir(loc):
-        rows = storage.read_parquet_dir(loc).to_pylist() if storage.is_dir(loc) else pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
+        table = storage.read_parquet_dir(loc) if storage.is_dir(loc) else pq.read_table(loc.path, filesystem=loc.fs)
+        rows = [(f"row {i}", r) for i, r in enumerate(table.to_pylist(), start=1)]
     else:
-        rows = [json.loads(line) for line in storage.read_bytes(loc).decode().splitlines() if line.strip()]
-    by_doc = {}
-    if rows and "page_id" not in rows[0]:
+        rows = []
+        for n, line in enumerate(storage.read_bytes(loc).decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"positives_file {path}, line {n}: not valid JSON ({e.msg} at column {e.colno})") \
+                    from None
+            rows.append((f"line {n}", row))
+    for where, r in rows:
+        if not isinstance(r, dict):
+            raise ValueError(f"positives_file {path}, {where}: expected a JSON object, got {type(r).__name__}")
+        if not isinstance(r.get("question"), str) or not r["question"].strip():
+            raise ValueError(f"positives_file {path}, {where}: needs a non-empty 'question', got keys {sorted(r)}")
+        if not r.get("page_id") and not (r.get("doc") and r.get("page_number") is not None):
+            raise ValueError(f"positives_file {path}, {where}: needs 'page_id', or 'doc' and 'page_number'")
+    return rows
+
+
+def _name(uri) -> str:
+    return str(uri or "").rsplit("/", 1)[-1]
+
+
+def _page_number(n):
+    try:
+        return int(n)
+    except (TypeError, ValueError):
+        return n
+
+
+def load_given(path: str, pages_loc: storage.Location) -> dict[str, list[GivenPositive]]:
+    """Given positives by page id, from JSONL/Parquet rows with ``page_id`` or ``doc`` + ``page_number``.
+
+    A question about a file the ingest quarantined as a ``duplicate`` of another is mapped to the same page of the
+    copy kept (same bytes, same document id). Questions about pages the pages table does not have are left out and
+    reported in one warning with the reason for each (file quarantined and why, no such page, unknown file) and
+    the line of the first ones."""
+    from docrerank.core.schema import page_id_of
+
+    rows = read_positives(path)
+    by_doc, docs, quarantined, dup_doc = {}, set(), {}, {}
+    if any(not r.get("page_id") for _, r in rows):
         t = storage.read_parquet_dir(pages_loc, columns=["page_id", "source_uri", "page_number"])
         for pid, uri, n in zip(*(t.column(c).to_pylist() for c in ("page_id", "source_uri", "page_number"))):
-            by_doc[(uri.rsplit("/", 1)[-1], n)] = pid
+            by_doc[(_name(uri), n)] = pid
+            docs.add(_name(uri))
+        quarantine = storage.resolve(pages_loc.uri.rstrip("/").rsplit("/", 1)[0]).join("quarantine")
+        if storage.exists(quarantine):
+            for q in storage.read_parquet_dir(quarantine).to_pylist():
+                name = _name(q.get("source_uri"))
+                if q.get("error") == "duplicate" and q.get("doc_id"):
+                    dup_doc[name] = q["doc_id"]
+                else:
+                    quarantined.setdefault((name, q.get("page_number")), q.get("error"))
+    known = set(by_doc.values())
     given: dict[str, list[GivenPositive]] = {}
-    missing = 0
-    for r in rows:
-        if "question" not in r:
-            raise ValueError(f"positives_file {path}: rows need a 'question' field, got keys {sorted(r)}")
-        pid = r.get("page_id") or by_doc.get((str(r.get("doc", "")).rsplit("/", 1)[-1], r.get("page_number")))
-        if pid is None:
-            missing += 1
-            continue
+    unmatched: list[tuple[str, str]] = []
+    via_duplicate = 0
+    for where, r in rows:
+        pid = r.get("page_id")
+        if not pid:
+            name, n = _name(r.get("doc")), _page_number(r.get("page_number"))
+            pid = by_doc.get((name, n))
+            if pid is None and name in dup_doc and isinstance(n, int) and page_id_of(dup_doc[name], n) in known:
+                pid = page_id_of(dup_doc[name], n)
+                via_duplicate += 1
+            if pid is None:
+                why = quarantined.get((name, n)) or quarantined.get((name, None))
+                reason = (f"{name} page {n} was quarantined ({why})" if why else
+                          f"{name} has no page {n} in the pages table" if name in docs else
+                          f"{name} is a duplicate whose copy has no page {n}" if name in dup_doc else
+                          f"{name} is not in the pages table")
+                unmatched.append((where, reason))
+                continue
         given.setdefault(pid, []).append(_given(r["question"], r.get("answer")))
-    if missing:
-        log.warning("positives_file: %d questions name pages that are not in the pages table (ignored)", missing)
+    if via_duplicate:
+        log.info("positives_file: %d questions about files quarantined as duplicates go to the same pages of the "
+                 "copy kept", via_duplicate)
+    if unmatched:
+        shown = "; ".join(f"{where}: {reason}" for where, reason in unmatched[:5])
+        log.warning("positives_file %s: %d of %d questions are about pages the build does not have, left out: %s%s",
+                    path, len(unmatched), len(rows), shown, " ..." if len(unmatched) > 5 else "")
     return given
 
 

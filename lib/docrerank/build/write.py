@@ -93,6 +93,8 @@ class WriteStage:
 
         all_pages = pages_of(batch)
         pages = [p for p in all_pages if not engine_failures(p)]  # the others stay unfinished: a rerun redoes them
+        if not all_pages:  # a resumed run's batch of finished pages: nothing to write (no 0-row shards)
+            return {"page_id": [], "status": []}
         tables = defaultdict(list)
         for p in pages:
             for key, vals in page_tables(p, self.k).items():

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,9 +25,17 @@ class ConfigError(ValueError):
 
 
 class Config(BaseModel):
-    """Base of every config: unknown keys are errors, docstrings document fields."""
+    """Base of every config: unknown keys are errors, docstrings document fields.
+
+    A job that resumes into its output (skips what an earlier run finished) declares it for ``core.rerun``:
+    ``resume_marker``, the output table whose shards are the finished work a rerun keeps; ``run_only_keys``, the
+    settings that do not change the data (dotted keys, ``fnmatch`` patterns); ``resume_key``, the boolean setting
+    that turns resuming off (the job then redoes everything, so any setting may change)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    resume_marker: ClassVar[Optional[str]] = None
+    run_only_keys: ClassVar[tuple[str, ...]] = ()
+    resume_key: ClassVar[Optional[str]] = None
 
 
 def _format_error(err: ValidationError) -> str:
@@ -178,12 +186,25 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in the file ``path``; a syntax error is a ConfigError of one line naming the file, line and
+    column (``jobs/configs/x.yaml:4:7: YAML syntax error: ...``), not a traceback about ``"<unicode string>"``."""
+    text = Path(path).read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) \
+            or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build ``cls`` from an optional YAML file and ``key=value`` overrides; raise ConfigError naming keys."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
@@ -210,13 +231,30 @@ def describe(cls: type[Config], prefix: str = "") -> list[str]:
     return lines
 
 
+_INVOKED_AS: str | None = None  # what the person typed before the job's arguments, when it was not `python -m jobs.X`
+
+
+def set_invoked_as(command: str | None) -> None:
+    """Record the command that runs the job (``docrerank build``), so messages repeat what the person typed."""
+    global _INVOKED_AS
+    _INVOKED_AS = command
+
+
+def command_for(job: str) -> str:
+    """The command that runs ``job`` as the person typed it: ``docrerank <name>`` under the ``docrerank`` command,
+    ``python -m jobs.<job>`` otherwise."""
+    return _INVOKED_AS or f"python -m jobs.{job}"
+
+
 def parse_job_args(cls: type[C], argv: list[str] | None, prog: str, description: str) -> tuple[C, argparse.Namespace]:
     """Parse ``--config FILE [--address ADDR] [--plan] key=value ...`` into a validated config and the CLI namespace.
 
     ``--plan`` (``ns.plan``): the job prints its plan and problems instead of running (``core/plan.py``).
 
-    Invalid configs exit with status 2 and a message naming the keys (no traceback).
+    Invalid configs exit with status 2 and a message naming the keys (no traceback). ``prog`` (``python -m
+    jobs.<job>``) gives way to the ``docrerank`` command the person typed (:func:`set_invoked_as`).
     """
+    prog = command_for(prog.rsplit(".", 1)[-1]) if prog.startswith("python -m jobs.") else prog
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,

@@ -107,8 +107,11 @@ def read_parquet_files_list(files: list[str], columns: list[str] | None = None):
 
 def write_shards(out: storage.Location, name: str, tables: dict, marker: str) -> None:
     """Write shard ``name`` of each table (``{directory: pyarrow.Table}``), the ``marker`` table last: a batch whose
-    marker shard exists is complete."""
+    marker shard exists is complete. A table other than the marker with no rows gets no shard: a 0-row Parquet file
+    breaks readers (``datasets.load_dataset``: "BatchSize must be greater than 0")."""
     for key in [k for k in tables if k != marker] + ([marker] if marker in tables else []):
+        if key != marker and tables[key].num_rows == 0:
+            continue
         storage.write_table_atomic(out.join(key, name), tables[key])
 
 
@@ -130,6 +133,21 @@ def remove_orphans(out: storage.Location, tables: Sequence[str], marker: str) ->
                 n += 1
     return n
 
+
+def remove_empty_shards(out: storage.Location, tables: Sequence[str]) -> int:
+    """Delete the 0-row shards of ``tables`` that earlier versions wrote (a batch whose examples were all held out,
+    a resumed run's batch of finished pages); returns how many. Only Parquet footers are read."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for table in tables:
+        for f in storage.list_files(out.join(table), suffixes=(".parquet",)):
+            with out.fs.open_input_file(f) as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+            if rows == 0:
+                out.fs.delete_file(f)
+                n += 1
+    return n
 
 
 def iter_checked(batches, check, every_s: float = 5.0):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docrerank.core import runlog, storage
+from docrerank.core import lock, runlog, storage
 
 log = logging.getLogger("docrerank")
 
@@ -71,23 +71,43 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         runlog.release()  # a cluster: Ray's and the libraries' logs stay where they would be without us
         # Under `ray job submit` the job's runtime env (working_dir, py_modules) is inherited; don't override it,
         # only add the hub token (Ray merges env_vars by key) so every node can download gated models.
-        ray.init(address=address, log_to_driver=True, **({"runtime_env": {"env_vars": token}} if token else {}))
+        try:
+            ray.init(address=address, log_to_driver=True, **({"runtime_env": {"env_vars": token}} if token else {}))
+        except Exception as err:  # noqa: BLE001 - Ray raises plain Exception, TimeoutError, ConnectionError...
+            raise RayStartError(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
         return address
     run_log = runlog.active()
     if run_log is not None:
         import ray.data  # noqa: F401  (its loggers must exist to be routed; every job that starts Ray uses it)
 
         runlog.route_ray_process(run_log)
-    ray.init(
-        address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env={"env_vars": env_vars},
-    )
+    for attempt in (1, 2):  # a start that timed out on a loaded machine (or lost a port race) is tried once more
+        try:
+            ray.init(
+                address="local",  # always a new instance: never attach to a cluster someone started with `ray start`
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": env_vars},
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - "The current node timed out during startup", TimeoutError, ...
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == 2:
+                raise RayStartError(
+                    f"could not start a local Ray (tried twice): {_first_line(err)}; the machine may be overloaded: "
+                    "run again, or start Ray yourself (`ray start --head`) and pass its address with --address"
+                ) from None
+            log.warning("starting a local Ray failed (%s); trying once more", _first_line(err))
     if run_log is not None:
         runlog.route_ray_workers(run_log)
     return "local"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def shutdown_ray() -> None:
@@ -185,36 +205,92 @@ def run_job(job: str, config, work, summarise=None, errors: tuple = (ValueError,
     libraries' output went (``runlog.capture``). With a ``config.output`` the run metadata goes to ``<output>/_meta/``
     before ``work()`` and again after it with ``finished`` and the summary (``summarise(result)``, default the
     result); a job without an output (``output`` None) records nothing. A failure of one of ``errors`` prints
-    ``<job> failed: <why>`` to stderr; anything else propagates with its traceback. ``work()`` must return
-    something other than None (the job's stats, a summary), so that None always means "failed".
+    ``<job> failed: <why>`` to stderr (so does a Ray that could not start, :class:`RayStartError`); Ctrl-C prints one
+    line saying the same command resumes and exits 130 (:func:`interrupted`); anything else propagates with its
+    traceback. ``work()`` must return something other than None (the job's stats, a summary), so that None always
+    means "failed".
+
+    With an output, the job holds its lock while it runs (``core.lock``: a second run into the same output stops
+    with ``<job> cannot start: <output> is being written by another run: <job>, pid ... on <host> ...``), and a job
+    that resumes stops the same way, before writing anything, when the output holds its finished work made with
+    other data-changing settings (``core.rerun``).
     """
+    from docrerank.core.config import command_for
+
     if checks is not None:
         try:
             problems = checks()
         except errors as e:
             problems = [f"the start-of-job checks failed: {e}"]
         if problems:
-            print(f"{job} cannot start: {len(problems)} problem(s) (python -m jobs.{job} --plan shows the whole plan)\n"
+            print(f"{job} cannot start: {len(problems)} problem(s) ({command_for(job)} --plan shows the whole plan)\n"
                   + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
             return None
     output = getattr(config, "output", None)
     out = storage.resolve(output) if output else None
-    meta = run_metadata(job, config)
     if out is not None:
-        write_run_metadata(out, meta)
+        problem = claim_output(out, job, config)
+        if problem:
+            print(f"{job} cannot start: {problem}", file=sys.stderr)
+            return None
     try:
-        with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
-            result = work()
-    except errors as e:
-        print(f"{job} failed: {e}", file=sys.stderr)
-        return None
-    if result is None:
-        raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
-    if out is not None:
-        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    summary=summarise(result) if summarise else result)
-        write_run_metadata(out, meta)
-    return result
+        meta = run_metadata(job, config)
+        if out is not None:
+            write_run_metadata(out, meta)
+        try:
+            with runlog.capture(job, output):  # the local default: other libraries' output goes to the run log
+                result = work()
+        except (*errors, RayStartError) as e:
+            print(f"{job} failed: {e}", file=sys.stderr)
+            return None
+        except KeyboardInterrupt:
+            interrupted(job)
+        if result is None:
+            raise TypeError(f"run_job({job!r}): work() returned None; expected the job's result (None means failed)")
+        if out is not None:
+            meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        summary=summarise(result) if summarise else result)
+            write_run_metadata(out, meta)
+        return result
+    finally:
+        if out is not None:
+            lock.release(output)
+
+
+def claim_output(out: storage.Location, job: str, config) -> str | None:
+    """Take ``out``'s lock (``core.lock``: one writer per output) and check that a rerun would not mix settings
+    (``core.rerun``); None when the job may write, else the one-line reason (the lock is not kept then)."""
+    from docrerank.core.rerun import RerunRefused, check_rerun
+
+    try:
+        lock.acquire(out.uri, job, " ".join(redact_argv(sys.argv)))
+    except lock.OutputLocked as e:
+        return str(e)
+    try:
+        meta_loc = out.join("_meta", f"{job}.json")
+        recorded = json.loads(storage.read_bytes(meta_loc)) if storage.exists(meta_loc) else None
+        check_rerun(out, job, config, recorded, redact(config.model_dump(mode="json")))
+    except (RerunRefused, ValueError, OSError) as e:
+        lock.release(out.uri)
+        return str(e)
+    return None
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+def interrupted(job: str) -> None:
+    """Ctrl-C: one line instead of a ``KeyboardInterrupt`` traceback, and exit status 130. Every job writes its
+    shards atomically and skips finished work on a rerun, so the same command resumes."""
+    from docrerank.core.config import command_for
+
+    print(f"\n{job} interrupted: what finished is kept; resume with the same command ({command_for(job)} ...)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined; the message is one line saying what to do."""
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:

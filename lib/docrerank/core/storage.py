@@ -67,6 +67,19 @@ def makedirs(loc: Location) -> None:
     loc.fs.create_dir(loc.path, recursive=True)
 
 
+def honour_umask(directory: str) -> None:
+    """Give every file under the local ``directory`` the mode a plain ``open()`` gives (0666 less the umask): some
+    writers (transformers' ``save_pretrained`` for ``model.safetensors``) create files 0600 through a temp file,
+    which other users of a shared output, or a container running as another user, then cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def read_bytes(loc: Location) -> bytes:
     """The whole file at ``loc``."""
     with loc.fs.open_input_stream(loc.path) as f:

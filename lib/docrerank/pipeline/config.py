@@ -12,15 +12,13 @@ Command-line overrides reach into the steps: ``build.select.k=4``, ``train.optim
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import Field, model_validator
 
 from docrerank.analysis.config import AnalyseConfig
 from docrerank.build.config import BuildConfig
-from docrerank.core.config import Config
+from docrerank.core.config import Config, read_yaml
 from docrerank.eval.config import EvalConfig
 from docrerank.mine.config import MineConfig
 from docrerank.render.config import IngestConfig
@@ -48,7 +46,7 @@ def expand_step(name: str, section: Any) -> Any:
     if not isinstance(path, str) or not path:
         raise ValueError(f"{name}.config: expected the path of a {name} job YAML file, got {path!r}")
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = read_yaml(path) or {}
     except OSError as e:
         raise ValueError(f"{name}.config: cannot read {path!r} ({e.strerror or e})") from None
     if not isinstance(loaded, dict):

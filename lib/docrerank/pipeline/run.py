@@ -111,11 +111,23 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable
     """Run the chosen steps in order; ``echo`` gets each step's tables. Stops at the first failed step (the rest are
     ``not run``). Ray is started (or joined at ``address``) once, before the first step that needs it, and stopped
     at the end when this process started it."""
+    import sys
+
+    from docrerank.core import lock
+
     results: list[StepResult] = []
     upstream = ""
     ray_mode: str | None = None
     names = cfg.chosen
+    held: list[str] = []
     try:
+        # every step's output is held from the start to the end (the steps' own run_job takes it again): no other run
+        # writes into out/local between the build and the mining; one held elsewhere stops the pipeline now
+        for name in names:
+            output = getattr(getattr(cfg, name), "output", None)
+            if output and output not in held:
+                lock.acquire(output, "pipeline", " ".join(runtime.redact_argv(sys.argv)))
+                held.append(output)
         for i, name in enumerate(names):
             job, scfg = STEPS[name], getattr(cfg, name)
             fp = fingerprint(scfg, upstream)
@@ -152,6 +164,8 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo: Callable
             results.append(StepResult(name, "ran", seconds, headline, job.outputs(scfg)))
             upstream = run_id
     finally:
+        for output in held:
+            lock.release(output)
         if ray_mode == "local":
             runtime.shutdown_ray()
     return results

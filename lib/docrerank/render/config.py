@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -81,6 +81,13 @@ class IngestOptions(Config):
 
 class IngestConfig(IngestOptions):
     """``jobs.ingest``: PDFs and images in, the pages table out."""
+
+    # a rerun keeps the pages already rendered (``core.rerun``); ``input``: more documents, rendered the same way
+    resume_marker: ClassVar[Optional[str]] = "pages"
+    run_only_keys: ClassVar[tuple[str, ...]] = (
+        "output", "input", "num_workers", "pages_per_task", "worker_memory_mb", "task_timeout_s", "probe_local_max",
+        "resume", "plan", "plan.*")
+    resume_key: ClassVar[Optional[str]] = "resume"
 
     input: str
     """PDFs/images to ingest: a directory (recursive), a glob (``dir/*.pdf``), a list file (``.txt``/``.lst``,

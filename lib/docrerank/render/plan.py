@@ -18,7 +18,7 @@ from docrerank.render.config import IngestConfig
 # Measured on 2 CPUs (bench/results/ingest_pages_per_s.json): 144 dpi, 1024-token pixel cap, PNG.
 RENDER_PAGES_PER_S_PER_CPU = 33.5  # steady state per CPU on 2 CPUs, 5,142 real and sample pages
 SAMPLE_PAGES_PER_REPORT = 4
-SAMPLE_EXTRA_PAGES = SAMPLE_PAGES_PER_REPORT  # the encrypted copy of one report (the empty upload has none)
+SAMPLE_EXTRA_PAGES = 1  # the one-page encrypted board pack (the empty upload has none)
 
 
 @dataclass
@@ -42,13 +42,13 @@ def _pdf_pages(uri: str) -> int:
 def count_input_pages(spec: str, suffixes: list[str], opts: PlanOptions) -> PageCount:
     """Pages of an ingest input (see the module doc); never raises for bad files (they count 0, as quarantine)."""
     from docrerank.render.inputs import list_inputs
-    from docrerank.render.sample_corpus import COMPANIES, SAMPLE_PREFIX, YEARS
+    from docrerank.render.sample_corpus import FAMILIES, LOCAL_YEARS, SAMPLE_PREFIX, YEARS
 
     if opts.input_pages is not None:
         return PageCount(opts.input_pages, None, "configured (plan.input_pages)")
     if spec.startswith(SAMPLE_PREFIX):
-        n = int(spec[len(SAMPLE_PREFIX):] or len(COMPANIES))
-        reports = n * len(YEARS)
+        rest = spec[len(SAMPLE_PREFIX):]  # sample:N: N companies over YEARS; sample: the local edition
+        reports = int(rest) * len(YEARS) if rest else sum(len(pair) for pair, _ in FAMILIES) * len(LOCAL_YEARS)
         return PageCount(reports * SAMPLE_PAGES_PER_REPORT + SAMPLE_EXTRA_PAGES, reports + 2, "sample corpus (known size)")
     try:
         uris = list_inputs(spec, suffixes)

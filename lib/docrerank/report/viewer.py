@@ -60,10 +60,11 @@ def thumbnail(image: bytes, width: int, quality: int = 70) -> bytes:
         return buf.getvalue()
 
 
-def write_thumbnails(out: storage.Location, dest: storage.Location, wanted: set[str], width: int,
+def write_thumbnails(pages: storage.Location, dest: storage.Location, wanted: set[str], width: int,
                      workers: int | None = None) -> dict[str, str]:
-    """A thumbnail of every page in ``wanted`` under ``dest`` (those already there are kept); returns page id ->
-    path relative to the viewer. Pages whose image cannot be decoded get none (and a warning with the count)."""
+    """A thumbnail of every page in ``wanted`` (read from the pages table ``pages``) under ``dest`` (those already
+    there are kept); returns page id -> path relative to the viewer. Pages whose image cannot be decoded get none
+    (and a warning with the count)."""
     import pyarrow.parquet as pq
 
     have = {p.rsplit("/", 1)[-1][:-4] for p in storage.list_files(dest, suffixes=(".jpg",))}
@@ -79,8 +80,8 @@ def write_thumbnails(out: storage.Location, dest: storage.Location, wanted: set[
             failed.append(f"{pid}: {type(e).__name__}: {e}")
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for f in storage.list_files(out.join("pages"), suffixes=(".parquet",)) if todo else []:
-            pf = pq.ParquetFile(out.fs.open_input_file(f))
+        for f in storage.list_files(pages, suffixes=(".parquet",)) if todo else []:
+            pf = pq.ParquetFile(pages.fs.open_input_file(f))
             for batch in pf.iter_batches(batch_size=64, columns=["page_id", "image"]):
                 ids, images = batch.column(0).to_pylist(), batch.column(1)
                 jobs = [pool.submit(one, pid, images[i].as_py()) for i, pid in enumerate(ids) if pid in todo]
@@ -105,7 +106,7 @@ def write_viewer(output: str, pages_per_shard: int = 200, thumb_width: int = 300
     tables = read_build(out)
     order = page_order(tables)
     view = out.join("viewer")
-    thumbs = write_thumbnails(out, view.join("thumbs"), set(order), thumb_width)
+    thumbs = write_thumbnails(tables.pages_loc, view.join("thumbs"), set(order), thumb_width)
     shard_meta = []
     totals: Counter = Counter()
     for i, ids in shards(order, pages_per_shard):

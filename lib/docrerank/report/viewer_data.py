@@ -27,6 +27,7 @@ class BuildTables:
     """The tables of a build output the viewer needs (Arrow tables; ``queries`` sorted by page)."""
 
     pages: dict  # page_id -> page metadata row
+    pages_loc: storage.Location  # the pages table the build read (``<output>/pages/`` or its ``pages=``)
     status: dict  # page_id -> page_status row
     queries: Any  # pyarrow.Table sorted by page_id
     spans: dict  # page_id -> (start, end) rows of ``queries``
@@ -39,13 +40,16 @@ def read_build(out: storage.Location) -> BuildTables:
 
     from docrerank.core.schema import page_status_schema, queries_schema
 
-    for needed in ("page_status", "queries", "pages"):
+    for needed in ("page_status", "queries"):
         if not storage.exists(out.join(needed)):
             raise ValueError(f"{out.uri}: expected a jobs.build_dataset output, found no {needed}/")
+    stats_loc = out.join("stats.json")
+    stats = json.loads(storage.read_bytes(stats_loc)) if storage.exists(stats_loc) else {}
+    pages_loc = pages_location(out, stats)
     status = {r["page_id"]: r for r in storage.read_parquet_dir(
         out.join("page_status"), columns=["page_id", "status", "positives_kept", "negatives_kept"],
         schema=page_status_schema()).to_pylist()}
-    pages = {r["page_id"]: r for r in storage.read_parquet_dir(out.join("pages"), columns=PAGE_COLUMNS).to_pylist()
+    pages = {r["page_id"]: r for r in storage.read_parquet_dir(pages_loc, columns=PAGE_COLUMNS).to_pylist()
              if r["page_id"] in status}
     queries = storage.read_parquet_dir(out.join("queries"), columns=QUERY_COLUMNS, schema=queries_schema())
     queries = queries.take(pc.sort_indices(queries, [("page_id", "ascending")]))
@@ -56,9 +60,18 @@ def read_build(out: storage.Location) -> BuildTables:
         if i == len(ids) or ids[i] != ids[start]:
             spans[ids[start]] = (start, i)
             start = i
-    stats_loc = out.join("stats.json")
-    stats = json.loads(storage.read_bytes(stats_loc)) if storage.exists(stats_loc) else {}
-    return BuildTables(pages, status, queries, spans, stats)
+    return BuildTables(pages, pages_loc, status, queries, spans, stats)
+
+
+def pages_location(out: storage.Location, stats: dict) -> storage.Location:
+    """The pages table of the build output ``out``: the one its stats.json records (a build from ``pages=`` reads
+    a table outside its output), else ``<output>/pages/``; ValueError naming both when neither is there."""
+    recorded = (stats.get("sources") or {}).get("pages")
+    for loc in ([storage.resolve(recorded)] if recorded else []) + [out.join("pages")]:
+        if storage.exists(loc):
+            return loc
+    raise ValueError(f"{out.uri}: the pages table of this build is not found (stats.json names "
+                     f"{recorded or 'none'}; no {out.uri}/pages/ either)")
 
 
 def page_order(tables: BuildTables) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -13,6 +13,12 @@ from docrerank.models.config import RerankerSpec
 
 class RerankConfig(Config):
     """Score (query, candidate page) pairs from Parquet with a reranker: a resumable Ray Data job."""
+
+    # a rerun keeps the row groups already scored (``core.rerun``) unless ``resume=false``
+    resume_marker: ClassVar[Optional[str]] = "scores"
+    run_only_keys: ClassVar[tuple[str, ...]] = ("output", "num_actors", "cpus_per_actor", "resume", "device",
+                                                "reranker.batch_size", "plan", "plan.*")
+    resume_key: ClassVar[Optional[str]] = "resume"
 
     input: str
     """Parquet file or directory of pairs: a query column, a page id column and the page inline (image and/or

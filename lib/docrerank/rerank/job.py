@@ -89,7 +89,7 @@ def ranks(qids: list[str], scores: list[Optional[float]], page_ids: list[str]) -
             by_q.setdefault(q, []).append(i)
     out: list[Optional[int]] = [None] * len(qids)
     for idx in by_q.values():
-        for r, i in enumerate(sorted(idx, key=lambda i: (-scores[i], page_ids[i])), start=1):
+        for r, i in enumerate(sorted(idx, key=lambda i: (-scores[i], page_ids[i] or "")), start=1):
             out[i] = r
     return out
 
@@ -113,6 +113,9 @@ class ScoreActor:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
+
+        if not ids:
+            return {}, 0
 
         loc = storage.resolve(self.cfg.pages)
         if self.pages_index is None:
@@ -150,16 +153,18 @@ class ScoreActor:
         cfg = self.cfg
         loc = storage.resolve(cfg.input)
         rows = pq.ParquetFile(task["file"], filesystem=loc.fs).read_row_group(task["row_group"]).to_pylist()
-        pids = [str(r[cfg.page_id_column]) for r in rows]
+        pids = [None if r[cfg.page_id_column] is None else str(r[cfg.page_id_column]) for r in rows]
         qids = query_ids(rows, cfg)
         inline = rows and any(r.get("image") is not None or r.get("text") for r in rows)
-        found, page_rows_read = ({}, 0) if inline else self._pages(pids)
+        found, page_rows_read = ({}, 0) if inline else self._pages([p for p in pids if p is not None])
         errors: list[Optional[str]] = [None] * len(rows)
         pages, keep = [], []
         for i, (r, pid) in enumerate(zip(rows, pids)):
             page = ({"page_id": pid, **{c: r.get(c) for c in PAGE_COLUMNS}} if inline else found.get(pid))
             query = r.get(cfg.query_column)
-            if page is None:
+            if pid is None:
+                errors[i] = "no_page_id"
+            elif page is None:
                 errors[i] = "page_not_found"
             elif not query or not str(query).strip():
                 errors[i] = "empty_query"

@@ -155,9 +155,22 @@ def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Opti
         pre.write_text(json.dumps(data, indent=2) + "\n")
         copy_st_files(Path(scorer.path), merged)
     card = reranker_card(cfg, scorer)
+    if cfg.model.backbone == "text":  # sentence-transformers' CrossEncoder truncates at the tokenizer's limit
+        set_model_max_length(merged, card["max_seq_len"])
     (merged / "reranker.json").write_text(json.dumps(card, indent=2) + "\n")
     (merged / "README.md").write_text(model_card(cfg, card, metrics, mix, where=where or str(merged)))
     (out / "train_config.json").write_text(json.dumps(redact(cfg.model_dump(mode="json")), indent=2) + "\n")
+    storage.honour_umask(str(out))  # save_pretrained writes model.safetensors 0600
+
+
+def set_model_max_length(merged: Path, max_len: int) -> None:
+    """Record the trained token limit as the saved tokenizer's ``model_max_length``: where
+    ``sentence_transformers.CrossEncoder(merged)`` (and a plain ``tokenizer(..., truncation=True)``) read it, so
+    they truncate as training and the Reranker do instead of at the base model's 512."""
+    path = merged / "tokenizer_config.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["model_max_length"] = int(max_len)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def copy_st_files(base: Path, merged: Path) -> None:
