@@ -54,7 +54,8 @@ def prepare(scorer, batch: Batch) -> Prepared:
     """Encode a batch with the scorer's ``encode`` (tokenize, preprocess images) on the CPU."""
     inputs = scorer.encode(batch)
     return Prepared(inputs=inputs, labels=batch.labels, group_index=batch.group_index,
-                    tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs))
+                    tokens=int(sum(v.sum() for k, v in inputs.items() if k.endswith("attention_mask"))),
+                    seqs=list(batch.seqs))
 
 
 class PlainEngine:
