@@ -6,8 +6,9 @@ replacement values (those come from the corpus being built, see ``lexical.spans.
 - honorifics and roles: a name after "Mr." or before ", Chief Executive Officer" is a person;
 - places: countries, continents and world regions, US states (a place is typed by name, and by which of these it is);
 - metric vocabularies: the paper's finance attributes (financial metric, subject metric, business segment);
-- roles of people (a defendant for a plaintiff, a judge for an attorney), month names, and the words that refer
-  to a part of a document ("Table 2", "Section 3.4").
+- roles of people (a defendant for a plaintiff, a judge for an attorney), month names, the words that refer
+  to a part of a document ("Table 2", "Section 3.4") and the kinds of things a document is made of (figures,
+  tables, charts; chapters, sections; rows, columns; steps).
 """
 
 from __future__ import annotations
@@ -111,6 +112,18 @@ ROLES = (
     ("officer", "officers", "agent", "agents", "investigator", "investigators", "inspector", "inspectors",
      "detective", "detectives"),
     ("author", "authors", "editor", "editors", "reviewer", "reviewers", "contributor", "contributors"),
+)
+# Things a document is made of, counted or pointed at without a number ("How many figures ...", "Among all charts
+# in this report"): a question about one kind is not answered by a page that only shows another.
+DOC_OBJECTS = (
+    ("figure", "figures", "table", "tables", "chart", "charts", "diagram", "diagrams", "photo", "photos", "picture",
+     "pictures", "screenshot", "screenshots", "map", "maps", "graph", "graphs", "illustration", "illustrations"),
+    ("bar chart", "bar charts", "pie chart", "pie charts", "line chart", "line charts", "scatter plot",
+     "scatter plots"),
+    ("chapter", "chapters", "section", "sections", "subsection", "subsections", "appendix", "appendices"),
+    ("row", "rows", "column", "columns"),
+    ("slide", "slides", "page", "pages"),
+    ("step", "steps", "stage", "stages", "phase", "phases"),
 )
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
