@@ -296,3 +296,13 @@ def test_the_kind_of_document_part_a_question_counts_changes():
     assert by == {"reference": {q.replace("figures", "tables")}}
     by, _ = _rw("In Figure 4, what is the color of the line?", vocab, attributes=["reference"])
     assert all("Figure" in t for t in by.get("reference", ()))  # a numbered reference keeps its kind
+    by, _ = _rw("How many charts show Hispanics?", vocab, attributes=["reference"])
+    assert by == {}  # photos and maps are not in the corpus; graphs or diagrams would be charts by another name
+
+
+def test_colours_change_where_they_describe_something():
+    vocab = Vocabulary.from_texts(["the red bars, the green line and the blue box"])
+    by, _ = _rw("What time does the blue bar start?", vocab, page="the blue bar starts at 9; the green line")
+    assert by == {"color": {"What time does the red bar start?"}}  # green is on the page
+    vocab = Vocabulary.from_texts(["the red bars; stores in Orange County"])
+    assert _rw("How many stores are in Orange County?", vocab, attributes=["color"])[0] == {}  # a name

@@ -113,18 +113,20 @@ ROLES = (
      "detective", "detectives"),
     ("author", "authors", "editor", "editors", "reviewer", "reviewers", "contributor", "contributors"),
 )
-# Things a document is made of, counted or pointed at without a number ("How many figures ...", "Among all charts
-# in this report"): a question about one kind is not answered by a page that only shows another.
+# Kinds of things a document is made of, counted or pointed at without a number ("How many figures ...", "Among all
+# charts in this report"): a question about one kind is not answered by a page that only shows another. The kinds
+# of a family exclude each other; near-synonyms are never swapped (a chart is a graph, a photo a picture, a step a
+# stage, a slide a page: such a "negative" would ask the same question).
 DOC_OBJECTS = (
-    ("figure", "figures", "table", "tables", "chart", "charts", "diagram", "diagrams", "photo", "photos", "picture",
-     "pictures", "screenshot", "screenshots", "map", "maps", "graph", "graphs", "illustration", "illustrations"),
+    ("figure", "figures", "table", "tables"),
+    ("photo", "photos", "chart", "charts", "map", "maps"),
     ("bar chart", "bar charts", "pie chart", "pie charts", "line chart", "line charts", "scatter plot",
      "scatter plots"),
-    ("chapter", "chapters", "section", "sections", "subsection", "subsections", "appendix", "appendices"),
+    ("chapter", "chapters", "section", "sections", "appendix", "appendices"),
     ("row", "rows", "column", "columns"),
-    ("slide", "slides", "page", "pages"),
-    ("step", "steps", "stage", "stages", "phase", "phases"),
 )
+# Colours a question names (of a bar, a box, a line in a figure); "gray" is left out: it would swap with "grey".
+COLORS = (("red", "green", "blue", "yellow", "orange", "purple", "black", "white", "grey", "brown", "pink"),)
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
 # Words that refer to a part of a document by its number ("Table 2", "Fig. 5", "Section 3.4", "page 15"), and

@@ -5,8 +5,8 @@ scaled and plain numbers), ``reference`` (the table, figure, section, chapter or
 ``company`` (organisations), ``place``, ``person`` (names, and roles such as defendant or judge), ``product``
 (named products, model codes), ``name`` (a capitalised name nothing types, "Latinos", "USB", "ChatGPT": replaced
 by a name of its shape that the corpus shows on the same pages, so of its document and mostly of its kind), the
-kinds of document parts a question counts ("How many figures ..." -> "How many tables ..."), and the metric
-vocabularies ``financial_metric``, ``subject_metric``,
+kinds of document parts a question counts ("How many figures ..." -> "How many tables ..."), ``color`` (of a bar,
+a box, a line: "the blue bar" -> "the red bar"), and the metric vocabularies ``financial_metric``, ``subject_metric``,
 ``business_segment``; plus user attributes (a name and values to swap between). A span is changed only when
 its kind is known (``lexical.spans``), and only for a value of the same kind that the corpus holds (the build's
 vocabulary of its own pages, ``lexical.values``). Values the page shows are avoided: a question about them would
@@ -27,8 +27,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, DOC_OBJECTS, FINANCIAL_METRICS, ROLES, SENTENCE_START,
-                                      SUBJECT_METRICS)
+from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, COLORS, DOC_OBJECTS, FINANCIAL_METRICS, ROLES,
+                                      SENTENCE_START, SUBJECT_METRICS)
 from docrerank.lexical.spans import (CODE, MONTH, NUMBER, NUMBER_KINDS, QUARTER, REFERENCE, REFERENCE_WORDS,
                                      SMALL_COUNT, YEAR, Span, Vocabulary, _not_a_code, all_caps, is_year_text, month_of,
                                      number_key, number_kind, number_value, own_kind, reference_of, runs)
@@ -38,11 +38,12 @@ from docrerank.lexical.values import (CHAIN, month_on, month_values, name_values
                                       shifted, takes_the)
 
 FINANCE_ATTRIBUTES = ("year", "company", "numeric_value", "financial_metric", "subject_metric", "business_segment")
-ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference", "name")
+ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference", "name", "color")
 KINDS = {"year": ("year", "quarter", "month"), "numeric_value": NUMBER_KINDS, "company": ("company",),
          "place": ("place",), "person": ("person",), "product": ("product",), "reference": ("reference",),
          "name": ("name",)}
-TERMS = {"financial_metric": FINANCIAL_METRICS, "subject_metric": SUBJECT_METRICS, "business_segment": BUSINESS_SEGMENTS}
+TERMS = {"financial_metric": FINANCIAL_METRICS, "subject_metric": SUBJECT_METRICS, "business_segment": BUSINESS_SEGMENTS,
+         "color": COLORS}
 _INSTRUCTION = re.compile(r"(?:answer|round|write|return|give|directly|enumerate|calculate|base|approach|use|using|"
                           r"assume|please|express|provide|list the|here'?s|you are|the answer|for example)\b", re.I)
 _UNIT_WORDS = frozenset("usd eur gbp us fy q".split())

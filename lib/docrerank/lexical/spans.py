@@ -201,7 +201,8 @@ class Vocabulary:
     @classmethod
     def from_texts(cls, texts: list[str], max_per_kind: int = 5000) -> "Vocabulary":
         """Collect the vocabulary of page texts (line by line: names do not span table cells or title lines)."""
-        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, DOC_OBJECTS, FINANCIAL_METRICS, ROLES, SUBJECT_METRICS
+        from docrerank.lexical.lexicon import (BUSINESS_SEGMENTS, COLORS, DOC_OBJECTS, FINANCIAL_METRICS, ROLES,
+                                               SUBJECT_METRICS)
 
         v = cls()
         names: dict[str, Counter] = defaultdict(Counter)
@@ -209,7 +210,7 @@ class Vocabulary:
         numbers: dict[str, Counter] = defaultdict(Counter)
         codes: dict[str, Counter] = defaultdict(Counter)
         terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES + DOC_OBJECTS
-                 for t in fam]
+                 + COLORS for t in fam]
         refs: dict[str, Counter] = defaultdict(Counter)
         incorporated: set[str] = set()  # names written with a corporate suffix: "Block, Inc." names Block
         untyped: list[set[str]] = []  # per page: the capitalised runs nothing types ("Latinos", "USB", "ChatGPT")
@@ -254,7 +255,13 @@ class Vocabulary:
         v.codes = {k: dict(c.most_common(50)) for k, c in codes.items() if len(c) >= 2}
         v.references = {k: dict(c.most_common(max_per_kind)) for k, c in refs.items()}
         typed = {_norm(n) for ns in v.names.values() for n in ns}
-        v.others = _neighbours(untyped, lambda n: is_name(n) and _norm(n) not in typed, max_per_kind)
+        heads = {_norm(n).split()[0] for ns in v.names.values() for n in ns if _norm(n)}  # "Adobe" of "Adobe Systems"
+
+        def untyped_name(n: str) -> bool:
+            one = " " not in n
+            return is_name(n) and _norm(n) not in typed and not (one and (_norm(n) in heads or n.endswith("ly")))
+
+        v.others = _neighbours(untyped, untyped_name, max_per_kind)
         return v
 
     def to_dict(self) -> dict:
