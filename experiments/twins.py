@@ -14,8 +14,9 @@ alike, against BM25 and the zero-shot encoder, on documents never trained on).
 4. ``jobs.mine_negatives`` for every given positive (BM25 top 10, 3 sampled, the text judge as false-negative
    filter), also those the rules engine found no negative for.
 5. ``jobs.train_reranker`` twice, alike but for the mix: the Base mix (mined and generated groups, 1:1) and
-   mined-only, as many groups and steps each; MiniLM cross-encoder, long pages by windows, validated every
-   ``val_every_steps`` by NDCG@5 of BM25's top 10 of the validation documents' questions, best step exported.
+   mined-only, as many groups and steps each; the MiniLM bi-encoder (``model.text_scoring: biencoder``: step 0 is
+   the zero-shot encoder), validated every ``val_every_steps`` by NDCG@5 of BM25's top 10 of the validation
+   documents' questions, best step exported (so no twin ranks the validation questions below zero-shot).
 6. ``jobs.evaluate`` on the test half (every page of its documents is the corpus, its questions with all their
    answer pages; BM25's top 20 reranked): BM25, the zero-shot encoder, mined-only, Base mix, and each reranker
    fused with BM25 (weight chosen on the validation documents).
@@ -37,14 +38,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "lib")]
 
 TRAIN = {  # both twins; only data.sources differs
-    "model": {"backbone": "text", "max_seq_len": 192, "max_windows": 3, "window_overlap": 32,
-              "gradient_checkpointing": False},
+    # the bi-encoder: step 0 is the zero-shot encoder (MiniLM, mean-pooled cosine, pages truncated to 256 tokens)
+    "model": {"backbone": "text", "text_scoring": "biencoder", "max_seq_len": 256, "gradient_checkpointing": False},
     "lora": {"enabled": False},
     "loss": {"kind": "listwise"},
-    "optim": {"lr": 4.0e-5, "warmup_steps": 4, "epochs": 8, "max_steps": 40},
+    "optim": {"lr": 2.0e-5, "warmup_steps": 6, "epochs": 8, "max_steps": 60},
     "data": {"groups_per_device": 4, "val_every_steps": 20, "chunk_groups": 4},
     "deepspeed": {"enabled": False},
-    "scaling": {"use_ray": False, "device": "cpu"},
+    "scaling": {"use_ray": False, "device": "cpu", "threads": 1},
     "seed": 0,
 }
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the document halves")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of training documents held out to validate")
     ap.add_argument("--dpi", type=float, default=36)
+    ap.add_argument("--ingest", help="an ingest output of the same PDFs to reuse (e.g. another seed's)")
     args, extra = ap.parse_known_args(argv)
     t0 = time.time()
     work, result = Path(args.work), Path(args.result or Path(args.work) / "result")
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     from docrerank.core.schema import is_heldout, page_id_of
     from docrerank.core.runtime import format_table
 
+    if args.ingest and not (work / "ingest").exists():
+        (work / "ingest").symlink_to(Path(args.ingest).resolve())
     if not (work / "ingest" / "ingest_stats.json").exists():
         job("ingest", [f"input={args.pdfs}", f"output={work / 'ingest'}", f"render.dpi={args.dpi}",
                        "render.image_format=jpeg"], log)

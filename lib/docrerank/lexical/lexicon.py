@@ -6,8 +6,9 @@ replacement values (those come from the corpus being built, see ``lexical.spans.
 - honorifics and roles: a name after "Mr." or before ", Chief Executive Officer" is a person;
 - places: countries, continents and world regions, US states (a place is typed by name, and by which of these it is);
 - metric vocabularies: the paper's finance attributes (financial metric, subject metric, business segment);
-- roles of people (a defendant for a plaintiff, a judge for an attorney), month names, and the words that refer
-  to a part of a document ("Table 2", "Section 3.4").
+- roles of people (a defendant for a plaintiff, a judge for an attorney), month names, the words that refer
+  to a part of a document ("Table 2", "Section 3.4") and the kinds of things a document is made of (figures,
+  tables, charts; chapters, sections; rows, columns; steps).
 """
 
 from __future__ import annotations
@@ -112,6 +113,20 @@ ROLES = (
      "detective", "detectives"),
     ("author", "authors", "editor", "editors", "reviewer", "reviewers", "contributor", "contributors"),
 )
+# Kinds of things a document is made of, counted or pointed at without a number ("How many figures ...", "Among all
+# charts in this report"): a question about one kind is not answered by a page that only shows another. The kinds
+# of a family exclude each other; near-synonyms are never swapped (a chart is a graph, a photo a picture, a step a
+# stage, a slide a page: such a "negative" would ask the same question).
+DOC_OBJECTS = (
+    ("figure", "figures", "table", "tables"),
+    ("photo", "photos", "chart", "charts", "map", "maps"),
+    ("bar chart", "bar charts", "pie chart", "pie charts", "line chart", "line charts", "scatter plot",
+     "scatter plots"),
+    ("chapter", "chapters", "section", "sections", "appendix", "appendices"),
+    ("row", "rows", "column", "columns"),
+)
+# Colours a question names (of a bar, a box, a line in a figure); "gray" is left out: it would swap with "grey".
+COLORS = (("red", "green", "blue", "yellow", "orange", "purple", "black", "white", "grey", "brown", "pink"),)
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
 # Words that refer to a part of a document by its number ("Table 2", "Fig. 5", "Section 3.4", "page 15"), and

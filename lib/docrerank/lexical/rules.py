@@ -3,7 +3,10 @@
 Attributes: ``year`` (years, fiscal years, quarters, months of dates), ``numeric_value`` (percentages, money,
 scaled and plain numbers), ``reference`` (the table, figure, section, chapter or page a question points to),
 ``company`` (organisations), ``place``, ``person`` (names, and roles such as defendant or judge), ``product``
-(named products, model codes), and the metric vocabularies ``financial_metric``, ``subject_metric``,
+(named products, model codes), ``name`` (a capitalised name nothing types, "Latinos", "USB", "ChatGPT": replaced
+by a name of its shape that the corpus shows on the same pages, so of its document and mostly of its kind), the
+kinds of document parts a question counts ("How many figures ..." -> "How many tables ..."), ``color`` (of a bar,
+a box, a line: "the blue bar" -> "the red bar"), and the metric vocabularies ``financial_metric``, ``subject_metric``,
 ``business_segment``; plus user attributes (a name and values to swap between). A span is changed only when
 its kind is known (``lexical.spans``), and only for a value of the same kind that the corpus holds (the build's
 vocabulary of its own pages, ``lexical.values``). Values the page shows are avoided: a question about them would
@@ -25,7 +28,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SENTENCE_START, SUBJECT_METRICS
+from docrerank.lexical.lexicon import (
+    BUSINESS_SEGMENTS,
+    COLORS,
+    DOC_OBJECTS,
+    FINANCIAL_METRICS,
+    ROLES,
+    SENTENCE_START,
+    SUBJECT_METRICS,
+)
 from docrerank.lexical.spans import (
     CODE,
     MONTH,
@@ -48,7 +59,7 @@ from docrerank.lexical.spans import (
     reference_of,
     runs,
 )
-from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, swap_terms
+from docrerank.lexical.terms import PER_ATTRIBUTE, Rewrite, plural, swap_terms
 from docrerank.lexical.text import normalize
 from docrerank.lexical.values import (
     CHAIN,
@@ -63,10 +74,12 @@ from docrerank.lexical.values import (
 )
 
 FINANCE_ATTRIBUTES = ("year", "company", "numeric_value", "financial_metric", "subject_metric", "business_segment")
-ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference")
+ATTRIBUTES = FINANCE_ATTRIBUTES + ("place", "person", "product", "reference", "name", "color")
 KINDS = {"year": ("year", "quarter", "month"), "numeric_value": NUMBER_KINDS, "company": ("company",),
-         "place": ("place",), "person": ("person",), "product": ("product",), "reference": ("reference",)}
-TERMS = {"financial_metric": FINANCIAL_METRICS, "subject_metric": SUBJECT_METRICS, "business_segment": BUSINESS_SEGMENTS}
+         "place": ("place",), "person": ("person",), "product": ("product",), "reference": ("reference",),
+         "name": ("name",)}
+TERMS = {"financial_metric": FINANCIAL_METRICS, "subject_metric": SUBJECT_METRICS, "business_segment": BUSINESS_SEGMENTS,
+         "color": COLORS}
 _INSTRUCTION = re.compile(r"(?:answer|round|write|return|give|directly|enumerate|calculate|base|approach|use|using|"
                           r"assume|please|express|provide|list the|here'?s|you are|the answer|for example)\b", re.I)
 _UNIT_WORDS = frozenset("usd eur gbp us fy q".split())
@@ -159,9 +172,10 @@ def question_spans(q: str, vocab: Vocabulary, counts: Counter | None = None) -> 
         if not free(s, e) or (" " not in phrase and phrase.lower() in REFERENCE_WORDS | _UNIT_WORDS):
             continue
         kind = own_kind(phrase, q[:s], q[e:]) or vocab.kind_of(phrase)
-        if kind is None:
+        other = vocab.other_name(phrase) if kind is None else None
+        if kind is None and other is None:
             counts["name:untyped_span"] += 1
-        add(Span(s, e, phrase, kind))
+        add(Span(s, e, phrase, kind or ("name" if other else None), other))
     return sorted((sp for sp in spans if sp.kind is not None), key=lambda sp: sp.start)
 
 
@@ -266,6 +280,8 @@ def _swap_spans(q: str, page: str, attribute: str, spans: list[Span], vocab: Voc
             pool = month_values(span, vocab)
         elif span.kind in NUMBER_KINDS:
             pool = number_values(span, vocab)
+        elif span.kind == "name":  # untyped: a name of its shape seen on its pages in the corpus
+            pool = [v for v in vocab.others.get(span.scale, []) if plural(v) == plural(span.text)]
         else:
             pool = name_values(span, q, vocab)
         pool = [v for v in pool if not on(v, q)]
@@ -277,7 +293,7 @@ def _swap_spans(q: str, page: str, attribute: str, spans: list[Span], vocab: Voc
             counts[f"{attribute}:value_on_page"] += 1
             continue
         if span.kind not in ("month",):  # months: the nearest first; others: a seeded choice among the best fits
-            head = fresh[:6] if span.kind in ("company", "place", "person", "product") else fresh
+            head = fresh[:6] if span.kind in ("company", "place", "person", "product", "name") else fresh
             fresh = rng.sample(head, len(head))
         if span.kind == "month":
             out += [Rewrite(_at(q, [span], [v]), attribute) for v in fresh[:PER_ATTRIBUTE]]
@@ -310,6 +326,8 @@ def rewrite(query: str, page_text: str, vocab: Vocabulary, attributes: list[str]
             r = _swap_spans(query, page_text, a, [s for s in spans if s.kind in KINDS[a]], vocab, rng, counts)
             if a == "person":  # and the roles people have ("the defendant" -> "the plaintiff")
                 r += swap_terms(query, page_text, a, ROLES, vocab, rng, counts, ranges)
+            if a == "reference":  # and the kinds of parts counted or named ("How many figures" -> "How many tables")
+                r += swap_terms(query, page_text, a, DOC_OBJECTS, vocab, rng, counts, ranges)
         if r:
             by_attr[a] = r
     out, seen = [], {normalize(query)}

@@ -196,20 +196,30 @@ class Vocabulary:
     numbers: dict = field(default_factory=dict)  # number kind (+ scale) -> {text: count}
     codes: dict = field(default_factory=dict)  # model-code prefix -> {code: count}
     text_terms: set = field(default_factory=set)  # metric and role words the corpus contains (lower case)
+    others: dict = field(default_factory=dict)  # an untyped proper name -> names seen on its pages, of its shape
 
     @classmethod
     def from_texts(cls, texts: list[str], max_per_kind: int = 5000) -> "Vocabulary":
         """Collect the vocabulary of page texts (line by line: names do not span table cells or title lines)."""
-        from docrerank.lexical.lexicon import BUSINESS_SEGMENTS, FINANCIAL_METRICS, ROLES, SUBJECT_METRICS
+        from docrerank.lexical.lexicon import (
+            BUSINESS_SEGMENTS,
+            COLORS,
+            DOC_OBJECTS,
+            FINANCIAL_METRICS,
+            ROLES,
+            SUBJECT_METRICS,
+        )
 
         v = cls()
         names: dict[str, Counter] = defaultdict(Counter)
         cap, low = Counter(), Counter()  # how often each word is written capitalised / in lower case
         numbers: dict[str, Counter] = defaultdict(Counter)
         codes: dict[str, Counter] = defaultdict(Counter)
-        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES for t in fam]
+        terms = [t.lower() for fam in FINANCIAL_METRICS + SUBJECT_METRICS + BUSINESS_SEGMENTS + ROLES + DOC_OBJECTS
+                 + COLORS for t in fam]
         refs: dict[str, Counter] = defaultdict(Counter)
         incorporated: set[str] = set()  # names written with a corporate suffix: "Block, Inc." names Block
+        untyped: list[set[str]] = []  # per page: the capitalised runs nothing types ("Latinos", "USB", "ChatGPT")
         for text in texts:
             text = (text or "").replace("\xa0", " ")  # names are written with plain spaces in questions
             v.years.update({m.group(2) for m in YEAR.finditer(text) if m.group(2)})
@@ -221,7 +231,9 @@ class Vocabulary:
             v.text_terms.update(t for t in terms if f" {t} " in flat or f" {t}," in flat or f" {t}." in flat)
             for w in re.findall(r"(?<![\w.])[A-Za-z][a-z]+(?![\w])", text):
                 (low if w[0].islower() else cap)[w.lower()] += 1
+            page_untyped: set[str] = set()
             for line in text.splitlines():
+                page_untyped.update(_untyped_names(line))
                 for kind, name, sure in _line_names(line):
                     names[kind][name] += 1
                     if sure:
@@ -232,6 +244,7 @@ class Vocabulary:
                 for m in CODE.finditer(line):
                     if not _not_a_code(m):
                         codes[m.group(1)][m.group(0)] += 1
+            untyped.append(page_untyped)
         # a name needs a word the corpus writes capitalised (almost) only: "Gaming" or "Related Party" are not names
         proper = {w for w, n in cap.items() if low[w] <= 0.1 * n}
 
@@ -247,13 +260,21 @@ class Vocabulary:
         v.numbers = {k: dict(c.most_common(max_per_kind)) for k, c in numbers.items()}
         v.codes = {k: dict(c.most_common(50)) for k, c in codes.items() if len(c) >= 2}
         v.references = {k: dict(c.most_common(max_per_kind)) for k, c in refs.items()}
+        typed = {_norm(n) for ns in v.names.values() for n in ns}
+        heads = {_norm(n).split()[0] for ns in v.names.values() for n in ns if _norm(n)}  # "Adobe" of "Adobe Systems"
+
+        def untyped_name(n: str) -> bool:
+            one = " " not in n
+            return is_name(n) and _norm(n) not in typed and not (one and (_norm(n) in heads or n.endswith("ly")))
+
+        v.others = _neighbours(untyped, untyped_name, max_per_kind)
         return v
 
     def to_dict(self) -> dict:
         """A JSON-able form (the build passes the vocabulary to its workers)."""
         return {"years": dict(self.years), "quarters": dict(self.quarters), "months": dict(self.months),
                 "references": self.references, "names": self.names, "numbers": self.numbers, "codes": self.codes,
-                "text_terms": sorted(self.text_terms)}
+                "text_terms": sorted(self.text_terms), "others": self.others}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Vocabulary":
@@ -261,7 +282,15 @@ class Vocabulary:
         d = d or {}
         return cls(Counter(d.get("years", {})), Counter(d.get("quarters", {})), Counter(d.get("months", {})),
                    dict(d.get("references", {})), dict(d.get("names", {})), dict(d.get("numbers", {})),
-                   dict(d.get("codes", {})), set(d.get("text_terms", [])))
+                   dict(d.get("codes", {})), set(d.get("text_terms", [])), dict(d.get("others", {})))
+
+    def other_name(self, phrase: str) -> str | None:
+        """The untyped name of ``others`` that ``phrase`` is (case and spacing ignored), or None."""
+        index = self.__dict__.get("_other_index")
+        if index is None or len(index) != len(self.others):
+            index = {_norm(n): n for n in self.others}
+            self.__dict__["_other_index"] = index
+        return index.get(_norm(phrase))
 
     def kind_of(self, phrase: str) -> str | None:
         """The kind the corpus gives a name (case-insensitive; a person's surname counts as a person), or None."""
@@ -317,3 +346,51 @@ def _line_names(line: str) -> list[tuple[str, str, bool]]:
                     and short.lower() not in PLACES and words[-1].lower() not in CONNECTORS:
                 out.append(("company", short, sure))
     return out
+
+
+def name_shape(name: str) -> tuple:
+    """What an untyped name looks like: an acronym ("USB", "EU"), one word ("Latinos", "ChatGPT"), or n words."""
+    words = name.split()
+    if len(words) == 1:
+        return ("acronym",) if all_caps(name) else ("word",)
+    return ("words", len(words))
+
+
+def _untyped_names(line: str) -> set[str]:
+    """Capitalised runs of a line that no rule types and that are not sentence openers, references or forms."""
+    out = set()
+    for s, e, phrase in runs(line):
+        words = phrase.lower().split()
+        if not phrase or len(words) > 4 or set(words) <= NOT_NAMES | CONNECTORS or own_kind(phrase, line[:s], line[e:]):
+            continue
+        if {w.strip(".,") for w in words} & (HONORIFICS | ORG_SUFFIXES | ROLE_WORDS):  # "Mr", "Inc", "Vice President"
+            continue
+        if len(words) == 1 and (words[0] in SENTENCE_START or len(phrase) < 2 or _calendar_word(words[0])):
+            continue
+        out.add(phrase)
+        if " and " in phrase or " & " in phrase:  # "Latinos and Hispanics": each is a name too
+            out.update(p for p in re.split(r"\s+(?:and|&)\s+", phrase) if p and p.lower() not in NOT_NAMES)
+    return out
+
+
+def _calendar_word(word: str) -> bool:
+    """A month or weekday, or its abbreviation ("Aug", "Sept.", "Mon")."""
+    w = word.rstrip(".")
+    days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    return len(w) >= 3 and any(x.startswith(w) for x in MONTHS + days)
+
+
+def _neighbours(pages: list[set[str]], keep, limit: int, per_page: int = 40, per_name: int = 12) -> dict:
+    """For each name ``keep`` accepts, the names of its shape seen on the same pages, most pages shared first
+    (a name's neighbours are of its document and its kind more often than any other name of the corpus)."""
+    seen = Counter(n for names in pages for n in names)
+    ok = {n for n in seen if keep(n)}
+    pairs: dict[str, Counter] = defaultdict(Counter)
+    for page_names in pages:
+        names = sorted(n for n in page_names if n in ok)[:per_page]
+        for a in names:
+            for b in names:
+                if a != b and name_shape(a) == name_shape(b) and not set(a.lower().split()) & set(b.lower().split()):
+                    pairs[a][b] += 1
+    top = sorted(pairs, key=lambda n: -seen[n])[:limit]
+    return {n: [b for b, _ in pairs[n].most_common(per_name)] for n in top}

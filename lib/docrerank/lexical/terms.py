@@ -19,7 +19,7 @@ from docrerank.lexical.spans import YEAR, Vocabulary
 from docrerank.lexical.text import STOPWORDS
 from docrerank.lexical.values import on
 
-PER_ATTRIBUTE = 3  # rewrites per attribute (different values), before the round robin
+PER_ATTRIBUTE = 6  # rewrites per attribute (different values), before the round robin
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ def term_slot(q: str, start: int, end: int, attribute: str) -> bool:
         return False
     if attribute == "business_segment":
         return bool(after and after[0].lower() in SEGMENT_CUES or before and before[0].lower() in SEGMENT_CUES)
+    if attribute == "color":  # "the blue bar", "in red box"; not "Orange" of a name ("Orange County")
+        return q[start].islower() or q.upper() == q
+    if attribute == "reference":  # "figures" in "How many figures ...", not "Figure 4" nor "the Appendix" (names)
+        return (q[start].islower() or q.upper() == q) and not (after and after[0][0].isdigit())
     if attribute == "person":  # a role is a noun of its own: "the defendant", "which judges' opinions"
         return not (after and after[0][0].isupper() and q.upper() != q)
     left_ok = not before or before[0].lower() in STOPWORDS or before[0].lower().endswith(("'s", "’s")) \

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT_PROJECTIONS = ["query", "key", "value", "dense"]
-SCORER_CLASSES = {"vlm": "VLMScorer", "text": "TextScorer"}
+SCORER_CLASSES = {"vlm": "VLMScorer", "text": "TextScorer", "biencoder": "BiEncoderScorer"}
 
 
 def lora_targets(backbone: str, names: Optional[list[str]]) -> Any:
@@ -41,8 +41,9 @@ def lora_targets(backbone: str, names: Optional[list[str]]) -> Any:
     return names or TEXT_PROJECTIONS
 
 
-def apply_lora(model: Any, backbone: str, lora: LoraConfig) -> Any:
-    """Wrap ``model`` with LoRA adapters (only they train), or, LoRA disabled, unfreeze the trained part."""
+def apply_lora(model: Any, backbone: str, lora: LoraConfig, head: bool = True) -> Any:
+    """Wrap ``model`` with LoRA adapters (only they train), or, LoRA disabled, unfreeze the trained part; ``head``
+    (text): the model has a ``classifier`` head, trained in full."""
     if not lora.enabled:
         for name, p in model.named_parameters():
             # vlm: the decoder layers train; embeddings, lm_head (the True/False rows) and the vision tower don't.
@@ -53,7 +54,7 @@ def apply_lora(model: Any, backbone: str, lora: LoraConfig) -> Any:
 
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                           target_modules=lora_targets(backbone, lora.target_modules),
-                          modules_to_save=["classifier"] if backbone == "text" else None)
+                          modules_to_save=["classifier"] if backbone == "text" and head else None)
     return get_peft_model(model, pcfg)
 
 
@@ -304,13 +305,60 @@ def block_attention_mask(segment_ids: Any, dtype: Any) -> Any:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+class BiEncoderScoring:
+    """score = ``biencoder_scale`` x cos(query embedding, page embedding), each the encoder's token embeddings
+    mean-pooled over the attention mask and L2-normalised (``models.embed.mean_pooled``): with the base weights the
+    cosine is exactly the zero-shot encoder's (``models.embed.Embedder``), texts truncated to ``max_seq_len``.
+
+    Each distinct query and page text of a batch is encoded once (a group's positive and negatives share the
+    query). The torch-free logic of ``BiEncoderScorer`` (build one with ``build_scorer``).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: ModelConfig, path: str):
+        super().__init__()
+        self.model, self.tokenizer, self.cfg, self.path = model, tokenizer, cfg, path
+        self.scale = float(cfg.biencoder_scale)
+
+    def _tokens(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer([t or "" for t in texts], padding=True, truncation=True, max_length=self.cfg.seq_len,
+                              return_tensors="pt")
+
+    def encode(self, batch: Batch) -> dict[str, Any]:
+        """The distinct queries (``input_ids``, ``attention_mask``) and the batch's pages (``page_input_ids``,
+        ``page_attention_mask``) tokenized apart, and each example's query and page row (``query_of``,
+        ``page_of``)."""
+        import torch
+
+        queries = list(dict.fromkeys(batch.queries))
+        row = {q: i for i, q in enumerate(queries)}
+        q, p = self._tokens(queries), self._tokens(batch.texts)
+        return {"input_ids": q["input_ids"], "attention_mask": q["attention_mask"],
+                "page_input_ids": p["input_ids"], "page_attention_mask": p["attention_mask"],
+                "query_of": torch.tensor([row[x] for x in batch.queries], dtype=torch.long),
+                "page_of": torch.tensor(list(batch.page_of), dtype=torch.long)}
+
+    def embed(self, input_ids, attention_mask):
+        """Unit-length float32 embeddings of tokenized texts."""
+        from docrerank.models.embed import mean_pooled
+
+        return mean_pooled(self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                           attention_mask)
+
+    def forward(self, input_ids, attention_mask, page_input_ids, page_attention_mask, query_of, page_of):
+        """float32 scores of ``encode``'s inputs, one per example: ``scale`` x the cosine."""
+        q = self.embed(input_ids, attention_mask)
+        p = self.embed(page_input_ids, page_attention_mask)
+        return self.scale * (q[query_of] * p[page_of]).sum(-1)
+
+
 @functools.cache
 def scorer_class(backbone: str) -> type:
-    """The ``nn.Module`` scorer class of a backbone: ``VLMScorer`` (vlm) or ``TextScorer`` (text), created on the
-    first call (torch is imported here)."""
+    """The ``nn.Module`` scorer class of a backbone: ``VLMScorer`` (vlm), ``TextScorer`` (text, cross-encoder) or
+    ``BiEncoderScorer`` (biencoder: text scored by a bi-encoder), created on the first call (torch is imported
+    here)."""
     from torch import nn
 
-    logic = {"vlm": VLMScoring, "text": TextScoring}.get(backbone)
+    logic = {"vlm": VLMScoring, "text": TextScoring, "biencoder": BiEncoderScoring}.get(backbone)
     if logic is None:
         raise ValueError(f"backbone: got {backbone!r}, expected one of {sorted(SCORER_CLASSES)}")
     name = SCORER_CLASSES[backbone]
@@ -318,7 +366,8 @@ def scorer_class(backbone: str) -> type:
 
 
 def __getattr__(name: str) -> Any:
-    """``VLMScorer`` / ``TextScorer``: the scorer module classes, created by ``scorer_class`` on first access."""
+    """``VLMScorer`` / ``TextScorer`` / ``BiEncoderScorer``: the scorer module classes, created by ``scorer_class``
+    on first access."""
     for backbone, cls_name in SCORER_CLASSES.items():
         if name == cls_name:
             return scorer_class(backbone)
@@ -344,9 +393,10 @@ def check_vlm_budget(cfg: ModelConfig, path: str) -> None:
 
 
 def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: int = 0) -> Any:
-    """Load the backbone from ``cfg.path`` as a ``VLMScorer`` or ``TextScorer`` (an ``nn.Module``), add LoRA (or
-    unfreeze), enable gradient checkpointing; on the CPU, in ``cfg.dtype`` (auto: bfloat16 for any cuda ``device``).
-    The text head is initialised from ``seed``."""
+    """Load the backbone from ``cfg.path`` as a ``VLMScorer``, ``TextScorer`` or (``text_scoring: biencoder``)
+    ``BiEncoderScorer`` (an ``nn.Module``), add LoRA (or unfreeze), enable gradient checkpointing; on the CPU, in
+    ``cfg.dtype`` (auto: bfloat16 for any cuda ``device``). The cross-encoder's head is initialised from ``seed``;
+    the bi-encoder has none (its encoder's pooler, unused, stays frozen)."""
     import torch
 
     path = resolve_model_path(cfg.path or (DEFAULT_VLM if cfg.backbone == "vlm" else DEFAULT_TEXT))
@@ -361,6 +411,11 @@ def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: 
         check_vlm_budget(cfg, path)
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         tok = load_tokenizer(path)
+    elif cfg.text_scoring == "biencoder":
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(path, **kwargs)  # a cross-encoder checkpoint gives its encoder
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -379,10 +434,16 @@ def build_scorer(cfg: ModelConfig, lora: LoraConfig, device: str = "cpu", seed: 
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for p in model.parameters():
         p.requires_grad_(False)
-    model = apply_lora(model, cfg.backbone, lora)
+    biencoder = cfg.backbone == "text" and cfg.text_scoring == "biencoder"
+    model = apply_lora(model, cfg.backbone, lora, head=not biencoder)
     if cfg.backbone == "vlm":
         processor = qwen_vl.load_image_processor(path, cfg.min_pixels, cfg.max_pixels)
         return scorer_class("vlm")(model, tok, processor, cfg, path)
+    if biencoder:
+        for name, p in model.named_parameters():
+            if name.startswith("pooler.") or ".pooler." in name:  # BERT's [CLS] pooler: mean pooling skips it
+                p.requires_grad_(False)
+        return scorer_class("biencoder")(model, tok, cfg, path)
     return scorer_class("text")(model, tok, cfg, path)
 
 

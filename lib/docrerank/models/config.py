@@ -19,7 +19,19 @@ class ModelConfig(Config):
     backbone: Literal["vlm", "text"] = "vlm"
     """``vlm``: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model scoring (page image, query) by logit(True) -
     logit(False), as MonoQwen2-VL, or a Qwen3-VL-Reranker by logit(yes) - logit(no) (see ``prompt_format``).
-    ``text``: a cross-encoder over (query, page text layer)."""
+    ``text``: a model over (query, page text layer): a cross-encoder or a bi-encoder (``text_scoring``)."""
+
+    text_scoring: Literal["cross", "biencoder"] = "cross"
+    """text: ``cross``: a cross-encoder (query and page in one sequence, a 2-label head, a new head initialised
+    from ``seed``); ``biencoder``: the encoder embeds query and page apart (token embeddings mean-pooled over the
+    attention mask, L2-normalised: sentence-transformers' all-MiniLM-L6-v2 recipe) and the score is their cosine,
+    so step 0 scores exactly as the zero-shot encoder does; trained contrastively on the groups (the loss sees
+    ``biencoder_scale`` x cosine). Exported as a sentence-transformers ``SentenceTransformer`` folder."""
+
+    biencoder_scale: float = Field(20.0, gt=0)
+    """text, ``text_scoring: biencoder``: the training score is this times the cosine (a softmax temperature of
+    1/20 for the listwise loss, sentence-transformers' MultipleNegativesRankingLoss default); the exported model
+    scores by the cosine itself (the same order)."""
 
     path: Optional[str] = None
     """Checkpoint directory or hub id (read from the local cache only when HF_HUB_OFFLINE=1). Default:

@@ -64,9 +64,39 @@ class Embedder:
                 idx = order[s:s + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_seq_len, return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.cpu().numpy()
+                hidden = self.model(**enc).last_hidden_state
+                out[idx] = mean_pooled(hidden, enc["attention_mask"]).cpu().numpy()
         return out
+
+
+def mean_pooled(hidden: Any, attention_mask: Any) -> Any:
+    """Unit-length float32 sentence embeddings from token embeddings ``hidden`` (batch, tokens, dim): the mean over
+    the tokens the mask keeps, L2-normalised (sentence-transformers' Pooling(mean) + Normalize). The Embedder and
+    the trained bi-encoder (``train/backbones.py``) both pool here, so a bi-encoder at step 0 is the Embedder."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).float()
+    pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def write_sentence_transformer_files(directory: Any, dim: int, max_seq_len: int) -> None:
+    """Make the encoder saved in ``directory`` a sentence-transformers ``SentenceTransformer`` scoring as
+    ``Embedder`` does: modules.json (Transformer, Pooling, Normalize), sentence_bert_config.json (``max_seq_len``)
+    and 1_Pooling/config.json (mean pooling of ``dim``-wide token embeddings)."""
+    import json
+    from pathlib import Path
+
+    d = Path(directory)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    pooling = {"word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+               "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
+    (d / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    (d / "2_Normalize").mkdir(exist_ok=True)
+    (d / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_len,
+                                                             "do_lower_case": False}, indent=2) + "\n")
+    (d / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (d / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}) + "\n")

@@ -14,8 +14,9 @@ checkpoint's ``config.json``):
   Qwen3-VL-Reranker (2B/8B) is detected from its files or name and scored in its own format, logit(yes) - logit(no)
   (``models/prompt_format.py``): the strongest open zero-shot baseline.
 - ``text``: a cross-encoder over (query, page text layer): a 2-label classifier as trained here (logit 1 - logit 0),
-  a 1-label cross-encoder (its logit), or, for a plain encoder without a classification head (e.g. the base
-  all-MiniLM-L6-v2), the cosine of mean-pooled embeddings (a bi-encoder zero-shot baseline).
+  a 1-label cross-encoder (its logit), or, for a plain encoder without a classification head (the base
+  all-MiniLM-L6-v2: the zero-shot baseline; or a bi-encoder trained here, ``model.text_scoring: biencoder``), the
+  cosine of mean-pooled embeddings.
 
 Pages may be encoded image bytes, PIL images, page rows (dicts with ``image``/``text``/``page_id``, as in the
 project's ``pages`` and ``examples`` tables or a BEIR corpus) or text strings (text backbone only).
@@ -140,7 +141,8 @@ class Reranker:
             from docrerank.models.embed import Embedder
 
             log.info("%s has no classification head: scoring by embedding cosine (bi-encoder)", model_dir)
-            embedder = Embedder.load(str(model_dir), device=device, max_seq_len=max_seq_len)
+            embedder = Embedder.load(str(model_dir), device=device,
+                                     max_seq_len=max_seq_len or card.get("max_seq_len"))
             rr = cls((tok, embedder), "text", device, batch_size, name, "biencoder")
             rr.max_seq_len = embedder.max_seq_len
             return rr

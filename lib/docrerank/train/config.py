@@ -324,6 +324,11 @@ class TrainConfig(Config):
             raise ValueError("deepspeed.offload_params needs deepspeed.stage=3, got stage 2")
         if self.model.backbone == "text" and self.model.seq_len > 512:
             raise ValueError(f"model.max_seq_len: the text backbone holds at most 512 tokens, got {self.model.seq_len}")
+        if self.model.text_scoring == "biencoder" and self.model.backbone != "text":
+            raise ValueError(f"model.text_scoring=biencoder needs backbone text, got {self.model.backbone}")
+        if self.model.text_scoring == "biencoder" and self.model.max_windows > 1:
+            raise ValueError(f"model.max_windows: the bi-encoder embeds the page truncated to max_seq_len (as the "
+                             f"zero-shot encoder does), got {self.model.max_windows}")
         if self.model.backbone == "vlm" and self.model.max_windows > 1:
             raise ValueError(f"model.max_windows: windows split the page text of the text backbone, got "
                              f"{self.model.max_windows} with backbone vlm")

@@ -13,7 +13,9 @@ last position of its prompt format (MonoQwen2-VL or Qwen3-VL-Reranker, with the 
 Qwen3-VL-Reranker base copied along); text, the single logit of the sequence classifier: the trained 2-label head
 (score = logit 1 - logit 0) is folded into one label in float32, so ``sentence_transformers.CrossEncoder(merged)``
 (raw scores: its activation is set to Identity in config.json), plain transformers and the ``Reranker`` all give
-the trained score.
+the trained score; text with ``model.text_scoring: biencoder``, the encoder with the sentence-transformers files
+of a mean-pooled, normalised ``SentenceTransformer`` (``models.embed``): its cosine is the trained score over
+``biencoder_scale``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ def reranker_card(cfg: TrainConfig, scorer: Any = None) -> dict:
         card.update({"prompt": fmt.prompt} if fmt.image_first else
                     {"system_prompt": fmt.system, "instruction": fmt.instruction})
         return {**card, "max_pixels": m.max_pixels, "max_seq_len": m.seq_len}
+    if m.text_scoring == "biencoder":
+        return {"backbone": "text", "text_scoring": "biencoder", "score": "cosine of the query's and the page "
+                "text's embeddings (mean-pooled, L2-normalised; a sentence-transformers SentenceTransformer)",
+                "max_seq_len": m.seq_len}
     return {"backbone": "text", "score": "logits[:, 0] over (query, page text): the trained 2-label head's "
             "logit 1 - logit 0, folded into one label", "max_seq_len": m.seq_len, "max_windows": m.max_windows,
             "window_overlap": m.window_overlap, "window_pool": m.window_pool}
@@ -132,7 +138,8 @@ def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Opti
     if cfg.lora.enabled:
         model.save_pretrained(str(out / "adapter"))
         model = model.merge_and_unload()
-    if cfg.model.backbone == "text" and not fold_two_label_head(model):
+    biencoder = cfg.model.backbone == "text" and cfg.model.text_scoring == "biencoder"
+    if cfg.model.backbone == "text" and not biencoder and not fold_two_label_head(model):
         raise ValueError(f"model.path={cfg.model.path!r}: no 2-label classification head found at "
                          f"{' / '.join(HEAD_PATHS)} to export")
     if dtype is not None:
@@ -154,6 +161,10 @@ def save_local(scorer: torch.nn.Module, cfg: TrainConfig, out: Path, dtype: Opti
             data.update(min_pixels=cfg.model.min_pixels)
         pre.write_text(json.dumps(data, indent=2) + "\n")
         copy_st_files(Path(scorer.path), merged)
+    if biencoder:  # SentenceTransformer(merged): Transformer, mean Pooling, Normalize
+        from docrerank.models.embed import write_sentence_transformer_files
+
+        write_sentence_transformer_files(merged, int(model.config.hidden_size), cfg.model.seq_len)
     card = reranker_card(cfg, scorer)
     if cfg.model.backbone == "text":  # sentence-transformers' CrossEncoder truncates at the tokenizer's limit
         set_model_max_length(merged, card["max_seq_len"])

@@ -37,7 +37,10 @@ def front_matter(cfg: TrainConfig, license: Optional[str] = None) -> str:
         meta["base_model"] = base
     if license:
         meta["license"] = license
-    if m.backbone == "text":
+    if m.backbone == "text" and m.text_scoring == "biencoder":
+        meta.update(library_name="sentence-transformers", pipeline_tag="sentence-similarity")
+        tags = ["docrerank", "reranker", "bi-encoder", "sentence-transformers"]
+    elif m.backbone == "text":
         meta.update(library_name="sentence-transformers", pipeline_tag="text-ranking")
         tags = ["docrerank", "reranker", "cross-encoder"]
     else:
@@ -48,6 +51,10 @@ def front_matter(cfg: TrainConfig, license: Optional[str] = None) -> str:
 
 
 def _scoring(card: dict) -> str:
+    if card.get("text_scoring") == "biencoder":
+        return ("A bi-encoder over query and page text layer: each is embedded apart (token embeddings mean-pooled, "
+                "L2-normalised) and the relevance score is the cosine of the two embeddings; trained "
+                "contrastively from the zero-shot encoder (step 0 scores exactly as it does).")
     if card["backbone"] == "text":
         return ("A cross-encoder over (query, page text layer) with one output: the relevance score "
                 "logit(True) - logit(False) of the 2-label head it was trained with (folded into one label at export).")
@@ -67,6 +74,14 @@ def usage(card: dict, where: str) -> str:
              f'rr = Reranker.load("{where}")',
              'scores = rr.score("What was the 2021 revenue?", pages)  # float32, higher = more relevant',
              "```", ""]
+    if card.get("text_scoring") == "biencoder":
+        lines += ["With sentence-transformers (the same cosine as the Reranker up to float rounding):", "",
+                  "```python", "from sentence_transformers import SentenceTransformer", "",
+                  f'model = SentenceTransformer("{where}")  # max_seq_length {card["max_seq_len"]}',
+                  'q = model.encode(["What was the 2021 revenue?"])',
+                  'p = model.encode(["Revenue in 2021 was $4.2 billion."])',
+                  "scores = model.similarity(q, p)  # cosine", "```", ""]
+        return "\n".join(lines)
     if card["backbone"] == "text":
         lines += ["With sentence-transformers (raw scores, the same numbers as the Reranker up to float rounding):",
                   "", "```python", "from sentence_transformers import CrossEncoder", "",

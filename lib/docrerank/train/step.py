@@ -56,8 +56,8 @@ def prepare(scorer, batch: Batch) -> Prepared:
     inputs = scorer.encode(batch)
     counter = getattr(scorer, "model_flops", None)
     return Prepared(inputs=inputs, labels=batch.labels, group_index=batch.group_index,
-                    tokens=int(inputs["attention_mask"].sum()), seqs=list(batch.seqs),
-                    flops=counter(inputs)["total"] if counter is not None else 0.0)
+                    tokens=int(sum(v.sum() for k, v in inputs.items() if k.endswith("attention_mask"))),
+                    seqs=list(batch.seqs), flops=counter(inputs)["total"] if counter is not None else 0.0)
 
 
 class PlainEngine:
