@@ -478,7 +478,7 @@ def test_colpali_first_stage_decodes_pages_per_batch_and_loads_once_per_run(monk
     from_pretrained got torch_dtype (deprecated in transformers 5: dtype)."""
     from PIL import Image
 
-    from docrerank.eval import retrievers
+    from docrerank.retrieval import retrievers
 
     loads, batches = [], []
     _standin_colpali(monkeypatch, loads, batches)

@@ -50,7 +50,7 @@ def test_experiment_runs_end_to_end_on_a_tiny_set(ray_local, tmp_path):
     result = tmp_path / "result"
     rc = twins.main(["--pdfs", str(corpus / "pdfs"), "--questions", str(questions), "--work", str(tmp_path / "w"),
                      "--result", str(result), "--seed", str(seed), "--holdout", "0.5",
-                     "optim.max_steps=2", "data.val_every_steps=1", "model.max_seq_len=96", "model.max_windows=2",
+                     "optim.max_steps=2", "data.val_every_steps=1", "model.max_seq_len=96",
                      "data.groups_per_device=2", "data.chunk_groups=1"])
     assert rc == 0
     out = json.loads((result / "result.json").read_text())
