@@ -79,6 +79,7 @@ def test_step_zero_is_the_zero_shot_encoder(split):
     assert scores.std() > 0.5  # the scale makes the listwise softmax sharp enough to learn from
 
 
+@pytest.mark.slow
 def test_training_keeps_a_step_at_or_above_zero_shot_and_exports_a_sentence_transformer(split):
     from docrerank.eval.mteb_adapter import MtebReranker
     from docrerank.models.reranker import Reranker

@@ -103,6 +103,7 @@ def test_minilm_cross_encoder_learns_the_sample_task(split):
     assert torch.allclose(logits[:, 0], want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ranking_validation_keeps_and_exports_the_best_step(split):
     """NDCG@5 of BM25's top 20 of held-out queries, before training and every 3 steps; the exported model is the
     best step's (its NDCG on the same candidates is the best value logged)."""
