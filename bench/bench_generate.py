@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from docrerank.engines import EngineConfig, GenerateRequest, SamplingParams, build_engine, user
-    from docrerank.testing.tiny_models import make_tiny_causal_lm
+    from docrerank.models.tiny import make_tiny_causal_lm
 
     model_dir = make_tiny_causal_lm(Path(tempfile.mkdtemp(prefix="bench_generate_")) / "qwen2", hidden_size=args.hidden,
                                     num_layers=args.layers, num_heads=max(1, args.hidden // 64), num_kv_heads=2)

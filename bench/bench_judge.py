@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     import torch
 
     from docrerank.engines import EngineConfig, build_engine
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     tmp = tempfile.mkdtemp(prefix="bench_judge_")
     dims = dict(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64, num_kv_heads=2,

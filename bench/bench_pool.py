@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     from docrerank.engines import EngineConfig
     from docrerank.engines.pool import plan_pools
     from docrerank.engines.pool_ray import ModelPools, cluster_resources
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     tmp = tempfile.mkdtemp(prefix="bench-pool-")
     if args.shape_2b:

@@ -129,7 +129,7 @@ def build_reranker(args, work: Path, model_dir: str | None = None, max_seq_len: 
     if args.backbone == "text":
         return Reranker.load(model_dir or args.model or text_cross_encoder(work), device=args.device,
                              max_seq_len=max_seq_len or args.max_seq_len)
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     model = args.model
     if model is None:

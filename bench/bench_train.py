@@ -33,7 +33,7 @@ def make_inputs(work: Path, model: str | None) -> tuple[str, str]:
     """A model path (a tiny Qwen2-VL unless given) and an examples directory from the sample corpus."""
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     if model is None:
         model = str(make_tiny_qwen2_vl(work / "model", hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,

@@ -47,7 +47,7 @@ def main() -> None:
     from common import write_result
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
     from docrerank.models.backbones import build_scorer
     from docrerank.data.collate import collate_groups, iter_group_batches
     from docrerank.train.config import TrainConfig

@@ -56,7 +56,7 @@ def main() -> None:
     from common import write_result
 
     from docrerank.engines import EngineConfig, build_engine
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-prefix-"))
     path = make_tiny_qwen2_vl(tmp / "m", hidden_size=128, max_pixels=896 * 896)

@@ -121,7 +121,7 @@ def require(ok: bool, what: str) -> None:
 
 def build_model(work: Path, tiny: bool, device: str) -> tuple[str, float]:
     """A random Qwen2-VL checkpoint with 2B shapes (or tiny) written to ``work``; (path, seconds)."""
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     t0 = time.perf_counter()
     dims = TINY if tiny else QWEN2_VL_2B

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="qwen3-check-"))
     model = args.model
     if args.tiny:
-        from docrerank.testing.tiny_models import make_tiny_qwen3_vl_reranker
+        from docrerank.models.tiny import make_tiny_qwen3_vl_reranker
 
         model = str(make_tiny_qwen3_vl_reranker(tmp / "Qwen3-VL-Reranker-tiny", max_pixels=args.max_pixels))
     from docrerank.models.hub import resolve_model_path

@@ -61,7 +61,7 @@ def test_build_and_training_scale_the_right_node_types_up_from_zero(cluster, tmp
     pytest.importorskip("transformers")
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_causal_lm, make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_causal_lm, make_tiny_qwen2_vl
 
     pages, questions = write_pages(tmp_path)
     vlm, lm = make_tiny_qwen2_vl(tmp_path / "vlm"), make_tiny_causal_lm(tmp_path / "lm")

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # the build with real (tiny) model calls on Ray
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     pytest.importorskip("transformers")
-    from docrerank.testing.tiny_models import make_tiny_causal_lm, make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_causal_lm, make_tiny_qwen2_vl
 
     d = tmp_path_factory.mktemp("models")
     return str(make_tiny_qwen2_vl(d / "vlm")), str(make_tiny_causal_lm(d / "lm"))

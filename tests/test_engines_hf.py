@@ -39,7 +39,7 @@ def page(seed: int, size=(112, 140)) -> bytes:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_causal_lm, make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_causal_lm, make_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("tiny")
     return {

@@ -60,7 +60,7 @@ def test_batch_rows_converts_numpy():
 
 @pytest.mark.slow
 def test_hf_engine_judges_and_generates_in_a_ray_actor(ray_local, tmp_path):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     ray = ray_local
     # The stage class lives in this test module, which Ray workers cannot import: send it by value.

@@ -113,7 +113,7 @@ class FakeLLM:
 
 @pytest.fixture(scope="module")
 def tok():
-    from docrerank.testing.tiny_models import make_tiny_tokenizer
+    from docrerank.models.tiny import make_tiny_tokenizer
 
     return make_tiny_tokenizer()
 
@@ -267,7 +267,7 @@ def test_orphans_of_a_failed_call_are_not_attributed(tok):
 
 
 def test_no_chat_template_falls_back_to_checkpoint_files(tmp_path, tok):
-    from docrerank.testing.tiny_models import QWEN2_VL_CHAT_TEMPLATE
+    from docrerank.models.tiny import QWEN2_VL_CHAT_TEMPLATE
 
     from transformers import AutoTokenizer
 

@@ -31,7 +31,7 @@ def test_killed_engine_core_restarts_the_actor_and_its_call_is_answered(ray_loca
 
     from docrerank.engines.pool import plan_pools
     from docrerank.engines.pool_ray import ModelPools, cluster_resources
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     path = make_tiny_qwen2_vl(tmp_path / "m", hidden_size=128)
     cfg = vllm_config(path, vllm={"cpu": True}, ray={"num_cpus": 1, "batch_size": 4})

@@ -51,7 +51,7 @@ def png(color="white", size=(112, 112)) -> bytes:
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     path = make_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl") / "m", hidden_size=128)
     eng = build_engine(vllm_config(path))
@@ -61,7 +61,7 @@ def vlm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_lm(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_causal_lm
+    from docrerank.models.tiny import make_tiny_causal_lm
 
     path = make_tiny_causal_lm(tmp_path_factory.mktemp("qwen2") / "m", hidden_size=128)  # head_dim 32: CPU attention
     eng = build_engine(vllm_config(path))
@@ -201,7 +201,7 @@ def test_requests_of_a_page_go_together_and_a_failed_call_is_split_in_halves(vlm
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_newer_qwen_vl_architectures(arch, tmp_path):
     """Qwen2.5-VL and Qwen3-VL load in vLLM's CPU build and judge a page (one engine each: slow)."""
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     path = make_tiny_qwen2_vl(tmp_path / arch, arch=arch, hidden_size=128)
     eng = build_engine(vllm_config(path))

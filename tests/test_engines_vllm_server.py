@@ -30,7 +30,7 @@ def server(tmp_path_factory):
 
     from conftest import free_ports
 
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("vllm_server")
     path = make_tiny_qwen2_vl(root / "m", hidden_size=128)

@@ -68,7 +68,7 @@ def beir_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     return str(make_tiny_qwen2_vl(tmp_path_factory.mktemp("vlm") / "m", max_pixels=28 * 28 * 16))
 

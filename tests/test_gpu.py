@@ -28,7 +28,7 @@ def _pages(n=6):
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     return str(make_tiny_qwen2_vl(tmp_path_factory.mktemp("vlm") / "m", hidden_size=128, num_heads=4,
                                   max_pixels=28 * 28 * 64, initializer_range=0.02))
@@ -59,7 +59,7 @@ def test_colpali_first_stage_with_a_tiny_colqwen2(tmp_path):
     """The evaluation's ColQwen2 first stage through colpali-engine, on a tiny random ColQwen2 (no download)."""
     cm = pytest.importorskip("colpali_engine.models")
     from docrerank.retrieval.retrievers import ColPaliRetriever
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     src = make_tiny_qwen2_vl(tmp_path / "qwen2vl", hidden_size=128, num_heads=4, max_pixels=28 * 28 * 64)
     colqwen = tmp_path / "colqwen2-tiny"

@@ -114,7 +114,7 @@ def _explain(offenders: dict, errors: dict) -> str:
 def test_discovery_finds_every_package_of_the_library():
     names = package_modules()
     for expected in ["docrerank.core.config", "docrerank.render.run", "docrerank.engines.hf", "docrerank.train.step",
-                     "docrerank.eval.run", "docrerank.mine.run", "docrerank.testing.tiny_models"]:
+                     "docrerank.eval.run", "docrerank.mine.run", "docrerank.models.tiny"]:
         assert expected in names
     assert len(names) == len(set(names)) > 60
 

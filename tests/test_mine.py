@@ -246,7 +246,7 @@ def test_vlm_false_negative_filter_runs_the_verify_prompts(ray_local, build, tmp
     """The filter with a model judge (a tiny random Qwen2-VL through the hf engine): every judged page gets both
     prompts' p(answerable) from the logits, unreadable page images are errors counted per page, not crashes, and
     every query is still accounted for."""
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     vlm = make_tiny_qwen2_vl(tmp_path / "vlm")
     engine = {"backend": "hf", "model": str(vlm), "max_pixels": 28 * 28 * 16, "ray": {"num_cpus": 0.2}}

@@ -58,7 +58,7 @@ def write_pages(root, n: int = PAGES) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     pytest.importorskip("transformers")
-    from docrerank.testing.tiny_models import make_tiny_causal_lm, make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_causal_lm, make_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("multinode_inputs")
     pages, questions = write_pages(root)

@@ -42,7 +42,7 @@ def examples(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     return str(make_tiny_qwen2_vl(tmp_path_factory.mktemp("plan_vlm") / "qwen2vl"))
 

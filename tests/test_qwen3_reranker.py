@@ -30,7 +30,7 @@ MAX_PIXELS = 32 * 32 * 16  # 16 visual tokens per page (Qwen3-VL: 32x32 pixels p
 def tiny(tmp_path_factory):
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_qwen3_vl_reranker
+    from docrerank.models.tiny import make_tiny_qwen3_vl_reranker
 
     root = tmp_path_factory.mktemp("qwen3_reranker")
     corpus = make_corpus(root / "corpus", num_companies=2, years=[2021])
@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
 def test_prompt_is_the_official_layout_rendered_by_the_qwen_vl_chat_template():
     """The official script's messages (system prompt; "<Instruct>: ...", "<Query>:", the query, "\\n<Document>:",
     the image) through a Qwen-VL chat template give exactly the text and ids the format writes directly."""
-    from docrerank.testing.tiny_models import make_tiny_tokenizer
+    from docrerank.models.tiny import make_tiny_tokenizer
 
     tok = make_tiny_tokenizer(answer_words=("yes", "no"))
     fmt = PromptFormat(QWEN3_RERANKER)
@@ -62,7 +62,7 @@ def test_prompt_is_the_official_layout_rendered_by_the_qwen_vl_chat_template():
 
 
 def test_what_the_checkpoint_ships_wins_over_the_defaults(tmp_path):
-    from docrerank.testing.tiny_models import QWEN3_RERANKER_TEMPLATE
+    from docrerank.models.tiny import QWEN3_RERANKER_TEMPLATE
 
     ckpt = tmp_path / "my-reranker"
     (ckpt / "1_LogitScore").mkdir(parents=True)

@@ -25,7 +25,7 @@ MAX_PIXELS = 56 * 56 * 4
 def data(tmp_path_factory):
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("train_ray")
     corpus = make_corpus(root / "corpus", num_companies=2, years=[2021])

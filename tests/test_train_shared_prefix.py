@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 
 
 def model_path(data, arch: str) -> str:
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     if arch not in data["models"]:
         data["models"][arch] = str(make_tiny_qwen2_vl(data["root"] / arch, arch=arch))
@@ -178,7 +178,7 @@ def test_block_mask_lets_a_query_see_the_prefix_and_itself_only():
 
 
 def test_query_first_format_and_switch_off_keep_the_per_pair_path(data, tmp_path):
-    from docrerank.testing.tiny_models import make_tiny_qwen3_vl_reranker
+    from docrerank.models.tiny import make_tiny_qwen3_vl_reranker
 
     batch = batch_of(data)
     off = config(data, "qwen2_vl", False)

@@ -26,7 +26,7 @@ MAX_PIXELS = 56 * 56 * 4  # 16 visual tokens per page
 def data(tmp_path_factory):
     from docrerank.render.sample_corpus import make_corpus
     from docrerank.testing.examples import make_examples
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("train_vlm")
     corpus = make_corpus(root / "corpus", num_companies=2, years=[2021])
@@ -146,7 +146,7 @@ def test_scores_are_the_true_minus_false_logits_in_float32(scorer, groups):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_other_qwen_vl_families_score_like_the_plain_model(data, groups, arch):
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
 
     path = make_tiny_qwen2_vl(data["root"] / arch, arch=arch)
     cfg = config(data, **{"model.path": str(path), "model.gradient_checkpointing": False})
@@ -254,7 +254,7 @@ def test_export_merges_lora_in_float32_then_casts(tmp_path, groups):
     bf16 rounds twice and differs), and the merged model scores like the trained adapter."""
     from transformers import AutoModelForImageTextToText
 
-    from docrerank.testing.tiny_models import make_tiny_qwen2_vl
+    from docrerank.models.tiny import make_tiny_qwen2_vl
     from docrerank.train.export import export_model, load_trained
 
     base = make_tiny_qwen2_vl(tmp_path / "bf16", dtype="bfloat16", initializer_range=0.02)

@@ -38,6 +38,9 @@ class PositivesConfig(Config):
     """Sampling temperature for question writing."""
     max_tokens: int = Field(512, ge=16)
     """Output budget of one positives request."""
+    sample_questions: bool = True
+    """``sample:`` inputs: the corpus's own questions are the given positives. False: a VLM engine writes every
+    page's positives, as it does on raw PDFs (``build_vllm_tiny.yaml``)."""
 
 
 class VerifyConfig(Config):
@@ -184,8 +187,8 @@ class BuildConfig(Config):
         given = [k for k in ("input", "pages", "query_pages") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"expected exactly one of input, pages, query_pages; got {given or 'none'}")
-        if self.positives.engine == "given" and not (self.query_pages or self.positives_file or
-                                                     (self.input or "").startswith("sample:")):
+        sample = (self.input or "").startswith("sample:") and self.positives.sample_questions
+        if self.positives.engine == "given" and not (self.query_pages or self.positives_file or sample):
             raise ValueError("positives.engine: 'given' needs positives: set positives_file, use query_pages, "
                              "or configure a VLM engine")
         return self

@@ -23,12 +23,13 @@ def _plan(cfg: BuildConfig, res):
 
 def _report(cfg: BuildConfig, stats: dict) -> str:
     from docrerank.render.books import summary_table
-    from docrerank.report.card import attribute_table, funnel_table
+    from docrerank.report.card import attribute_table, funnel_table, pools_table, requests_table
 
     head = ""
     if stats.get("ingest"):  # the build ran the ingest first: its books, as jobs.ingest prints them
         head = f"\ningest summary for {cfg.output}\n{summary_table(stats['ingest'])}\n"
-    return (f"{head}\ndataset build for {cfg.output}\n{funnel_table(stats)}\n\n{attribute_table(stats)}\n\n"
+    models = "".join(f"{t}\n\n" for t in (requests_table(stats), pools_table(stats)) if t)
+    return (f"{head}\ndataset build for {cfg.output}\n{funnel_table(stats)}\n\n{attribute_table(stats)}\n\n{models}"
             f"this run: {stats['this_run']['pages']} pages in {stats['this_run']['seconds']}s; "
             f"card: {cfg.output}/card.md, stats: {cfg.output}/stats.json")
 

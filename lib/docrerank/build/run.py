@@ -96,7 +96,7 @@ def resolve_sources(cfg: BuildConfig, out: storage.Location) -> Sources:
     positives_file = cfg.positives_file
     if cfg.input:
         ingest_stats = run_ingest(IngestConfig(input=cfg.input, output=cfg.output, **cfg.ingest.model_dump()))
-        if cfg.input.startswith("sample:") and positives_file is None:
+        if cfg.input.startswith("sample:") and positives_file is None and cfg.positives.sample_questions:
             positives_file = str(Path(cfg.output) / "sample_corpus" / "questions.jsonl")
         src = Sources(out.join("pages"), {}, ingest_stats=ingest_stats)
     elif cfg.pages:

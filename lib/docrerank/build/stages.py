@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from docrerank.build.config import BuildConfig
 from docrerank.core.schema import PageState, QueryRow, seed_of, states_from_arrow, states_to_arrow
+from docrerank.engines.parsing import capped_list, one_line
 from docrerank.engines.requests import UNFINISHED_KINDS
 from docrerank.engines.verify import VerifyItem, is_verified_negative, is_verified_positive, judge_threshold, verify
 from docrerank.lexical.dedup import dedup
@@ -132,7 +133,7 @@ class PositivesStage(BuildStage):
             [user(p.image, self.prompt["user"].format(n=self.cfg.num_candidates))],
             SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
                            seed=seed_of(self.seed, p.page_id, "positives")),
-            json_schema=self.prompt.get("schema"), id=p.page_id) for p in todo]
+            json_schema=capped_list(self.prompt.get("schema"), self.cfg.num_candidates), id=p.page_id) for p in todo]
         for p, res in zip(todo, self.engine.generate(reqs)):
             _count_result(m, res)
             if not res.ok:
@@ -140,10 +141,10 @@ class PositivesStage(BuildStage):
                 continue
             for parsed in res.parsed or []:
                 for item in (parsed or {}).get("questions", [])[: self.cfg.num_candidates]:
-                    text = str(item.get("question", "")).strip()
+                    text = one_line(item.get("question", ""))
                     if text:
                         p.state.queries.append(QueryRow.new(
-                            p.page_id, text, "positive", "generated", answer=str(item.get("answer", "")),
+                            p.page_id, text, "positive", "generated", answer=one_line(item.get("answer", "")),
                             model=engine_name(self.cfg.engine), prompt_version=self.prompt["version"]))
 
 
@@ -262,7 +263,8 @@ class NegativesStage(BuildStage):
             msgs = ([{"role": "system", "content": self.prompt["system"]}] if self.prompt.get("system") else []) + [user(text)]
             reqs.append(GenerateRequest(msgs, SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
                                                              seed=seed_of(self.seed, pos.query_id)),
-                                        json_schema=self.prompt.get("schema"), id=pos.query_id))
+                                        json_schema=capped_list(self.prompt.get("schema"), self.cfg.num_candidates),
+                                        id=pos.query_id))
         out = []
         for (page, pos), res in zip(jobs, self.engine.generate(reqs)):
             _count_result(m, res)
@@ -274,10 +276,10 @@ class NegativesStage(BuildStage):
             default = "general" if self.cfg.mode == "general" else None
             cands = []
             for it in items:
-                attr = str(it.get("attribute") or default or "unknown").strip().lower()
+                attr = one_line(it.get("attribute") or default or "unknown").lower()
                 if self.cfg.mode == "attributes" and attr not in self.attributes:
                     attr = f"other:{attr[:40]}"
-                cands.append((str(it.get("question", "")).strip(), attr))
+                cands.append((one_line(it.get("question", "")), attr))
             out.append(cands[: self.cfg.num_candidates])
         return out
 
@@ -352,7 +354,7 @@ class RephraseStage(BuildStage):
             _count_result(m, res)
             if res.error and res.error.split(":", 1)[0] in UNFINISHED_KINDS:
                 p.state.errors.append(f"rephrase: {res.error}")  # not a page done without its rephrasing
-            text = str(((res.parsed or [None])[0] or {}).get("question", "")).strip() if res.ok else ""
+            text = one_line(((res.parsed or [None])[0] or {}).get("question", "")) if res.ok else ""
             if not text or dedup([text], q.text)[0][1]:
                 continue  # keep the original when rephrasing failed or changed nothing
             r = QueryRow.new(p.page_id, text, "positive", "rephrased", parent_id=q.query_id, answer=q.answer,

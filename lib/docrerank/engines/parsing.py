@@ -86,6 +86,25 @@ def _json_candidates(text: str) -> list[str]:
     return out
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(text: str) -> str:
+    """A generated string as one clean line: control characters (raw newlines, tabs, ...) become spaces, runs of
+    whitespace one space, the ends stripped."""
+    return " ".join(_CONTROL.sub(" ", str(text)).split())
+
+
+def capped_list(schema: Optional[dict], n: int, key: str = "questions") -> Optional[dict]:
+    """``schema`` with its top-level array ``key`` limited to ``n`` items (``maxItems``): what was asked for, and
+    a grammar that always ends (structured outputs stop adding items)."""
+    if not schema or (schema.get("properties") or {}).get(key, {}).get("type") != "array":
+        return schema
+    out = dict(schema, properties=dict(schema["properties"]))
+    out["properties"][key] = dict(schema["properties"][key], maxItems=n)
+    return out
+
+
 def parse_json(text: str, schema: Optional[dict] = None) -> tuple[Any, Optional[str]]:
     """Parse model output as JSON and check it against ``schema``; returns (value, error or None).
 
@@ -94,7 +113,7 @@ def parse_json(text: str, schema: Optional[dict] = None) -> tuple[Any, Optional[
     first_err = None
     for cand in _json_candidates(text):
         try:
-            value = json.loads(cand)
+            value = json.loads(cand, strict=False)  # raw tabs/newlines in strings: models and xgrammar emit them
         except json.JSONDecodeError as err:
             first_err = first_err or str(err)
             continue

@@ -40,7 +40,9 @@ class EngineActor:
             module, attr = factory.split(":")
             factory = getattr(importlib.import_module(module), attr)
         t0 = time.perf_counter()
-        self.engine = factory(cfg)
+        from docrerank.engines.factory import with_local_model
+
+        self.engine = factory(with_local_model(cfg))
         self.load_s = time.perf_counter() - t0
         self.pool, self.merge = pool, merge
         self.queue: queue.Queue = queue.Queue()

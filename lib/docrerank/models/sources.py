@@ -1,6 +1,7 @@
 """Where a model will be loaded from, checked without downloading it, and fetching only a checkpoint's small files.
 
-- ``model_source``: a local directory, a ``pkg:`` package's bundled model, the local Hugging Face cache, or the
+- ``model_source``: a local directory, a ``pkg:`` package's bundled model, a ``tiny:`` random checkpoint
+  (``models.tiny``), the local Hugging Face cache, or the
   hub (gated or not, and its file list, asked of the hub only when downloads are allowed; offline: the static
   ``KNOWN_GATED`` list, else "not checked offline"), with the files a load needs that are missing. Used by every
   job's ``--plan``. ``layout="mistral"`` (vLLM's ``tokenizer_mode``/``config_format: mistral``) checks Mistral's own
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from docrerank.models.hub import hub_offline
+from docrerank.models.tiny import is_tiny, tiny_checkpoint, tiny_dir
 
 log = logging.getLogger("docrerank.models")
 
@@ -47,7 +49,7 @@ class ModelSource:
     """Where one model comes from and what is known about it without loading it."""
 
     name: str
-    kind: str  # local | pkg | cache | hub | served | missing
+    kind: str  # local | pkg | tiny | cache | hub | served | missing
     where: str
     gated: str = "n/a"
     files: str = ""
@@ -109,6 +111,14 @@ def model_source(name: str, key: str = "model", backend: str = "hf", layout: str
     checkpoint is in Mistral's format (``engine_layout``)."""
     if backend == "http":
         return ModelSource(name, "served", "the endpoint's model (nothing loaded here)")
+    if is_tiny(name):
+        try:
+            where = tiny_dir(name)
+        except ValueError as err:
+            return ModelSource(name, "missing", "", problems=[f"{key}: {err}"])
+        return ModelSource(name, "tiny", str(where), gated="not gated",
+                           files="random weights, " + ("written" if (where / "config.json").is_file() else
+                                                       "written on first use"))
     if name.startswith("pkg:"):
         spec = importlib.util.find_spec(name[4:])
         if spec is None or not spec.origin:
@@ -167,10 +177,12 @@ def _ask_hub(src: ModelSource, key: str, layout: str = "hf") -> None:
 
 def fetch_config_files(name: str, key: str = "model.path") -> str:
     """A local directory with ``name``'s config, tokenizer, chat template and processor files, without its weights
-    (a directory or ``pkg:`` model is returned as it is). ValueError naming ``key`` when they cannot be had, saying
+    (a directory, ``pkg:`` or ``tiny:`` model is returned as it is, a ``tiny:`` one written first). ValueError naming ``key`` when they cannot be had, saying
     whether the cache was missing (offline) or the download failed (and why: a read-only HF_HOME, the network)."""
     from docrerank.models.hub import resolve_model_path
 
+    if is_tiny(name):
+        return str(tiny_checkpoint(name, key))
     if name.startswith("pkg:") or Path(name).is_dir():
         return resolve_model_path(name, key)
     from huggingface_hub import snapshot_download

@@ -68,6 +68,31 @@ def attribute_table(stats: dict) -> str:
     return format_table(["attribute", "candidates", "after dedup", "verified", "kept"], rows)
 
 
+def requests_table(stats: dict) -> str | None:
+    """Model requests per stage: sent, answered, failed by error kind, tokens, seconds (None when no stage called a
+    model, e.g. the model-free local default)."""
+    rows = []
+    for stage, m in stats.get("stages", {}).items():
+        if not m.get("requests"):
+            continue
+        errors = {k.split(":", 1)[1]: round(v) for k, v in m.items() if k.startswith("error:") and round(v)}
+        failed = sum(errors.values())
+        rows.append([stage, round(m["requests"]), round(m["requests"]) - failed,
+                     ", ".join(f"{k} {v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])) or "-",
+                     round(m.get("prompt_tokens", 0)), round(m.get("completion_tokens", 0)), m.get("seconds", 0)])
+    return format_table(["stage", "requests", "answered", "failed (by kind)", "prompt tokens", "output tokens",
+                         "seconds"], rows) if rows else None
+
+
+def pools_table(stats: dict) -> str | None:
+    """The model pools: model, actors, load time, requests by stage, calls and engine runs (None without pools)."""
+    rows = [[p["pool"], f"{p['backend']} {p['model']}", p["actors"], ", ".join(f"{s:.0f}" for s in p.get("load_s", [])),
+             ", ".join(f"{k} {v}" for k, v in p.get("requests", {}).items()), p.get("calls", 0),
+             p.get("engine_runs", 0), p.get("busy_s", 0)] for p in stats.get("pools") or []]
+    return format_table(["pool", "model", "actors", "load s", "requests", "calls", "engine runs", "busy s"],
+                        rows) if rows else None
+
+
 def rules_table(stats: dict) -> str | None:
     """What the ``rules`` engine left unchanged, by attribute and reason (None when it ran without refusals)."""
     m = stats.get("stages", {}).get("negatives", {})
@@ -200,6 +225,8 @@ def write_card(out: storage.Location, cfg, stats: dict) -> None:
         "## Negatives by attribute", "", "```", attribute_table(stats), "```", "",
         "Rejections by reason: positives " + json.dumps(stats["positives"]["rejected_by_reason"]) +
         "; negatives " + json.dumps(stats["negatives"]["rejected_by_reason"]), "",
+        *(["## Model requests", "", "```", requests_table(stats), *(["", pools_table(stats)] if pools_table(stats) else []),
+           "```", ""] if requests_table(stats) else []),
         *(["## What the rules engine did not change", "",
            "Spans of the positives it could not type, or for which the corpus had no other value of the same "
            "type (or only values the page shows):", "", "```", rules_table(stats), "```", ""]

@@ -1,4 +1,4 @@
-"""Tiny random-weight models of the real architectures, saved like real checkpoints, for CPU tests.
+"""Tiny random-weight models of the real architectures, saved like real checkpoints, for CPU tests and CPU runs.
 
 ``make_tiny_qwen2_vl(path)`` writes a Qwen2-VL model (config, safetensors weights, tokenizer with the Qwen2
 special tokens and the Qwen2-VL chat template, ``preprocessor_config.json``), so code under test loads it by
@@ -6,6 +6,12 @@ path exactly as it would load ``Qwen/Qwen2-VL-2B-Instruct``. ``make_tiny_qwen3_v
 model laid out as a Qwen3-VL-Reranker checkpoint ("yes"/"no" single tokens; optionally the sentence-transformers
 files with a LogitScore module and a reranker chat template). ``make_tiny_causal_lm(path)`` does the same for a
 Qwen2 or Llama causal LM. Nothing is downloaded; torch/transformers/tokenizers are imported inside the functions.
+
+``tiny:ARCH`` model names (``tiny:qwen2_vl``, ``tiny:qwen2_5_vl``, ``tiny:qwen3_vl``, ``tiny:qwen2``,
+``tiny:llama``; optionally ``tiny:ARCH@SEED``) stand for such a checkpoint wherever an engine config takes a model:
+``tiny_checkpoint`` writes it once (hidden size 128, so attention heads of 32 as vLLM's CPU attention needs) into
+``$DOCRERANK_TINY_MODELS`` (default ``~/.cache/docrerank/tiny_models``) and returns its directory. They let a whole
+build run its real engines (vLLM's CPU build included) on random weights: the plumbing, never the quality.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+TINY_PREFIX = "tiny:"
+TINY_HIDDEN = 128
+TINY_VERSION = 1  # bump when the tiny checkpoints change: the cache keeps one directory per version
 
 # Qwen2 special tokens, in the order the real tokenizer has them (the ids differ: the tiny vocabulary is small).
 QWEN2_SPECIAL_TOKENS = [
@@ -114,6 +124,7 @@ def _special_ids(tok) -> dict[str, int]:
 
 
 VL_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+CAUSAL_ARCHS = ("qwen2", "llama")
 
 
 def make_tiny_qwen2_vl(
@@ -284,7 +295,7 @@ def make_tiny_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    classes: dict[str, Any] = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+    classes: dict[str, Any] = dict(zip(CAUSAL_ARCHS, (Qwen2Config, LlamaConfig)))
     if arch not in classes:
         raise ValueError(f"arch: got {arch!r}, expected one of {sorted(classes)}")
     path = Path(path)
@@ -314,3 +325,60 @@ def make_tiny_causal_lm(
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def is_tiny(name: str) -> bool:
+    """Whether a model name is a ``tiny:ARCH[@SEED]`` checkpoint."""
+    return isinstance(name, str) and name.startswith(TINY_PREFIX)
+
+
+def parse_tiny(name: str) -> tuple[str, int]:
+    """``tiny:ARCH[@SEED]`` -> (arch, seed); ValueError naming the architectures on anything else."""
+    arch, _, seed = name[len(TINY_PREFIX):].partition("@")
+    archs = VL_ARCHS + CAUSAL_ARCHS
+    if arch not in archs or (seed and not seed.isdigit()):
+        raise ValueError(f"model {name!r}: expected tiny:ARCH or tiny:ARCH@SEED with ARCH one of {', '.join(archs)}")
+    return arch, int(seed or 0)
+
+
+def tiny_home() -> Path:
+    """Where ``tiny:`` checkpoints are kept: ``$DOCRERANK_TINY_MODELS`` or ``~/.cache/docrerank/tiny_models``."""
+    import os
+
+    return Path(os.environ.get("DOCRERANK_TINY_MODELS") or Path.home() / ".cache" / "docrerank" / "tiny_models")
+
+
+def tiny_dir(name: str) -> Path:
+    """The directory ``tiny_checkpoint(name)`` writes (whether or not it exists yet)."""
+    arch, seed = parse_tiny(name)
+    return tiny_home() / f"{arch}-h{TINY_HIDDEN}-s{seed}-v{TINY_VERSION}"
+
+
+def tiny_checkpoint(name: str, key: str = "model") -> Path:
+    """The local directory of ``tiny:ARCH[@SEED]`` (ValueError naming ``key`` on a bad name), written on first use (atomically: written beside and renamed,
+    so processes that ask at once all get a complete checkpoint)."""
+    import shutil
+    import tempfile
+
+    try:
+        arch, seed = parse_tiny(name)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+    final = tiny_dir(name)
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        if arch in VL_ARCHS:
+            make_tiny_qwen2_vl(tmp, arch=arch, hidden_size=TINY_HIDDEN, seed=seed)
+        else:
+            make_tiny_causal_lm(tmp, arch=arch, hidden_size=TINY_HIDDEN, seed=seed)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: keep its copy
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
