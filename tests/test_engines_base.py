@@ -236,3 +236,27 @@ def test_engine_config_from_yaml_and_overrides(tmp_path):
         "http", "http://10.0.0.1:8000/v1", 4, 1.0)
     with pytest.raises(ConfigError, match="http.timeout_s"):
         load_config(EngineConfig, path, ["http.timeout_s=-1"])
+
+
+def test_generated_strings_are_read_as_one_clean_line():
+    from docrerank.engines.parsing import one_line, parse_json
+
+    # a raw tab / newline inside a JSON string (xgrammar's grammar lets them through) still parses
+    value, err = parse_json('{"questions": [{"question": "What was\tthe revenue\nin 2021?"}]}')
+    assert err is None
+    assert one_line(value["questions"][0]["question"]) == "What was the revenue in 2021?"
+    assert one_line("  a\x00b\x1f c\x7f\x85 ") == "a b c"
+    assert one_line(7) == "7"
+
+
+def test_capped_list_limits_the_items_a_grammar_may_write():
+    from docrerank.engines.parsing import capped_list, schema_errors
+    from docrerank.prompts import load_prompt
+
+    schema = load_prompt("positives")["schema"]
+    capped = capped_list(schema, 2)
+    assert capped["properties"]["questions"]["maxItems"] == 2 and "maxItems" not in schema["properties"]["questions"]
+    three = {"questions": [{"question": f"Question number {i}?", "answer": "x"} for i in range(3)]}
+    assert schema_errors(three, schema) is None and schema_errors(three, capped) is not None
+    assert schema_errors({"questions": [{"question": "q" * 201, "answer": "x"}]}, schema) is not None  # maxLength
+    assert capped_list(None, 2) is None and capped_list({"type": "object"}, 2) == {"type": "object"}
