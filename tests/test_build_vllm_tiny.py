@@ -41,18 +41,25 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
     return listing, real
 
 
-@pytest.mark.timeout(1800)  # three engine loads at once: ~1.5 min on 2 idle CPUs, far more on a loaded machine
-def test_build_vllm_tiny_runs_every_model_stage_on_vllm(ray_local, tmp_path, capsys):
-    from docrerank.build.job import JOB
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp_path_factory):
+    """The shipped config run in this process on 16 pages: (config, stats, output, input list, the real PDF)."""
     from docrerank.build.run import run_build
 
-    from docrerank.core.schema import doc_id_of, doc_of_page
-
-    listing, real = inputs(tmp_path)
-    out = tmp_path / "out"
+    tmp = tmp_path_factory.mktemp("vllm_tiny")
+    listing, real = inputs(tmp)
+    out = tmp / "out"
     cfg = load_config(BuildConfig, str(CONFIG), [f"output={out}", f"input={listing}", "limit_pages=16"])
     assert {cfg.positives.engine.backend, cfg.verify.engine.backend, cfg.negatives.engine.backend} == {"vllm"}
-    stats = run_build(cfg)
+    return cfg, run_build(cfg), out, listing, real
+
+
+@pytest.mark.timeout(1800)  # three engine loads at once: ~1.5 min on 2 idle CPUs, far more on a loaded machine
+def test_build_vllm_tiny_runs_every_model_stage_on_vllm(reference):
+    from docrerank.build.job import JOB
+    from docrerank.core.schema import doc_id_of, doc_of_page
+
+    cfg, stats, out, _, real = reference
 
     # every page (16 of the 17) is accounted for with a status
     status = pads.dataset(str(out / "page_status")).to_table().to_pylist()
@@ -109,3 +116,50 @@ def test_build_vllm_tiny_runs_every_model_stage_on_vllm(ray_local, tmp_path, cap
     card = (out / "card.md").read_text()
     assert "## Model requests" in card and "verify_positives" in card
     assert json.loads((out / "stats.json").read_text())["pools"]
+
+
+def finished(out: Path) -> tuple[dict, dict]:
+    """(page_status by page, query rows by query id) of a build output."""
+    status = {r["page_id"]: r for r in pads.dataset(str(out / "page_status")).to_table().to_pylist()}
+    queries = {r["query_id"]: r for r in pads.dataset(str(out / "queries")).to_table().to_pylist()}
+    return status, queries
+
+
+@pytest.mark.timeout(2400)  # one or two more builds through the command line, each with its own local Ray
+def test_killed_vllm_engine_core_mid_build_costs_no_page(reference, tmp_path):
+    """The judge's vLLM engine core (and its workers) killed with SIGKILL on the judge's first negatives call, mid-
+    build, through the command a user runs: the actor goes down, Ray restarts it with a new engine, the call is
+    answered; every page ends finished (a run that fails instead fails loudly, and its rerun completes exactly the
+    missing pages), and the output equals the uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, ref_out, listing, _ = reference
+    out, marker = tmp_path / "out", tmp_path / "killed"
+    env = {**os.environ, "DOCRERANK_FAULT_INJECT": f"kill_engine_once:verify_negatives:{marker}",
+           "PYTHONPATH": str(CONFIG.parents[2] / "lib")}
+    cmd = [sys.executable, "-m", "jobs.build_dataset", "--config", str(CONFIG), f"output={out}", f"input={listing}",
+           "limit_pages=16"]
+    runs = []
+    for _ in range(2):
+        runs.append(subprocess.run(cmd, cwd=CONFIG.parents[2], env=env, capture_output=True, text=True, timeout=1500))
+        if runs[-1].returncode == 0:
+            break
+        assert "build_dataset failed" in runs[-1].stdout + runs[-1].stderr  # loudly, never a silent loss
+    assert runs[-1].returncode == 0, runs[-1].stdout[-2000:] + runs[-1].stderr[-3000:]
+    assert marker.is_file(), "the fault never fired: the judge had no negatives call"
+    assert "dataset build for" in runs[-1].stdout and "verify_negatives" in runs[-1].stdout
+
+    ref_status, ref_queries = finished(ref_out)
+    status, queries = finished(out)
+    assert set(status) == set(ref_status)  # every page finished, none twice
+    assert {p: s["status"] for p, s in status.items()} == {p: s["status"] for p, s in ref_status.items()}
+    assert set(queries) == set(ref_queries)  # the same candidates (seeded sampling), the same verdicts
+    for qid, q in queries.items():
+        r = ref_queries[qid]
+        assert (q["verdict"], q["reason"]) == (r["verdict"], r["reason"]), (q["text"], q["reason"], r["reason"])
+        for key in ("p_answerable_a", "p_answerable_b"):
+            assert (q[key] is None) == (r[key] is None) and (q[key] is None or abs(q[key] - r[key]) < 1e-4)
+    pools = {p["model"]: p for p in json.loads((out / "stats.json").read_text())["pools"]}
+    assert pools["tiny:qwen2_5_vl"]["actors"] == 1

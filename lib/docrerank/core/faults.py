@@ -5,6 +5,8 @@ Entries are comma-separated ``kind:where:arg``:
   hang:NAME:PAGE       ... hangs instead
   sleep:STAGE:SECONDS  a build stage sleeps this long per batch (to kill a run mid-way)
   exit_once:STAGE:PATH a build stage's worker process exits the first time (PATH marks that it happened)
+  kill_engine_once:STAGE:PATH  the model pool's actor kills its engine's processes (SIGKILL: vLLM's engine core)
+                       on its first call of STAGE, before running it (PATH marks that it happened)
 They exist so tests can prove that crashes, hangs and killed workers or drivers cost no data.
 """
 
@@ -41,3 +43,15 @@ def at_stage(stage: str) -> None:
             with open(arg, "w") as f:
                 f.write(str(os.getpid()))
             os._exit(1)
+
+
+def at_engine_call(stage: str) -> None:
+    """Model pool hook: called in the engine's actor before it runs a call of ``stage``."""
+    for kind, name, arg in _entries():
+        if kind == "kill_engine_once" and name == stage and not os.path.exists(arg):
+            import psutil
+
+            with open(arg, "w") as f:
+                f.write(str(os.getpid()))
+            for child in psutil.Process().children(recursive=True):
+                child.kill()

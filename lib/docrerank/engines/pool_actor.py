@@ -19,9 +19,12 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from docrerank.core import faults
+
 log = logging.getLogger(__name__)
 
 EXIT_ENGINE_DEAD = 75  # an actor whose engine died exits with this code (Ray restarts it)
+WATCH_S = 2.0  # how often an actor asks its engine whether it died (engines with ``dead_reason``)
 REFRESH_S = 10.0  # how often a client asks its pool for the current actors
 DEFAULT_CALL_TIMEOUT_S = 1800.0  # engine.ray.call_timeout_s's default
 
@@ -52,6 +55,8 @@ class EngineActor:
         self.busy_s, self.calls, self.runs, self.most_waiting = 0.0, 0, 0, 0
         self._members: list = []
         threading.Thread(target=self._loop, name=f"engine-{pool}", daemon=True).start()
+        if hasattr(self.engine, "dead_reason"):
+            threading.Thread(target=self._watch, name=f"engine-watch-{pool}", daemon=True).start()
 
     async def info(self) -> dict:
         """Where the engine runs: pid, node id, GPU ids, engine class, seconds it took to load."""
@@ -68,6 +73,7 @@ class EngineActor:
 
         if kind not in ("generate", "judge"):
             raise ValueError(f"call kind: got {kind!r}, expected 'generate' or 'judge'")
+        faults.at_engine_call(stage)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self.queue.put((kind, stage, list(requests), fut))
         return await asyncio.wrap_future(fut)
@@ -93,6 +99,22 @@ class EngineActor:
         close = getattr(self.engine, "close", None)
         if close:
             close()
+
+    def _watch(self) -> None:
+        """End the actor when its engine died, even in the middle of a run that would wait for it forever (a vLLM
+        engine core killed while a call waits on its outputs): Ray restarts the actor and retries its calls."""
+        while True:
+            time.sleep(WATCH_S)
+            why = self.engine.dead_reason()
+            if why:
+                self._die(why)
+
+    def _die(self, why) -> None:
+        # Nothing this engine answers can be trusted any more: end the process (not a clean exit, so Ray restarts
+        # the actor with a new engine and retries the calls in flight, within max_restarts).
+        log.error("pool %s: the engine died (%s); ending this actor so that Ray replaces it", self.pool, why)
+        logging.shutdown()
+        os._exit(EXIT_ENGINE_DEAD)
 
     def _loop(self) -> None:
         import queue
@@ -127,11 +149,7 @@ class EngineActor:
                 raise RuntimeError(f"{type(self.engine).__name__}.{kind} returned {len(results)} results for "
                                    f"{len(requests)} requests")
         except EngineDeadError as err:
-            # Nothing this engine answers can be trusted any more: end the process (not a clean exit, so Ray
-            # restarts the actor with a new engine and retries the calls in flight, within max_restarts).
-            log.error("pool %s: the engine died (%s); ending this actor so that Ray replaces it", self.pool, err)
-            logging.shutdown()
-            os._exit(EXIT_ENGINE_DEAD)
+            self._die(err)
         except Exception as err:  # noqa: BLE001 - confined to this run's requests, counted as their error
             log.exception("pool %s: %s of %d requests failed", self.pool, kind, len(requests))
             results = [failed_result(kind, r, f"{type(err).__name__}: {err}") for r in requests]

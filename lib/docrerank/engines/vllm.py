@@ -340,10 +340,20 @@ class VLLMEngine(TextEngine):
             raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(convs)} requests")
         return outs
 
+    def dead_reason(self) -> Optional[str]:
+        """Why this engine answers nothing more, or None while it lives. vLLM marks its client dead when its engine
+        core process exits; a call already waiting on that process's outputs then waits forever (vLLM 0.32), so a
+        pool actor asks this from a watchdog thread (``engines.pool_actor``) and ends itself."""
+        if self.dead is None and getattr(getattr(getattr(getattr(self.llm, "llm_engine", None), "engine_core", None),
+                                                 "resources", None), "engine_dead", False) is True:
+            self.dead = f"the vLLM engine of {self.cfg.model} died (its engine core process exited)"
+            log.error("%s; this engine answers nothing more", self.dead)
+        return self.dead
+
     def _run_split(self, convs: list, params: list) -> list:
         # vLLM renders and validates a whole call before running it, and one bad request fails all: split the
         # call in halves until the bad one is alone, so the rest still run in large batches.
-        if self.dead:
+        if self.dead_reason():
             raise EngineDeadError(self.dead)
         try:
             return self._chat(convs, params)
