@@ -172,7 +172,7 @@ def make_tiny_qwen2_vl(
         raise ValueError(f"hidden_size/num_heads must be a multiple of 8 for M-RoPE, got {head_dim}")
     half = head_dim // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    text = dict(
+    text: dict[str, Any] = dict(
         vocab_size=max(len(tok), vocab_size or 0),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
@@ -186,7 +186,7 @@ def make_tiny_qwen2_vl(
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(depth=vision_depth, hidden_size=hidden_size, num_heads=vision_heads, spatial_merge_size=2,
+    vision: dict[str, Any] = dict(depth=vision_depth, hidden_size=hidden_size, num_heads=vision_heads, spatial_merge_size=2,
                   temporal_patch_size=2, initializer_range=initializer_range)
     patch = 14
     if arch == "qwen2_vl":
@@ -323,7 +323,7 @@ def make_tiny_causal_lm(
     return path
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
