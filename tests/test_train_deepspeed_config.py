@@ -31,6 +31,7 @@ def test_stage2_gpu_defaults_are_the_papers():
     assert c["bf16"] == {"enabled": True} and "fp16" not in c
     opt = c["optimizer"]
     assert opt["type"] == "AdamW" and opt["params"]["lr"] == 1e-4 and opt["params"]["torch_adam"] is False
+    assert "fused" not in opt["params"]  # on GPU DeepSpeed's fused_adam, or torch's default
     assert "scheduler" not in c  # the schedule is a client scheduler (make_scheduler), see below
     assert c["gradient_clipping"] == 1.0
 
@@ -39,6 +40,7 @@ def test_cpu_is_fp32_with_torch_adamw_and_stage3_keys():
     c = base(stage=3, device="cpu", offload_optimizer=True, offload_params=True)
     assert "bf16" not in c and "fp16" not in c
     assert c["optimizer"]["params"]["torch_adam"] is True
+    assert c["optimizer"]["params"]["fused"] is True  # torch's fused CPU AdamW kernel (bench_train_loop)
     z = c["zero_optimization"]
     assert z["stage"] == 3 and z["stage3_gather_16bit_weights_on_model_save"] is True
     assert z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"

@@ -98,6 +98,10 @@ def build_deepspeed_config(
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if device == "cpu":
+        # torch's fused CPU AdamW kernel: one pass over the flat ZeRO partition instead of ~10 whole-tensor ops with
+        # temporaries (0.2 -> ~0.05 s per step for MiniLM's 22M weights, bench/bench_train_loop.py)
+        config["optimizer"]["params"]["fused"] = True
     if precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif precision == "fp16":

@@ -70,12 +70,13 @@ class PlainEngine:
         o = cfg.optim
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+                                           weight_decay=o.weight_decay, fused=device == "cpu" or None)
         self.lr_scheduler = dsc.make_scheduler(self.optimizer, lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps,
                                                total_steps=total_steps)
         self.grad_accum, self.grad_clip, self.params = o.grad_accum, o.grad_clip, params
         self.micro_steps = self.global_steps = 0
         self._grad_norm: Optional[float] = None
+        self.checkpoint_engine: Any = None  # as DeepSpeed's: what writes a state file (None: torch.save)
 
     def __call__(self, **inputs):
         return self.module(**inputs)
@@ -115,9 +116,10 @@ class PlainEngine:
 
         state = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
         Path(save_dir, tag).mkdir(parents=True, exist_ok=True)
-        torch.save({"module": state, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.lr_scheduler.state_dict(), "steps": (self.micro_steps, self.global_steps)},
-                   Path(save_dir, tag, "plain_state.pt"))
+        save = torch.save if self.checkpoint_engine is None else self.checkpoint_engine.save
+        save({"module": state, "optimizer": self.optimizer.state_dict(),
+              "scheduler": self.lr_scheduler.state_dict(), "steps": (self.micro_steps, self.global_steps)},
+             str(Path(save_dir, tag, "plain_state.pt")))
 
     def load_checkpoint(self, load_dir: str, tag: str, **_: Any) -> tuple:
         import torch
