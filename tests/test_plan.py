@@ -260,24 +260,29 @@ PIXTRAL = "mistralai/Pixtral-12B-2409"
 
 def test_tiny_model_names_are_written_once_where_the_engine_is_built(tmp_path, monkeypatch):
     from docrerank.engines.config import EngineConfig
-    from docrerank.engines.factory import with_local_model
+    from docrerank.engines.factory import construct
     from docrerank.models import sources, tiny
 
     monkeypatch.setenv("DOCRERANK_TINY_MODELS", str(tmp_path))
     src = sources.model_source("tiny:qwen2")  # --plan: nothing written
     assert src.kind == "tiny" and not src.problems and "first use" in src.files and not any(tmp_path.iterdir())
     assert "qwen2_vl" in sources.model_source("tiny:gpt2").problems[0]  # the architectures it knows
-    cfg = with_local_model(EngineConfig(backend="hf", model="tiny:qwen2@3"))
+
+    def seen(model):  # the config the backend's factory is given
+        return construct(EngineConfig(backend="hf", model=model), lambda cfg: cfg)
+
+    cfg = seen("tiny:qwen2@3")
     path = Path(cfg.model)
     assert path == tiny.tiny_dir("tiny:qwen2@3") and (path / "config.json").is_file()
     assert (path / "tokenizer.json").is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]
     mtime = (path / "config.json").stat().st_mtime_ns
-    assert with_local_model(EngineConfig(backend="hf", model="tiny:qwen2@3")).model == str(path)
+    assert seen("tiny:qwen2@3").model == str(path)
     assert (path / "config.json").stat().st_mtime_ns == mtime  # written once
     assert sources.model_source("tiny:qwen2@3").files == "random weights, written"
-    assert with_local_model(EngineConfig(backend="hf", model="/x")).model == "/x"
+    assert seen("/x").model == "/x"
     with pytest.raises(ValueError, match="engine.model: model 'tiny:bert'"):
-        with_local_model(EngineConfig(backend="hf", model="tiny:bert"))
+        seen("tiny:bert")
+
 
 def test_mistral_layout_is_a_complete_checkpoint_when_the_engine_says_so(tmp_path, monkeypatch):
     """Pixtral-12B-2409 ships params.json, tekken.json and consolidated.safetensors, no config.json: complete when

@@ -12,26 +12,24 @@ if TYPE_CHECKING:
     from docrerank.engines.base import Engine
 
 
-def with_local_model(cfg: EngineConfig) -> EngineConfig:
-    """``cfg`` with a ``tiny:ARCH`` model (a random checkpoint of a real architecture, ``models.tiny``) replaced by
-    its local directory, written on first use; any other config as it is. Where an engine is built (here, in a
-    pool's actor)."""
-    if not cfg.model.startswith("tiny:"):
-        return cfg
-    from docrerank.models.tiny import tiny_checkpoint
-
-    return cfg.model_copy(update={"model": str(tiny_checkpoint(cfg.model, "engine.model"))})
-
-
-def build_engine(cfg: Union[EngineConfig, dict]) -> "Engine":
-    """Construct the engine ``cfg.backend`` names (a dict is validated as an ``EngineConfig`` first); a
-    ``tiny:ARCH`` model is written to its local directory first (``models.tiny``)."""
-    if isinstance(cfg, dict):
-        cfg = EngineConfig.model_validate(cfg)
-    assert isinstance(cfg, EngineConfig)
-    cfg = with_local_model(cfg)
-    factory = _BACKENDS[cfg.backend]
+def construct(cfg: EngineConfig, factory) -> "Engine":
+    """The engine ``factory`` (a backend registry entry: a callable, or a lazy ``"module:attr"``) builds from
+    ``cfg``, a ``tiny:ARCH`` model (a random checkpoint of a real architecture, ``models.tiny``) first written to its
+    local directory. Every engine is built here: ``build_engine`` in this process, a model pool's actor with the
+    registry entry the driver gave it (a backend registered at run time exists only in the driver's registry)."""
     if isinstance(factory, str):
         module, attr = factory.split(":")
         factory = getattr(importlib.import_module(module), attr)
+    if cfg.model.startswith("tiny:"):
+        from docrerank.models.tiny import tiny_checkpoint
+
+        cfg = cfg.model_copy(update={"model": str(tiny_checkpoint(cfg.model, "engine.model"))})
     return factory(cfg)
+
+
+def build_engine(cfg: Union[EngineConfig, dict]) -> "Engine":
+    """Construct the engine ``cfg.backend`` names (a dict is validated as an ``EngineConfig`` first)."""
+    if isinstance(cfg, dict):
+        cfg = EngineConfig.model_validate(cfg)
+    assert isinstance(cfg, EngineConfig)
+    return construct(cfg, _BACKENDS[cfg.backend])

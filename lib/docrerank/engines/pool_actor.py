@@ -37,15 +37,10 @@ class EngineActor:
         import queue
         import threading
 
-        if isinstance(factory, str):  # a lazy "module:attr" registry entry
-            import importlib
+        from docrerank.engines.factory import construct
 
-            module, attr = factory.split(":")
-            factory = getattr(importlib.import_module(module), attr)
         t0 = time.perf_counter()
-        from docrerank.engines.factory import with_local_model
-
-        self.engine = factory(with_local_model(cfg))
+        self.engine = construct(cfg, factory)
         self.load_s = time.perf_counter() - t0
         self.pool, self.merge = pool, merge
         self.queue: queue.Queue = queue.Queue()
@@ -55,8 +50,9 @@ class EngineActor:
         self.busy_s, self.calls, self.runs, self.most_waiting = 0.0, 0, 0, 0
         self._members: list = []
         threading.Thread(target=self._loop, name=f"engine-{pool}", daemon=True).start()
-        if hasattr(self.engine, "dead_reason"):
-            threading.Thread(target=self._watch, name=f"engine-watch-{pool}", daemon=True).start()
+        dead_reason = getattr(self.engine, "dead_reason", None)  # optional: engines whose process can die apart
+        if dead_reason is not None:
+            threading.Thread(target=self._watch, args=(dead_reason,), name=f"engine-watch-{pool}", daemon=True).start()
 
     async def info(self) -> dict:
         """Where the engine runs: pid, node id, GPU ids, engine class, seconds it took to load."""
@@ -100,12 +96,13 @@ class EngineActor:
         if close:
             close()
 
-    def _watch(self) -> None:
-        """End the actor when its engine died, even in the middle of a run that would wait for it forever (a vLLM
-        engine core killed while a call waits on its outputs): Ray restarts the actor and retries its calls."""
+    def _watch(self, dead_reason) -> None:
+        """End the actor when its engine died (``dead_reason()`` says why), even in the middle of a run that would
+        wait for it forever (a vLLM engine core killed while a call waits on its outputs): Ray restarts the actor
+        and retries its calls."""
         while True:
             time.sleep(WATCH_S)
-            why = self.engine.dead_reason()
+            why = dead_reason()
             if why:
                 self._die(why)
 

@@ -344,10 +344,14 @@ class VLLMEngine(TextEngine):
         """Why this engine answers nothing more, or None while it lives. vLLM marks its client dead when its engine
         core process exits; a call already waiting on that process's outputs then waits forever (vLLM 0.32), so a
         pool actor asks this from a watchdog thread (``engines.pool_actor``) and ends itself."""
-        if self.dead is None and getattr(getattr(getattr(getattr(self.llm, "llm_engine", None), "engine_core", None),
-                                                 "resources", None), "engine_dead", False) is True:
-            self.dead = f"the vLLM engine of {self.cfg.model} died (its engine core process exited)"
-            log.error("%s; this engine answers nothing more", self.dead)
+        if self.dead is None:
+            try:
+                dead = self.llm.llm_engine.engine_core.resources.engine_dead is True
+            except AttributeError:  # an in-process engine core, or a vLLM that keeps the flag elsewhere
+                dead = False
+            if dead:
+                self.dead = f"the vLLM engine of {self.cfg.model} died (its engine core process exited)"
+                log.error("%s; this engine answers nothing more", self.dead)
         return self.dead
 
     def _run_split(self, convs: list, params: list) -> list:

@@ -177,8 +177,9 @@ def _ask_hub(src: ModelSource, key: str, layout: str = "hf") -> None:
 
 def fetch_config_files(name: str, key: str = "model.path") -> str:
     """A local directory with ``name``'s config, tokenizer, chat template and processor files, without its weights
-    (a directory, ``pkg:`` or ``tiny:`` model is returned as it is, a ``tiny:`` one written first). ValueError naming ``key`` when they cannot be had, saying
-    whether the cache was missing (offline) or the download failed (and why: a read-only HF_HOME, the network)."""
+    (a directory or ``pkg:`` model as it is, a ``tiny:`` one written first). ValueError naming ``key`` when they
+    cannot be had, saying whether the cache was missing (offline) or the download failed (and why: a read-only
+    HF_HOME, the network)."""
     from docrerank.models.hub import resolve_model_path
 
     if is_tiny(name):
