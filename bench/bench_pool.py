@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     per_batch = args.pages_per_batch * args.queries * 2
     ray_opts = {"num_cpus": 0.5, "batch_size": per_batch, "batches_in_flight": 4}
     if args.backend == "vllm":  # one engine per actor; on a CPU vLLM's CPU build with a small KV cache (share of RAM)
-        vllm = {"engine_kwargs": {"enforce_eager": True}, **({} if gpus else {"cpu": True, "gpu_memory_utilization": 0.04})}
+        vllm = {"engine_kwargs": {"enforce_eager": True}, **({} if gpus else {"cpu": True, "kv_cache_gib": 0.25})}
         cfg = EngineConfig(backend="vllm", model=model, max_pixels=args.size * args.size, max_model_len=4096,
                            dtype="bfloat16" if gpus else "float32", vllm=vllm, ray=ray_opts)
     else:

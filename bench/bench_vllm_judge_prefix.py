@@ -63,7 +63,7 @@ def main() -> None:
     results: dict = {}
     for caching in (True, False):
         cfg = EngineConfig(backend="vllm", model=str(path), dtype="float32", max_model_len=2048, max_pixels=896 * 896,
-                           vllm={"enable_prefix_caching": caching, "gpu_memory_utilization": 0.1,
+                           vllm={"enable_prefix_caching": caching, "kv_cache_gib": 0.5,
                                  "engine_kwargs": {"enforce_eager": True}})
         t0 = time.perf_counter()
         eng = build_engine(cfg)

@@ -161,6 +161,29 @@ def test_llm_kwargs_per_model_family():
     assert kw["limit_mm_per_prompt"] == {"image": 1} and "mm_processor_kwargs" not in kw
 
 
+def test_kv_cache_is_a_fixed_size_on_cpu_and_checked_against_free_ram(monkeypatch):
+    """On a GPU vLLM sizes the KV cache from its memory share; on the CPU build the size is fixed (vLLM's own CPU
+    rule subtracts the engine process's size from the share, which left CI's engine a negative cache), and a size
+    that does not fit in the free RAM fails before vLLM starts, naming the options."""
+    gib = 2**30
+    assert "kv_cache_memory_bytes" not in vb.llm_kwargs(EngineConfig(backend="vllm", model="m"), "qwen2", False)
+    fixed = EngineConfig(backend="vllm", model="m", vllm={"kv_cache_gib": 0.25})
+    assert vb.llm_kwargs(fixed, "qwen2", False)["kv_cache_memory_bytes"] == gib // 4
+    monkeypatch.setattr(vb, "node_ram_bytes", lambda: (24 * gib, 10 * gib))
+    share = EngineConfig(backend="vllm", model="m", vllm={"cpu": True, "gpu_memory_utilization": 0.04})
+    assert vb.llm_kwargs(share, "qwen2", False)["kv_cache_memory_bytes"] == int(0.04 * 24 * gib)
+    vb.check_cpu_kv_cache(share.vllm)  # 0.96 GiB of 10 free
+    too_big = EngineConfig(backend="vllm", model="m", vllm={"cpu": True})  # 0.9 x 24 GiB > 10 GiB free
+    with pytest.raises(ValueError, match=r"21.60 GiB does not fit in the 10.00 GiB .*vllm.kv_cache_gib"):
+        vb.check_cpu_kv_cache(too_big.vllm)
+    vb.check_cpu_kv_cache(EngineConfig(backend="vllm", model="m").vllm)  # a GPU engine: vLLM's own check
+
+
+def test_node_ram_is_read_from_proc_meminfo():
+    total, available = vb.node_ram_bytes()
+    assert 0 < available <= total
+
+
 def test_checkpoint_info(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl", "vision_config": {}}')
     assert vb.checkpoint_info(str(tmp_path)) == ("qwen2_vl", True)

@@ -34,7 +34,7 @@ def test_killed_engine_core_restarts_the_actor_and_its_call_is_answered(ray_loca
     from docrerank.models.tiny import make_tiny_qwen2_vl
 
     path = make_tiny_qwen2_vl(tmp_path / "m", hidden_size=128)
-    cfg = vllm_config(path, vllm={"cpu": True}, ray={"num_cpus": 1, "batch_size": 4})
+    cfg = vllm_config(path, vllm={"cpu": True, "kv_cache_gib": 0.25}, ray={"num_cpus": 1, "batch_size": 4})
     plan = plan_pools({"verify_positives": cfg}, cluster_resources())
     reqs = [JudgeRequest([user(png(), f"Question {k}? Answer Yes or No.")], id=str(k)) for k in range(6)]
     with ModelPools.start(plan) as pools:

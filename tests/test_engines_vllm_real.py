@@ -29,10 +29,10 @@ CLOSED = {"type": "object", "required": ["answer"], "additionalProperties": Fals
 
 
 def vllm_config(path, **over) -> EngineConfig:
-    """The engine config the tests (and build_vllm_tiny.yaml) use on CPU: a small KV cache (on CPU
-    gpu_memory_utilization is the share of RAM), eager mode, float32 (results independent of the batch), compact
+    """The engine config the tests (and build_vllm_tiny.yaml) use on CPU: a fixed 0.25 GiB KV cache (vLLM's own
+    CPU sizing subtracts the engine process's size from a share of RAM), eager mode, float32 (results independent of the batch), compact
     JSON (a grammar that allows any whitespace lets random weights fill max_tokens with it)."""
-    vllm = {"gpu_memory_utilization": 0.05, "engine_kwargs": {
+    vllm = {"kv_cache_gib": 0.25, "engine_kwargs": {
         "enforce_eager": True, "max_logprobs": -1, "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}},
         **over.pop("vllm", {})}
     return EngineConfig(backend="vllm", model=str(path), dtype="float32", max_model_len=1024,

@@ -37,7 +37,7 @@ def server(tmp_path_factory):
     [port] = free_ports(1)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name",
            "tiny-vl", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
-           "--enforce-eager", "--gpu-memory-utilization", "0.05", "--limit-mm-per-prompt", '{"image": 1}',
+           "--enforce-eager", "--kv-cache-memory-bytes", str(2**28), "--limit-mm-per-prompt", '{"image": 1}',
            "--max-logprobs", "-1", "--structured-outputs-config",
            json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     log = open(root / "server.log", "w")

