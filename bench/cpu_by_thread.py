@@ -1,11 +1,12 @@
 """Where the machine's CPU time goes, thread by thread, over a window: every thread of every process, from
-/proc/<pid>/task/<tid>/stat (user + system time) and /proc/<pid>/task/<tid>/status (context switches), diffed
+/proc/<pid>/task/<tid>/stat (user + system time), .../schedstat (time runnable but waiting for a CPU) and .../status (context
+switches), diffed
 between the window's two ends. Used to find what runs beside a training worker (``bench/bench_train_loop.py``).
 
     python bench/cpu_by_thread.py --wait 60 --seconds 30 [--top 25] [--out FILE.json]
 
-Prints the top threads by CPU seconds in the window (process name, thread name, pid/tid, CPU %, voluntary and
-involuntary context switches a second) and the sum per process name; ``--out`` also writes them as JSON.
+Prints the top threads by CPU seconds in the window (process name, thread name, pid/tid, CPU %, % of the window
+runnable but waiting for a CPU, voluntary and involuntary context switches a second) and the sum per process name; ``--out`` also writes them as JSON.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def read_threads() -> dict[tuple[int, int], dict]:
             try:
                 stat = (task / "stat").read_text()
                 status = (task / "status").read_text()
+                sched = (task / "schedstat").read_text().split()  # ns on a CPU, ns runnable waiting, slices
             except OSError:
                 continue
             name = stat[stat.index("(") + 1:stat.rindex(")")]
@@ -44,7 +46,7 @@ def read_threads() -> dict[tuple[int, int], dict]:
             sw = {k: int(v) for k, v in (line.split(":\t") for line in status.splitlines()
                                          if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))}
             out[(int(pid_dir.name), int(task.name))] = {
-                "proc": proc, "cmd": cmd, "thread": name, "cpu_s": cpu,
+                "proc": proc, "cmd": cmd, "thread": name, "cpu_s": cpu, "wait_s": int(sched[1]) / 1e9,
                 "vol": sw.get("voluntary_ctxt_switches", 0), "invol": sw.get("nonvoluntary_ctxt_switches", 0)}
     return out
 
@@ -62,6 +64,7 @@ def window(seconds: float) -> tuple[list[dict], float]:
             continue
         rows.append({"pid": key[0], "tid": key[1], "proc": end["proc"], "thread": end["thread"], "cmd": end["cmd"],
                      "cpu_pct": 100 * (end["cpu_s"] - start["cpu_s"]) / dt,
+                     "runq_wait_pct": 100 * (end["wait_s"] - start["wait_s"]) / dt,
                      "vol_per_s": (end["vol"] - start["vol"]) / dt, "invol_per_s": (end["invol"] - start["invol"]) / dt})
     rows.sort(key=lambda r: -r["cpu_pct"])
     return rows, dt
@@ -80,9 +83,9 @@ def main() -> int:
     for r in rows:
         per_proc[r["proc"]] += r["cpu_pct"]
     print(f"window {dt:.1f} s; machine total {sum(r['cpu_pct'] for r in rows):.0f}% of {os.cpu_count() * 100}%")
-    print(f"{'cpu%':>6} {'vol/s':>7} {'invol/s':>7}  proc / thread (pid/tid)")
+    print(f"{'cpu%':>6} {'runq%':>6} {'vol/s':>7} {'invol/s':>7}  proc / thread (pid/tid)")
     for r in rows[:args.top]:
-        print(f"{r['cpu_pct']:6.1f} {r['vol_per_s']:7.0f} {r['invol_per_s']:7.0f}  {r['proc']} / {r['thread']} "
+        print(f"{r['cpu_pct']:6.1f} {r['runq_wait_pct']:6.1f} {r['vol_per_s']:7.0f} {r['invol_per_s']:7.0f}  {r['proc']} / {r['thread']} "
               f"({r['pid']}/{r['tid']})")
     print("per process name:", ", ".join(f"{k} {v:.0f}%" for k, v in sorted(per_proc.items(), key=lambda x: -x[1])
                                           if v >= 0.5))
