@@ -215,3 +215,11 @@ def test_newer_qwen_vl_architectures(arch, tmp_path):
         assert out[0].ok and out[0].parsed[0]["answer"] in ("yes", "no")
     finally:
         eng.close()
+
+
+def test_a_cpu_kv_cache_that_does_not_fit_fails_before_vllm_starts(tmp_path):
+    """A KV cache larger than the free RAM fails at once with our message (vLLM's own one stays in its engine core's
+    log behind "Engine core initialization failed"), before any weights are read (the path does not even exist)."""
+    cfg = vllm_config(tmp_path / "not-loaded", vllm={"cpu": True, "kv_cache_gib": 4096})
+    with pytest.raises(ValueError, match=r"KV cache of 4096.00 GiB does not fit .* vllm.kv_cache_gib"):
+        build_engine(cfg)
