@@ -2,12 +2,13 @@
 against prefix caching off, on a real ``vllm.LLM`` (vLLM's CPU build in CI's environment), at 12 and 24 questions
 per page.
 
-    python bench/bench_vllm_judge_prefix.py [--pages 2] [--questions 12 24]
+    python bench/bench_vllm_judge_prefix.py [--pages 2] [--questions 12 24] [--repeats 3]
 
 A tiny random Qwen2-VL (hidden 128) judges ``--pages`` page images of 896x896 (1,024 image tokens, prompts of about
 1,080 tokens), each with N questions. Both engines are built in this process one after the other (the same
 checkpoint, the same requests; fresh page images per measurement, so nothing is cached from an earlier one);
-``value`` is prefix caching on, ``baseline`` off; p(yes) is checked equal between the two.
+``value`` is prefix caching on, ``baseline`` off, each the median of ``--repeats`` measurements (fresh images each);
+p(yes) is checked equal between the two.
 Writes bench/results/vllm_judge_prefix_caching_cpu.json.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, default=2)
     ap.add_argument("--questions", type=int, nargs="+", default=[12, 24])
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per side and size (median kept)")
     args = ap.parse_args()
 
     from common import write_result
@@ -70,12 +73,16 @@ def main() -> None:
         load_s = time.perf_counter() - t0
         eng.judge(requests(10_000, 1, 1))  # warm-up
         for i, n in enumerate(args.questions):
-            reqs = requests(100 * (i + 1), args.pages, n)
-            t0 = time.perf_counter()
-            res = eng.judge(reqs)
-            dt = time.perf_counter() - t0
-            assert all(r.ok for r in res), [r.error for r in res if not r.ok][:3]
-            results.setdefault(n, {})[caching] = {"seconds": dt, "per_s": len(reqs) / dt, "p_yes": [r.p_yes for r in res],
+            times, p_yes = [], []
+            for rep in range(args.repeats):
+                reqs = requests(100 * (i + 1) + 1000 * rep, args.pages, n)
+                t0 = time.perf_counter()
+                res = eng.judge(reqs)
+                times.append(time.perf_counter() - t0)
+                assert all(r.ok for r in res), [r.error for r in res if not r.ok][:3]
+                p_yes += [r.p_yes for r in res]
+            dt = statistics.median(times)
+            results.setdefault(n, {})[caching] = {"seconds": dt, "per_s": len(reqs) / dt, "p_yes": p_yes, "times_s": times,
                                                   "prompt_tokens": res[0].prompt_tokens, "load_s": load_s}
         eng.close()
         del eng
@@ -85,7 +92,8 @@ def main() -> None:
         diff = max(abs(a - b) for a, b in zip(on["p_yes"], off["p_yes"]))
         by_n[str(n)] = {"judgements": args.pages * n, "caching_off_per_s": off["per_s"], "caching_on_per_s": on["per_s"],
                         "ratio": on["per_s"] / off["per_s"], "caching_off_s": off["seconds"],
-                        "caching_on_s": on["seconds"], "prompt_tokens_per_judgement": on["prompt_tokens"],
+                        "caching_on_s": on["seconds"], "caching_off_times_s": off["times_s"],
+                        "caching_on_times_s": on["times_s"], "prompt_tokens_per_judgement": on["prompt_tokens"],
                         "max_abs_diff_p_yes": diff}
     import vllm
 
@@ -99,8 +107,9 @@ def main() -> None:
                  by_questions_per_page=by_n, pages=args.pages,
                  model={"arch": "Qwen2VLForConditionalGeneration (random weights)", "hidden_size": 128,
                         "dtype": "float32", "image": "896x896 (1,024 image tokens)"},
-                 note="measured on a shared 2-CPU machine under heavy load from other jobs: only the ratio of the "
-                      "two sides, measured in one run, means anything")
+                 repeats=args.repeats, load_average_at_end=os.getloadavg()[0],
+                 note="only the ratio of the two sides, measured in one run, means anything (the machine may be "
+                      "shared: load_average_at_end)")
 
 
 if __name__ == "__main__":
