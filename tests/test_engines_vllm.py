@@ -172,11 +172,14 @@ def test_kv_cache_is_a_fixed_size_on_cpu_and_checked_against_free_ram(monkeypatc
     monkeypatch.setattr(vb, "node_ram_bytes", lambda: (24 * gib, 10 * gib))
     share = EngineConfig(backend="vllm", model="m", vllm={"cpu": True, "gpu_memory_utilization": 0.04})
     assert vb.llm_kwargs(share, "qwen2", False)["kv_cache_memory_bytes"] == int(0.04 * 24 * gib)
-    vb.check_cpu_kv_cache(share.vllm)  # 0.96 GiB of 10 free
+    vb.check_cpu_kv_cache(vb.llm_kwargs(share, "qwen2", False))  # 0.96 GiB of 10 free
     too_big = EngineConfig(backend="vllm", model="m", vllm={"cpu": True})  # 0.9 x 24 GiB > 10 GiB free
     with pytest.raises(ValueError, match=r"21.60 GiB does not fit in the 10.00 GiB .*vllm.kv_cache_gib"):
-        vb.check_cpu_kv_cache(too_big.vllm)
-    vb.check_cpu_kv_cache(EngineConfig(backend="vllm", model="m").vllm)  # a GPU engine: vLLM's own check
+        vb.check_cpu_kv_cache(vb.llm_kwargs(too_big, "qwen2", False))
+    # engine_kwargs win over the derived size, and the check reads what vLLM gets
+    small = EngineConfig(backend="vllm", model="m", vllm={"cpu": True, "engine_kwargs": {"kv_cache_memory_bytes": gib}})
+    vb.check_cpu_kv_cache(vb.llm_kwargs(small, "qwen2", False))
+    vb.check_cpu_kv_cache(vb.llm_kwargs(EngineConfig(backend="vllm", model="m"), "qwen2", False))  # GPU: vLLM sizes it
 
 
 def test_node_ram_is_read_from_proc_meminfo():

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 from docrerank.engines.base import EngineDeadError, TextEngine
-from docrerank.engines.config import EngineConfig
+from docrerank.engines.config import EngineConfig, VLLMOptions
 from docrerank.engines.messages import ImagePart, image_keys, to_openai_dicts
 from docrerank.engines.parsing import p_yes_from_logprobs
 from docrerank.engines.requests import (
@@ -130,7 +130,7 @@ def node_ram_bytes() -> tuple[int, int]:
     return info["MemTotal"], info.get("MemAvailable", info["MemFree"])
 
 
-def kv_cache_bytes(o: Any) -> Optional[int]:
+def kv_cache_bytes(o: VLLMOptions) -> Optional[int]:
     """The fixed KV cache size for ``vllm.LLM`` (``kv_cache_memory_bytes``): ``kv_cache_gib`` when set; on the CPU
     build ``gpu_memory_utilization`` x the node's RAM; None on a GPU (vLLM sizes it from its memory share)."""
     if o.kv_cache_gib is not None:
@@ -140,11 +140,12 @@ def kv_cache_bytes(o: Any) -> Optional[int]:
     return None
 
 
-def check_cpu_kv_cache(o: Any) -> None:
-    """On the CPU build, fail before vLLM starts when the KV cache cannot fit in the RAM available now (vLLM's
-    own error is raised in its engine core's log; its caller only sees "Engine core initialization failed")."""
-    kv = kv_cache_bytes(o)
-    if not o.cpu or kv is None:
+def check_cpu_kv_cache(kw: dict) -> None:
+    """On the CPU build, fail before vLLM starts when the KV cache that ``vllm.LLM`` gets (``kw``, from
+    ``llm_kwargs``: ``engine_kwargs`` included) cannot fit in the RAM available now (vLLM's own error is raised in
+    its engine core's log; its caller only sees "Engine core initialization failed")."""
+    kv = kw.get("kv_cache_memory_bytes")
+    if kv is None:
         return
     total, available = node_ram_bytes()
     if kv > available:
@@ -329,8 +330,10 @@ class VLLMEngine(TextEngine):
         self.json_repair, self.reject_refusals = cfg.json_repair, cfg.reject_refusals
         if llm is None:
             self._vllm = import_vllm()
-            check_cpu_kv_cache(cfg.vllm)
-            llm = self._vllm.LLM(**llm_kwargs(cfg, *checkpoint_info(cfg.model)))
+            kw = llm_kwargs(cfg, *checkpoint_info(cfg.model))
+            if cfg.vllm.cpu:
+                check_cpu_kv_cache(kw)
+            llm = self._vllm.LLM(**kw)
         else:
             try:  # real SamplingParams when vllm imports (tests run both ways)
                 self._vllm = import_vllm()
